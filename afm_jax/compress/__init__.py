@@ -1,0 +1,16 @@
+"""AFM compression: statistics, params -> params maps, rank plans, baselines, fine-tuning."""
+
+from afm_jax.compress.afm import (afm_embedding, afm_linear, compress, fold_projections,
+                                  principal_directions, variance_kept)
+from afm_jax.compress.baselines import svd_compress, svd_embedding, svd_linear
+from afm_jax.compress.finetune import finetune
+from afm_jax.compress.ranks import (PlanReport, budget_plan, energy_plan, fixed_plan, make_plan,
+                                    plan_report)
+from afm_jax.compress.stats import SiteStats, collect_stats, load_stats, save_stats
+
+__all__ = [
+    "SiteStats", "collect_stats", "save_stats", "load_stats",
+    "afm_linear", "afm_embedding", "fold_projections", "compress", "principal_directions",
+    "variance_kept", "svd_linear", "svd_embedding", "svd_compress", "finetune",
+    "fixed_plan", "energy_plan", "budget_plan", "make_plan", "plan_report", "PlanReport",
+]

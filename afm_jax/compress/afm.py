@@ -1,0 +1,187 @@
+"""Atomic Feature Mimicking: pure params -> params maps over Flax params pytrees.
+
+A site's output y (a Linear's pre-activation output, or one field's embedding) is replaced by
+its projection on the top-k principal directions U [d, k] of its output covariance:
+`y -> U U^T (y - mu) + mu`. For `y = x W + b` that is two layers, `{W U, b U}` then
+`{U^T, mu - mu U U^T}`; for a table E it is `(E - mu) U` then the projection `{U^T, mu}`.
+All math runs in float64 numpy on the small d x d covariance; results take the params' dtype.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+from afm_jax.compress.stats import SiteStats
+from afm_jax.errors import CompressionError
+from afm_jax.nn import ACTIVATIONS
+
+
+def principal_directions(cov: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-`rank` eigenvectors U [d, rank] (descending eigenvalue) and their eigenvalues.
+
+    Each eigenvector's sign is fixed (largest-magnitude entry positive) so the compressed params
+    are reproducible.
+    """
+    cov = np.asarray(cov, np.float64)
+    d = cov.shape[0]
+    if not 0 <= rank <= d:
+        raise CompressionError(f"rank {rank} is outside [0, {d}] for a {d}-dim output")
+    evals, evecs = np.linalg.eigh((cov + cov.T) / 2.0)
+    evals, evecs = evals[::-1][:rank], evecs[:, ::-1][:, :rank]
+    idx = np.argmax(np.abs(evecs), axis=0)
+    signs = np.sign(evecs[idx, np.arange(rank)])
+    signs[signs == 0] = 1.0
+    return evecs * signs, np.maximum(evals, 0.0)
+
+
+def variance_kept(cov: np.ndarray) -> np.ndarray:
+    """Fraction of the output variance kept at rank 0..d: [d + 1], ascending to 1."""
+    evals = np.clip(np.linalg.eigvalsh(np.asarray(cov, np.float64))[::-1], 0.0, None)
+    total = evals.sum()
+    cum = np.concatenate([[0.0], np.cumsum(evals)])
+    return cum / total if total > 0 else np.ones_like(cum)
+
+
+def _like(x: np.ndarray, ref: Any) -> np.ndarray:
+    return np.asarray(x, dtype=np.asarray(ref).dtype)
+
+
+def afm_linear(layer: Mapping[str, Any], stats: SiteStats, rank: int, *,
+               activation: str | None = None, shift_std: float = 4.0) -> dict:
+    """`{kernel W [in, out], bias b}` -> factor pair `{"u": {W U, b U}, "v": {U^T, mu - mu U U^T}}`.
+
+    With `activation` (e.g. "relu"), the first factor becomes "u_<activation>" and its bias is
+    shifted to `t = mu U - shift_std * sqrt(eigenvalue)` below the calibration range, the shift
+    added back through the second factor's bias: for rows within `shift_std` standard deviations
+    the layer starts exactly at linear AFM; fine-tuning then trains from there.
+    """
+    if "kernel" not in layer:
+        raise CompressionError(f"afm_linear needs a full layer {{kernel, bias}}, got keys "
+                               f"{sorted(layer)}")
+    w = np.asarray(layer["kernel"], np.float64)
+    b = np.asarray(layer["bias"], np.float64)
+    mu = np.asarray(stats.mean, np.float64)
+    if mu.shape != b.shape:
+        raise CompressionError(f"statistics of dim {mu.shape[0]} do not fit a layer with "
+                               f"{b.shape[0]} outputs")
+    u, evals = principal_directions(stats.cov, rank)
+    b1 = b @ u
+    b2 = mu - (mu @ u) @ u.T
+    first = "u"
+    if activation is not None:
+        if activation not in ACTIVATIONS:
+            raise CompressionError(f"unknown activation {activation!r}; "
+                                   f"choose one of {sorted(ACTIVATIONS)}")
+        shift = mu @ u - shift_std * np.sqrt(evals)
+        b1, b2, first = b1 - shift, b2 + shift @ u.T, f"u_{activation}"
+    return {first: {"kernel": _like(w @ u, layer["kernel"]), "bias": _like(b1, layer["bias"])},
+            "v": {"kernel": _like(u.T, layer["kernel"]), "bias": _like(b2, layer["bias"])}}
+
+
+def afm_embedding(table: Mapping[str, Any], stats: SiteStats, rank: int) -> dict:
+    """`{embedding E [V, d]}` -> `{embedding (E - mu) U [V, k], proj {U^T [k, d], mu [d]}}`."""
+    if "embedding" not in table or "proj" in table:
+        raise CompressionError(f"afm_embedding needs a full table, got keys {sorted(table)}")
+    e = np.asarray(table["embedding"], np.float64)
+    mu = np.asarray(stats.mean, np.float64)
+    u, _ = principal_directions(stats.cov, rank)
+    ref = table["embedding"]
+    return {"embedding": _like((e - mu) @ u, ref),
+            "proj": {"kernel": _like(u.T, ref), "bias": _like(mu, ref)}}
+
+
+def get_path(tree: Mapping[str, Any], site: str) -> Any:
+    node: Any = tree
+    for key in site.split("/"):
+        if not isinstance(node, Mapping) or key not in node:
+            raise CompressionError(f"site {site!r} is not in the params (missing {key!r})")
+        node = node[key]
+    return node
+
+
+def set_path(tree: Mapping[str, Any], site: str, value: Any) -> dict:
+    """A copy of `tree` with the subtree at `site` replaced (other subtrees shared, not copied)."""
+    head, _, rest = site.partition("/")
+    new = dict(tree)
+    new[head] = set_path(tree[head], rest, value) if rest else value
+    return new
+
+
+def fold_projections(model, params: Mapping[str, Any]) -> dict:
+    """Fold each compressed field's projection into the Linear that reads the embeddings.
+
+    Only for models whose concatenated field embeddings feed one Linear directly and nothing
+    else (`model.FOLD_INTO`); for others the params are returned unchanged. The Linear's rows
+    for field f, K_f [d, out], become `U_f^T K_f` [k, out] and its bias gains `mu_f K_f`; the
+    projection disappears and scores are unchanged.
+    """
+    target = getattr(model, "FOLD_INTO", None)
+    if target is None:
+        return dict(params)
+    dense = get_path(params, target)
+    if "kernel" not in dense:
+        raise CompressionError(f"cannot fold into {target!r}: it is factorized already; fold "
+                               "before compressing that layer (compress() does)")
+    kernel = np.asarray(dense["kernel"], np.float64)
+    bias = np.asarray(dense["bias"], np.float64)
+    embed = params["embed"]
+    names = list(model.info.cat_names) + list(model.info.num_names)
+    new_embed, blocks, row = dict(embed), [], 0
+    for name in names:
+        p = embed[name]
+        if "vector" in p:
+            dim = np.shape(p["vector"])[0]
+        elif "proj" in p:
+            dim = np.shape(p["proj"]["kernel"])[1]
+        else:
+            dim = np.shape(p["embedding"])[1]
+        k_f = kernel[row:row + dim]
+        row += dim
+        if "proj" in p:
+            proj_w = np.asarray(p["proj"]["kernel"], np.float64)
+            bias = bias + np.asarray(p["proj"]["bias"], np.float64) @ k_f
+            k_f = proj_w @ k_f
+            new_embed[name] = {"embedding": p["embedding"]}
+        blocks.append(k_f)
+    if row != kernel.shape[0]:
+        raise CompressionError(f"fields give {row} inputs but {target!r} has {kernel.shape[0]}")
+    new_dense = {"kernel": _like(np.concatenate(blocks), dense["kernel"]),
+                 "bias": _like(bias, dense["bias"])}
+    out = set_path(params, target, new_dense)
+    out["embed"] = new_embed
+    return out
+
+
+def compress(params: Mapping[str, Any], stats: Mapping[str, SiteStats],
+             plan: Mapping[str, int | None], *, model=None, activation: str | None = None,
+             shift_std: float = 4.0) -> dict:
+    """The whole model in one call: every site with a rank in `plan` gets its AFM map.
+
+    plan: site -> rank (None: keep full). Linear sites become factor pairs (with `activation`
+    between the factors if given); embedding sites become compressed tables. With `model`, the
+    projections of compressed embeddings are folded into the Linear they feed where the model
+    allows it (`model.FOLD_INTO`), before that Linear is itself factorized.
+    """
+    out: dict = dict(params)
+    ranks = {s: r for s, r in plan.items() if r is not None}
+    for site, rank in ranks.items():
+        if site not in stats:
+            raise CompressionError(f"no statistics for site {site!r}; collect them first")
+        node = get_path(params, site)
+        if "embedding" in node:
+            out = set_path(out, site, afm_embedding(node, stats[site], rank))
+    fold_target = getattr(model, "FOLD_INTO", None) if model is not None else None
+    if fold_target is not None and any(s.startswith("embed/") for s in ranks):
+        # the folded Linear computes the same outputs, so its statistics still hold
+        out = fold_projections(model, out)
+    for site, rank in ranks.items():
+        node = get_path(out, site)
+        if "kernel" in node:
+            out = set_path(out, site, afm_linear(node, stats[site], rank, activation=activation,
+                                                 shift_std=shift_std))
+        elif "embedding" not in node:
+            raise CompressionError(f"site {site!r} is neither a full Linear nor an embedding "
+                                   f"table (keys {sorted(node)})")
+    return out

@@ -1,0 +1,151 @@
+"""Streaming output statistics of every compressible site: count, mean and covariance.
+
+One pass over the data; per batch a jitted pure update merges the batch's centred moments into
+the running ones (Chan, Golub & LeVeque), so a large output mean (1e3 with std 1) costs no
+precision in float32, and memory does not depend on the number of rows.
+"""
+
+from __future__ import annotations
+
+import itertools
+from functools import partial
+from pathlib import Path
+from typing import Any, Iterable, Mapping, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from afm_jax.errors import CompressionError
+from afm_jax.nn import SOW_COLLECTION
+
+
+class SiteStats(NamedTuple):
+    """Statistics of one site's output vectors y: [d] over `count` rows (float64, on host)."""
+
+    count: int
+    mean: np.ndarray   # [d]
+    cov: np.ndarray    # [d, d], population covariance E[(y - mean)(y - mean)^T]
+
+
+class Moments(NamedTuple):
+    """Running moments of one site on device: rows, mean [d], centred sum of squares [d, d]."""
+
+    n: jax.Array
+    mean: jax.Array
+    m2: jax.Array
+
+
+def batch_moments(y: jax.Array) -> Moments:
+    """Moments of a batch y: [B, d], centred on the batch mean before squaring."""
+    n = jnp.asarray(y.shape[0], jnp.float32)
+    mean = y.mean(0)
+    c = y - mean
+    m2 = jnp.matmul(c.T, c, precision=jax.lax.Precision.HIGHEST)
+    return Moments(n, mean, m2)
+
+
+def merge_moments(a: Moments, b: Moments) -> Moments:
+    """Chan et al.'s pairwise merge of two sets of centred moments (exact in exact arithmetic)."""
+    n = a.n + b.n
+    frac = jnp.where(n > 0, b.n / jnp.maximum(n, 1.0), 0.0)
+    delta = b.mean - a.mean
+    mean = a.mean + delta * frac
+    m2 = a.m2 + b.m2 + jnp.outer(delta, delta) * (a.n * frac)
+    return Moments(n, mean, m2)
+
+
+def site_outputs(model, params, batch: Mapping[str, Any]) -> dict[str, jax.Array]:
+    """Every site's output for a batch: {"mlp/dense_0": [B, d], "embed/C1": [B, d], ...}."""
+
+    def one(cat, num):
+        _, state = model.apply({"params": params}, cat, num, mutable=[SOW_COLLECTION])
+        return state.get(SOW_COLLECTION, {})
+
+    sown = jax.vmap(one)(batch["cat"], batch["num"])
+    flat = jax.tree_util.tree_flatten_with_path(sown)[0]
+    out = {}
+    for path, leaf in flat:
+        keys = [str(getattr(k, "key", getattr(k, "idx", k))) for k in path]
+        if keys and keys[-1] == "out":
+            keys = keys[:-1]
+        out["/".join(keys)] = leaf
+    return out
+
+
+def list_sites(model, params, example_batch: Mapping[str, Any]) -> dict[str, int]:
+    """Site name -> output dim, found by tracing the model once (no computation)."""
+    shapes = jax.eval_shape(partial(site_outputs, model), params, example_batch)
+    return {k: int(v.shape[-1]) for k, v in shapes.items()}
+
+
+def _update(model, sites: tuple[str, ...], carry: dict[str, Moments], params, batch):
+    outs = site_outputs(model, params, batch)
+    return {s: merge_moments(carry[s], batch_moments(outs[s].astype(jnp.float32))) for s in sites}
+
+
+def collect_stats(model, params, batches: Iterable[Mapping[str, Any]],
+                  sites: Sequence[str] | None = None, *, total: int | None = None,
+                  progress: bool = True) -> dict[str, SiteStats]:
+    """One pass over `batches`; per site the count, mean and covariance of its output vectors.
+
+    batches: iterable of {"cat": int32[B, Fc], "num": float32[B, Fn], ...}; sites: names
+    ("mlp/dense_0", "embed/C7"); None means every site. `total` sizes the progress bar.
+    """
+    it = iter(batches)
+    try:
+        first = next(it)
+    except StopIteration:
+        raise CompressionError("collect_stats got no batches: pass at least one row") from None
+    first = {"cat": first["cat"], "num": first["num"]}
+    dims = list_sites(model, params, first)
+    if sites is None:
+        sites = tuple(dims)
+    else:
+        unknown = [s for s in sites if s not in dims]
+        if unknown:
+            raise CompressionError(f"unknown site(s) {unknown}; this model's sites are "
+                                   f"{sorted(dims)}")
+        sites = tuple(sites)
+    carry = {s: Moments(jnp.zeros((), jnp.float32), jnp.zeros((dims[s],), jnp.float32),
+                        jnp.zeros((dims[s], dims[s]), jnp.float32)) for s in sites}
+    update = jax.jit(partial(_update, model, sites), donate_argnums=(0,))
+    rows = 0
+    bar = tqdm(total=total, desc="statistics", unit="batch", disable=not progress, leave=False)
+    for b in itertools.chain([first], it):
+        carry = update(carry, params, {"cat": b["cat"], "num": b["num"]})
+        rows += int(np.shape(b["cat"])[0])
+        bar.update(1)
+    bar.close()
+    out = {}
+    for s, m in carry.items():
+        m = jax.device_get(m)
+        out[s] = SiteStats(count=rows, mean=np.asarray(m.mean, np.float64),
+                           cov=np.asarray(m.m2, np.float64) / max(rows, 1))
+    return out
+
+
+def save_stats(path: str | Path, stats: Mapping[str, SiteStats]) -> None:
+    """Write statistics as a plain .npz (arrays only; loaded with allow_pickle=False)."""
+    arrays = {}
+    for s, st in stats.items():
+        arrays[f"{s}::count"] = np.asarray(st.count, np.int64)
+        arrays[f"{s}::mean"] = st.mean
+        arrays[f"{s}::cov"] = st.cov
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def load_stats(path: str | Path) -> dict[str, SiteStats]:
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise CompressionError(f"{path}: not a statistics file ({e})") from e
+    with data:
+        sites = sorted({k.rsplit("::", 1)[0] for k in data.files})
+        try:
+            return {s: SiteStats(int(data[f"{s}::count"]), data[f"{s}::mean"], data[f"{s}::cov"])
+                    for s in sites}
+        except KeyError as e:
+            raise CompressionError(f"{path}: site entry {e} missing; file is damaged") from e

@@ -1,0 +1,28 @@
+"""DeepFM (Guo et al. 2017): FM and an MLP share the field embeddings; logits add."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import flax.linen as nn
+import jax
+
+from afm_jax.models.base import CTRModel, concat, stack
+from afm_jax.nn import MLP, FirstOrder, Linear, fm_interaction
+
+
+@dataclass(frozen=True)
+class DeepFMConfig:
+    embed_dim: int = 16
+    mlp: tuple[int, ...] = (400, 400, 400)
+
+
+class DeepFM(CTRModel):
+    config: DeepFMConfig = DeepFMConfig()
+
+    @nn.compact
+    def __call__(self, cat: jax.Array, num: jax.Array) -> jax.Array:
+        fields = self.embed(cat, num)
+        first = FirstOrder(self.info.vocab_sizes, len(self.info.num_names), name="linear")(cat, num)
+        deep = Linear(1, name="out")(MLP(self.config.mlp, name="mlp")(concat(fields)))[0]
+        return first + fm_interaction(stack(fields)) + deep

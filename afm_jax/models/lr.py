@@ -1,0 +1,24 @@
+"""Logistic regression on one-hot fields (the baseline every CTR model must beat)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import flax.linen as nn
+import jax
+
+from afm_jax.models.base import CTRModel
+from afm_jax.nn import FirstOrder
+
+
+@dataclass(frozen=True)
+class LRConfig:
+    embed_dim: int = 1  # unused; kept so every config has the field
+
+
+class LR(CTRModel):
+    config: LRConfig = LRConfig()
+
+    @nn.compact
+    def __call__(self, cat: jax.Array, num: jax.Array) -> jax.Array:
+        return FirstOrder(self.info.vocab_sizes, len(self.info.num_names), name="linear")(cat, num)

@@ -1,0 +1,196 @@
+"""Compressible building blocks. Every module takes ONE example; callers wrap it in `jax.vmap`.
+
+`Linear` and `FieldEmbedding` read the *structure* of their params and compute accordingly, so
+one model definition applies to original and AFM-compressed params alike:
+
+Linear params (kernel layout `x @ W`):
+  full        {"kernel": [in, out], "bias": [out]}
+  factor pair {"u": {"kernel": [in, k], "bias": [k]}, "v": {"kernel": [k, out], "bias": [out]}}
+  activation  {"u_relu": {...}, "v": {...}}: relu between the factors (any name in ACTIVATIONS)
+
+FieldEmbedding params, one entry per field (categorical fields first, then numeric):
+  full table      {"embedding": [V, d]}
+  compressed      {"embedding": [V, k], "proj": {"kernel": [k, d], "bias": [d]}}
+  folded          {"embedding": [V, k]}           (projection folded into the next Linear)
+  numeric field   {"vector": [d]}                 (output = value * vector)
+
+Each site sows its output vector (before any activation) into the "afm_outputs" collection, so
+`apply(..., mutable=["afm_outputs"])` exposes every site's output for the statistics pass.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+SOW_COLLECTION = "afm_outputs"
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "relu": jax.nn.relu,
+    "gelu": jax.nn.gelu,
+    "silu": jax.nn.silu,
+    "tanh": jnp.tanh,
+}
+
+
+def _sow_output(module: nn.Module, y: jax.Array) -> None:
+    """Record a site's output vector; overwrites, so repeated calls keep the last value."""
+    module.sow(SOW_COLLECTION, "out", y, init_fn=lambda: None, reduce_fn=lambda _, new: new)
+
+
+def _stored_or_new(module: nn.Module, name: str, init: Callable, shape: tuple[int, ...]) -> jax.Array:
+    """The stored param as it is (its shape may be a compressed one), or a new one at init."""
+    if module.has_variable("params", name):
+        return module.get_variable("params", name)
+    return module.param(name, init, shape)
+
+
+def _affine(p: dict, x: jax.Array) -> jax.Array:
+    return x @ p["kernel"] + p["bias"]
+
+
+class Linear(nn.Module):
+    """A Dense layer `y = x W + b` that also computes with an AFM factor pair.
+
+    x: [in] -> y: [features]. The site's output is `y`, before any activation of the caller.
+    """
+
+    features: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        first = next((n for n in ("u", *(f"u_{a}" for a in ACTIVATIONS))
+                      if self.has_variable("params", n)), None)
+        if first is not None:
+            h = _affine(self.get_variable("params", first), x)
+            if first != "u":
+                h = ACTIVATIONS[first[2:]](h)
+            y = _affine(self.get_variable("params", "v"), h)
+        else:
+            kernel = _stored_or_new(self, "kernel", nn.initializers.lecun_normal(),
+                                    (x.shape[-1], self.features))
+            bias = _stored_or_new(self, "bias", nn.initializers.zeros, (self.features,))
+            y = x @ kernel + bias
+        _sow_output(self, y)
+        return y
+
+
+class _Table(nn.Module):
+    """One categorical field's embedding: id -> [d] (full, compressed or folded table)."""
+
+    vocab_size: int
+    features: int
+
+    @nn.compact
+    def __call__(self, idx: jax.Array) -> jax.Array:
+        table = _stored_or_new(self, "embedding", nn.initializers.normal(1e-2),
+                               (self.vocab_size, self.features))
+        # JAX clamps out-of-bounds gathers silently: map ids outside the table to the
+        # reserved out-of-vocabulary id 0 instead of scoring with the last row.
+        rows = table.shape[0]
+        idx = jnp.where((idx >= 0) & (idx < rows), idx, 0)
+        e = table[idx]
+        if self.has_variable("params", "proj"):
+            e = _affine(self.get_variable("params", "proj"), e)
+        _sow_output(self, e)
+        return e
+
+
+class _NumericVector(nn.Module):
+    """One dense numeric field: value -> value * v, v: [d]."""
+
+    features: int
+
+    @nn.compact
+    def __call__(self, value: jax.Array) -> jax.Array:
+        v = self.param("vector", nn.initializers.normal(1e-2), (self.features,))
+        return value * v
+
+
+class FieldEmbedding(nn.Module):
+    """Embeds one example: cat int32[Fc], num float32[Fn] -> list of F = Fc + Fn vectors.
+
+    Every field has its own table, named by the field, so sites are "embed/<field>". The list
+    holds [d] vectors, or [k] vectors for fields whose projection was folded away.
+    """
+
+    cat_names: Sequence[str]
+    vocab_sizes: Sequence[int]
+    num_names: Sequence[str]
+    features: int
+
+    @nn.compact
+    def __call__(self, cat: jax.Array, num: jax.Array) -> list[jax.Array]:
+        out = [_Table(v, self.features, name=n)(cat[i])
+               for i, (n, v) in enumerate(zip(self.cat_names, self.vocab_sizes))]
+        out += [_NumericVector(self.features, name=n)(num[i])
+                for i, n in enumerate(self.num_names)]
+        return out
+
+
+class FirstOrder(nn.Module):
+    """Per-feature weights of logistic regression: sum_f w_f[id_f] + sum_j w_j x_j + b -> scalar."""
+
+    vocab_sizes: Sequence[int]
+    num_fields: int
+
+    @nn.compact
+    def __call__(self, cat: jax.Array, num: jax.Array) -> jax.Array:
+        offsets = jnp.cumsum(jnp.array((0, *self.vocab_sizes[:-1]), jnp.int32)) \
+            if self.vocab_sizes else jnp.zeros((0,), jnp.int32)
+        sizes = jnp.array(self.vocab_sizes, jnp.int32)
+        w = self.param("weights", nn.initializers.zeros, (int(sum(self.vocab_sizes)),))
+        idx = jnp.where((cat >= 0) & (cat < sizes), cat, 0) + offsets
+        w_num = self.param("num_weights", nn.initializers.zeros, (self.num_fields,))
+        b = self.param("bias", nn.initializers.zeros, ())
+        return w[idx].sum() + num @ w_num + b
+
+
+class MLP(nn.Module):
+    """Stack of Linear + activation: [in] -> [hidden[-1]]. Layers are named dense_0, dense_1..."""
+
+    hidden: Sequence[int]
+    activation: str = "relu"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for i, h in enumerate(self.hidden):
+            x = ACTIVATIONS[self.activation](Linear(h, name=f"dense_{i}")(x))
+        return x
+
+
+def fm_interaction(fields: jax.Array) -> jax.Array:
+    """Second-order factorization machine term: fields [F, d] -> scalar."""
+    s = fields.sum(0)
+    return 0.5 * (s @ s - (fields * fields).sum())
+
+
+class CrossNetV1(nn.Module):
+    """DCN cross network: x_{l+1} = x0 (x_l . w_l) + b_l + x_l. x0: [D] -> [D]."""
+
+    num_layers: int = 3
+
+    @nn.compact
+    def __call__(self, x0: jax.Array) -> jax.Array:
+        x = x0
+        for i in range(self.num_layers):
+            w = self.param(f"w_{i}", nn.initializers.normal(1e-2), (x0.shape[-1],))
+            b = self.param(f"b_{i}", nn.initializers.zeros, (x0.shape[-1],))
+            x = x0 * (x @ w) + b + x
+        return x
+
+
+class CrossNetV2(nn.Module):
+    """DCN-V2 cross network: x_{l+1} = x0 * (W_l x_l + b_l) + x_l, each W_l a Linear (a site)."""
+
+    num_layers: int = 3
+
+    @nn.compact
+    def __call__(self, x0: jax.Array) -> jax.Array:
+        x = x0
+        for i in range(self.num_layers):
+            x = x0 * Linear(x0.shape[-1], name=f"cross_{i}")(x) + x
+        return x
