@@ -81,6 +81,13 @@ def make_train_step(model, tx: optax.GradientTransformation, embed_l2: float = 0
     return step
 
 
+def _counters(epoch: int, step: int, best_auc: float, bad_epochs: int) -> dict[str, np.ndarray]:
+    """The loop's scalars as 0-d arrays (what orbax saves), float32/int32 as JAX runs them."""
+    return {"epoch": np.array(epoch, np.int32), "step": np.array(step, np.int32),
+            "best_auc": np.array(best_auc, np.float32),
+            "bad_epochs": np.array(bad_epochs, np.int32)}
+
+
 def _state_manager(out_dir: Path) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(
         (out_dir / "state").absolute(),
@@ -106,8 +113,7 @@ def train(model, dataset, config: TrainConfig = TrainConfig(), *, out_dir: str |
     step_fn = make_train_step(model, tx, config.embed_l2)
     scorer = make_scorer(model)
     state = {"params": params, "opt_state": opt_state, "best_params": params,
-             "epoch": np.int64(0), "step": np.int64(0), "best_auc": np.float64(-1.0),
-             "bad_epochs": np.int64(0)}
+             **_counters(epoch=0, step=0, best_auc=-1.0, bad_epochs=0)}
     history: list[dict] = []
     manager = None
     if out_dir is not None:
@@ -163,15 +169,14 @@ def train(model, dataset, config: TrainConfig = TrainConfig(), *, out_dir: str |
             tqdm.write(f"epoch {epoch + 1}: train loss {res['train_loss']:.4f}  valid AUC "
                        f"{res['auc']:.4f}  logloss {res['logloss']:.4f}")
         if res["auc"] > best_auc:
-            best_auc, best_params, bad_epochs = res["auc"], params, 0
+            best_auc, bad_epochs = res["auc"], 0
             best_params = jax.tree.map(jnp.copy, params)  # params buffers are donated next step
         else:
             bad_epochs += 1
         if manager is not None:
             manager.save(epoch + 1, args=ocp.args.StandardSave(
                 {"params": params, "opt_state": opt_state, "best_params": best_params,
-                 "epoch": np.int64(epoch + 1), "step": np.int64(step),
-                 "best_auc": np.float64(best_auc), "bad_epochs": np.int64(bad_epochs)}))
+                 **_counters(epoch + 1, step, best_auc, bad_epochs)}))
             manager.wait_until_finished()
             (Path(out_dir) / "history.json").write_text(json.dumps(history, indent=1))
 

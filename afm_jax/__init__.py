@@ -1,0 +1,21 @@
+"""afm_jax: train CTR models in JAX, then compress them with Atomic Feature Mimicking (AFM).
+
+    ds = afm_jax.synthetic_dataset(200_000)
+    model = afm_jax.build_model("deepfm", ds.info)
+    params = afm_jax.train(model, ds).params
+    stats = afm_jax.collect_stats(model, params, afm_jax.iterate_batches(ds.train, 4096))
+    small = afm_jax.compress(params, stats, afm_jax.make_plan(params, stats, "budget:0.25"))
+    scores = afm_jax.make_scorer(model)(small, batch)   # same scorer, both forms
+"""
+
+from afm_jax.compress import (budget_plan, collect_stats, compress, energy_plan, finetune,
+                              fixed_plan, fold_projections, load_stats, make_plan, plan_report,
+                              save_stats, svd_compress)
+from afm_jax.data import (Dataset, Encoder, FeatureInfo, Schema, iterate_batches, load_dataset,
+                          synthetic_dataset)
+from afm_jax.errors import AfmError, CheckpointError, CompressionError, DataError
+from afm_jax.inference import evaluate, make_scorer, predict
+from afm_jax.models import build_model
+from afm_jax.train import TrainConfig, train
+
+__version__ = "0.1.0"

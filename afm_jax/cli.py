@@ -1,0 +1,304 @@
+"""The `afm-jax` command: demo, train, evaluate, compress.
+
+Every command that reports figures takes --json and then prints one JSON object on its last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from afm_jax.errors import AfmError
+
+
+def _data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--data", required=required,
+                   help="criteo:PATH | avazu:PATH | libfm:PATH[,PATH] | movielens:DIR | "
+                        "csv:PATH | parquet:PATH | synthetic[:ROWS]")
+    p.add_argument("--schema", help="JSON schema file for csv:/parquet: data")
+    p.add_argument("--min-count", type=int, help="vocabulary min count (default per dataset)")
+    p.add_argument("--split-by", default="sequential", choices=["sequential", "random"],
+                   help="8:1:1 train/valid/test split in file order or by a seeded shuffle")
+    p.add_argument("--split-seed", type=int, default=0)
+    p.add_argument("--on-bad-lines", default="error", choices=["error", "skip"])
+    p.add_argument("--max-rows", type=int, help="read only the first N valid rows")
+    p.add_argument("--cache-dir", help="where encoded arrays are cached")
+
+
+def _data_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {"schema": args.schema, "min_count": args.min_count, "split": args.split_by,
+            "seed": args.split_seed, "on_bad_lines": args.on_bad_lines,
+            "max_rows": args.max_rows, "cache_dir": args.cache_dir}
+
+
+def _load(spec: str, options: dict[str, Any], progress: bool, encoder=None):
+    from afm_jax.data import load_dataset
+    return load_dataset(spec, progress=progress, encoder=encoder, **options)
+
+
+def _print_json(obj: dict) -> None:
+    print(json.dumps(obj, default=float))
+
+
+def _table(rows: list[dict], cols: Sequence[str]) -> str:
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4f}"
+        return f"{v:,}" if isinstance(v, int) else str(v)
+    cells = [[fmt(r.get(c, "")) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(x[i]) for x in cells)) for i, c in enumerate(cols)]
+    line = lambda xs: "  ".join(x.rjust(w) for x, w in zip(xs, widths))  # noqa: E731
+    return "\n".join([line(cols), line(["-" * w for w in widths])] + [line(x) for x in cells])
+
+
+def _model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    kw: dict[str, Any] = {}
+    if args.embed_dim is not None:
+        kw["embed_dim"] = args.embed_dim
+    if args.mlp is not None:
+        kw["mlp"] = tuple(int(x) for x in args.mlp.split(",") if x)
+    return kw
+
+
+def cmd_train(args: argparse.Namespace) -> dict:
+    from afm_jax.inference import count_params, evaluate, make_scorer
+    from afm_jax.models import build_model
+    from afm_jax.train import TrainConfig, train
+
+    progress = not args.no_progress
+    options = _data_options(args)
+    ds = _load(args.data, options, progress)
+    model = build_model(args.model, ds.info, **_model_kwargs(args))
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size,
+                         learning_rate=args.lr, seed=args.seed, embed_l2=args.embed_l2,
+                         patience=args.patience)
+    res = train(model, ds, config, out_dir=args.out, progress=progress,
+                extra_meta={"data": {"spec": args.data, **options}})
+    test = evaluate(make_scorer(model), res.params, ds.test)
+    out = {"model": args.model, "data": args.data, "auc": test["auc"],
+           "logloss": test["logloss"], "rows": test["rows"],
+           "valid_auc": res.best_valid.get("auc"), "params": count_params(res.params),
+           "seconds": res.seconds, "out": args.out}
+    print(f"{args.model} on {args.data}: test AUC {test['auc']:.4f}  logloss "
+          f"{test['logloss']:.4f}  ({test['rows']:,} rows; trained in {res.seconds:.1f}s)")
+    return out
+
+
+def _model_dir_data(args: argparse.Namespace, meta: dict, model_dir: str, progress: bool):
+    """The data of --data encoded with the model directory's own encoder."""
+    from afm_jax.checkpoint import load_encoder
+    saved = meta.get("data", {})
+    options = {k: v for k, v in saved.items() if k != "spec"}
+    spec = args.data or saved.get("spec")
+    if spec is None:
+        raise AfmError(f"{model_dir}: no --data given and model.json names none")
+    if args.data:
+        options.update({k: v for k, v in _data_options(args).items()
+                        if v is not None and k not in ("split", "seed", "on_bad_lines")})
+        options["on_bad_lines"] = args.on_bad_lines
+    encoder = None
+    if Path(model_dir, "encoder.json").is_file():
+        encoder = load_encoder(model_dir)
+    return _load(spec, options, progress, encoder=encoder)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> dict:
+    from afm_jax.checkpoint import load_model_dir
+    from afm_jax.inference import count_params, evaluate, make_scorer
+
+    model, params, meta = load_model_dir(args.model_dir)
+    ds = _model_dir_data(args, meta, args.model_dir, not args.no_progress)
+    split = getattr(ds, args.split)
+    res = evaluate(make_scorer(model), params, split)
+    out = {"model_dir": args.model_dir, "split": args.split, "auc": res["auc"],
+           "logloss": res["logloss"], "rows": res["rows"], "params": count_params(params),
+           "seconds": res["seconds"]}
+    print(f"{args.model_dir} [{args.split}]: AUC {res['auc']:.4f}  logloss {res['logloss']:.4f}"
+          f"  ({res['rows']:,} rows, {count_params(params):,} params)")
+    return out
+
+
+def compress_model(model, params, ds, plan_spec: str, *, sites=None, activation=None,
+                   finetune_steps: int = 0, stats_rows: int | None = None,
+                   batch_size: int = 2048, progress: bool = True) -> dict:
+    """Statistics on the training split, a plan, the AFM map (and optional fine-tune)."""
+    import math
+
+    from afm_jax.compress import collect_stats, compress, finetune, make_plan, plan_report
+    from afm_jax.data import iterate_batches
+
+    t0 = time.perf_counter()
+    train = ds.train
+    n = len(train) if stats_rows is None else min(stats_rows, len(train))
+    sub = type(train)(cat=train.cat[:n], num=train.num[:n], label=train.label[:n])
+    stats = collect_stats(model, params, iterate_batches(sub, batch_size),
+                          total=math.ceil(n / batch_size), progress=progress)
+    t_stats = time.perf_counter() - t0
+    plan = make_plan(params, stats, plan_spec, sites)
+    report = plan_report(params, stats, plan)
+    t1 = time.perf_counter()
+    new = compress(params, stats, plan, model=model, activation=activation)
+    t_compress = time.perf_counter() - t1
+    ft = None
+    if finetune_steps:
+        new, ft = finetune(model, new, ds, finetune_steps, progress=progress)
+    return {"params": new, "stats": stats, "plan": plan, "report": report,
+            "stats_seconds": t_stats, "compress_seconds": t_compress, "finetune": ft}
+
+
+def cmd_compress(args: argparse.Namespace) -> dict:
+    from afm_jax.checkpoint import load_model_dir, save_model_dir
+    from afm_jax.compress import save_stats
+    from afm_jax.inference import count_params, evaluate, make_scorer
+
+    progress = not args.no_progress
+    model, params, meta = load_model_dir(args.model_dir)
+    ds = _model_dir_data(args, meta, args.model_dir, progress)
+    sites = [s for s in args.sites.split(",") if s] if args.sites else None
+    res = compress_model(model, params, ds, args.plan, sites=sites, activation=args.act,
+                         finetune_steps=args.finetune_steps, stats_rows=args.stats_rows,
+                         progress=progress)
+    scorer = make_scorer(model)
+    before, after = evaluate(scorer, params, ds.test), evaluate(scorer, res["params"], ds.test)
+    report = res["report"]
+    encoder = None
+    if Path(args.model_dir, "encoder.json").is_file():
+        from afm_jax.checkpoint import load_encoder
+        encoder = load_encoder(args.model_dir)
+    extra = {k: v for k, v in meta.items() if k not in ("model", "info")}
+    extra["compression"] = {"from": str(args.model_dir), "plan": args.plan, "sites": sites,
+                            "activation": args.act, "finetune": res["finetune"],
+                            **report.to_json()}
+    out_dir = save_model_dir(args.out, model, res["params"], encoder=encoder, extra=extra)
+    save_stats(out_dir / "stats.npz", res["stats"])
+    (out_dir / "plan.md").write_text(report.to_markdown() + "\n")
+    print(report.to_markdown())
+    print(f"\ntest AUC {before['auc']:.4f} -> {after['auc']:.4f}   logloss {before['logloss']:.4f}"
+          f" -> {after['logloss']:.4f}   params {count_params(params):,} -> "
+          f"{count_params(res['params']):,}   written to {out_dir}")
+    return {"params_before": report.params_before, "params_after": report.params_after,
+            "ratio": report.ratio, "total_params_before": count_params(params),
+            "total_params_after": count_params(res["params"]), "auc_before": before["auc"],
+            "auc": after["auc"], "logloss_before": before["logloss"],
+            "logloss": after["logloss"], "rows": after["rows"],
+            "params": count_params(res["params"]), "seconds": res["stats_seconds"]
+            + res["compress_seconds"], "out": str(out_dir)}
+
+
+def cmd_demo(args: argparse.Namespace) -> dict:
+    from afm_jax.data import synthetic_dataset
+    from afm_jax.inference import count_params, evaluate, make_scorer, throughput
+    from afm_jax.models import build_model
+    from afm_jax.train import TrainConfig, train
+
+    progress = not args.no_progress
+    t0 = time.perf_counter()
+    ds = synthetic_dataset(args.rows, seed=args.seed)
+    print(f"synthetic CTR data: {len(ds.train):,} train / {len(ds.valid):,} valid / "
+          f"{len(ds.test):,} test rows, {len(ds.info.cat_names)} categorical + "
+          f"{len(ds.info.num_names)} numeric fields")
+    config = TrainConfig(epochs=args.epochs, batch_size=1024, seed=args.seed)
+    rows, trained = [], {}
+    for name in ("lr", "deepfm"):
+        model = build_model(name, ds.info)
+        res = train(model, ds, config, progress=progress)
+        scorer = make_scorer(model)
+        test = evaluate(scorer, res.params, ds.test)
+        trained[name] = (model, res.params, scorer)
+        rows.append({"model": name, "valid AUC": res.best_valid["auc"], "test AUC": test["auc"],
+                     "test logloss": test["logloss"], "params": count_params(res.params),
+                     "rows/s": throughput(scorer, res.params, ds.test)})
+    print("\n" + _table(rows, ["model", "params", "valid AUC", "test AUC", "test logloss",
+                                "rows/s"]))
+    model, params, scorer = trained["deepfm"]
+    comp = compress_model(model, params, ds, args.plan, progress=progress)
+    cparams = comp["params"]
+    test = evaluate(scorer, cparams, ds.test)
+    rows.append({"model": f"deepfm AFM {args.plan}", "test AUC": test["auc"],
+                 "test logloss": test["logloss"], "params": count_params(cparams),
+                 "rows/s": throughput(scorer, cparams, ds.test)})
+    print(f"\nAFM compression of DeepFM ({args.plan}; statistics {comp['stats_seconds']:.1f}s, "
+          f"map {comp['compress_seconds']:.2f}s): compressible params "
+          f"{comp['report'].params_before:,} -> {comp['report'].params_after:,} "
+          f"({comp['report'].ratio:.2f}x fewer)\n")
+    print(_table(rows[1:], ["model", "params", "test AUC", "test logloss", "rows/s"]))
+    lr_auc, deep_auc = rows[0]["test AUC"], rows[1]["test AUC"]
+    print(f"\nDeepFM {'beats' if deep_auc > lr_auc else 'does NOT beat'} LR on test AUC "
+          f"({deep_auc:.4f} vs {lr_auc:.4f}); total {time.perf_counter() - t0:.0f}s")
+    return {"auc": test["auc"], "logloss": test["logloss"], "rows": test["rows"],
+            "params": count_params(cparams), "seconds": time.perf_counter() - t0,
+            "results": [{k: v for k, v in r.items()} for r in rows],
+            "ratio": comp["report"].ratio}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="afm-jax", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--json", action="store_true", help="last line: one JSON object")
+        p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("demo", help="train LR and DeepFM on synthetic data, compress DeepFM")
+    p.add_argument("--rows", type=int, default=300_000)
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--plan", default="budget:0.25")
+    p.add_argument("--seed", type=int, default=0)
+    common(p)
+    p.set_defaults(fn=cmd_demo)
+
+    p = sub.add_parser("train", help="train a model on a dataset")
+    _data_args(p)
+    p.add_argument("--model", default="deepfm")
+    p.add_argument("--out", help="model directory (resumes when it holds a checkpoint)")
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--embed-l2", type=float, default=0.0)
+    p.add_argument("--patience", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--embed-dim", type=int)
+    p.add_argument("--mlp", help="hidden sizes, e.g. 400,400,400")
+    common(p)
+    p.set_defaults(fn=cmd_train)
+
+    p = sub.add_parser("evaluate", help="score a split with a model directory")
+    p.add_argument("--model-dir", required=True)
+    _data_args(p, required=False)
+    p.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    common(p)
+    p.set_defaults(fn=cmd_evaluate)
+
+    p = sub.add_parser("compress", help="AFM-compress a model directory")
+    p.add_argument("--model-dir", required=True)
+    _data_args(p, required=False)
+    p.add_argument("--plan", default="budget:0.25", help="rank:K | energy:E | budget:F")
+    p.add_argument("--sites", help="comma-separated site prefixes, e.g. mlp,embed (default all)")
+    p.add_argument("--act", help="activation between the factors (relu, gelu, silu, tanh)")
+    p.add_argument("--finetune-steps", type=int, default=0)
+    p.add_argument("--stats-rows", type=int, help="calibrate on the first N training rows")
+    p.add_argument("--out", required=True)
+    common(p)
+    p.set_defaults(fn=cmd_compress)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result = args.fn(args)
+    except AfmError as e:
+        print(f"afm-jax {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        _print_json(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,30 @@
+"""Batches over encoded splits: one fancy-index per array per batch, no per-row Python."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from afm_jax.data.dataset import EncodedSplit
+from afm_jax.errors import DataError
+
+
+def iterate_batches(split: EncodedSplit, batch_size: int, *, shuffle: bool = False, seed: int = 0,
+                    drop_remainder: bool = False) -> Iterator[dict[str, np.ndarray]]:
+    """Yield {"cat": int32[B,Fc], "num": float32[B,Fn], "label": float32[B]}.
+
+    shuffle: a permutation seeded by `seed` (pass a different seed per epoch); each batch's indices
+    are sorted for memory locality. Without shuffle, batches are contiguous slices in order. The
+    last batch is smaller unless drop_remainder.
+    """
+    if batch_size < 1:
+        raise DataError(f"batch_size must be >= 1, got {batch_size}", field="batch_size")
+    n = len(split)
+    order = np.random.default_rng(seed).permutation(n) if shuffle else None
+    stop = n - n % batch_size if drop_remainder else n
+    for s in range(0, stop, batch_size):
+        e = min(s + batch_size, n)
+        idx = slice(s, e) if order is None else np.sort(order[s:e])
+        yield {"cat": np.ascontiguousarray(split.cat[idx]), "num": np.ascontiguousarray(split.num[idx]),
+               "label": np.ascontiguousarray(split.label[idx])}

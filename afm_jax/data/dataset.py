@@ -1,0 +1,471 @@
+"""Datasets: spec parsing, the streaming encode/split builder, the on-disk cache, load_dataset."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+
+from afm_jax.data.encoder import Encoder, numeric_transform
+from afm_jax.data.readers import (BadLine, RawChunk, Source, avazu_source, criteo_source, csv_source,
+                                  libfm_source, movielens_source, parquet_source)
+from afm_jax.data.schema import FeatureInfo, Schema
+from afm_jax.errors import DataError
+
+CACHE_FORMAT_VERSION = 1
+SPLITS = ("train", "valid", "test")
+SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
+MAX_REPORTED_BAD_LINES = 10
+_ROW_BLOCK = 1 << 20  # rows per block in the count/remap passes
+
+# Default options per dataset kind. min_count: values seen fewer times in train map to id 0.
+# criteo/avazu 10 (the usual choice on the full sets; lower it on the small samples);
+# libfm/movielens 1 (small, curated vocabularies where every value matters); generic csv/parquet 2
+# (drops singletons, which carry no generalizable signal); synthetic 1.
+DATASET_DEFAULTS: dict[str, dict] = {
+    "criteo": {"min_count": 10},
+    "avazu": {"min_count": 10},
+    "libfm": {"min_count": 1},
+    "movielens": {"min_count": 1},
+    "csv": {"min_count": 2},
+    "parquet": {"min_count": 2},
+    "synthetic": {"min_count": 1, "rows": 200_000},
+}
+
+
+@dataclass
+class EncodedSplit:
+    """Encoded rows: cat int32 [N, Fc] in [0, vocab_f), num float32 [N, Fn], label float32 [N] (0/1).
+    Arrays may be read-only np.memmap views of the cache."""
+
+    cat: np.ndarray
+    num: np.ndarray
+    label: np.ndarray
+
+    def __post_init__(self) -> None:
+        n = len(self.label)
+        if self.cat.ndim != 2 or self.num.ndim != 2 or self.cat.shape[0] != n or self.num.shape[0] != n:
+            raise DataError(f"inconsistent split shapes cat {self.cat.shape}, num {self.num.shape}, "
+                            f"label {self.label.shape}")
+
+    def __len__(self) -> int:
+        return len(self.label)
+
+
+@dataclass
+class Dataset:
+    """Encoded train/valid/test splits, the fitted encoder, and a report of how they were made."""
+
+    name: str
+    info: FeatureInfo
+    train: EncodedSplit
+    valid: EncodedSplit
+    test: EncodedSplit
+    encoder: Encoder
+    report: dict
+
+    def split(self, name: str) -> EncodedSplit:
+        if name not in SPLITS:
+            raise DataError(f"unknown split {name!r}; one of {SPLITS}")
+        return getattr(self, name)
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    kind: str
+    paths: tuple[str, ...] = ()
+    rows: int | None = None
+
+
+def parse_data_spec(spec: str) -> DataSpec:
+    """'criteo:PATH' | 'avazu:PATH' | 'libfm:PATH[,PATH...]' | 'movielens:DIR' | 'csv:PATH' |
+    'parquet:PATH' | 'synthetic' | 'synthetic:ROWS' -> DataSpec."""
+    if not isinstance(spec, str) or not spec:
+        raise DataError(f"data spec must be a non-empty string, got {spec!r}")
+    kind, _, rest = spec.partition(":")
+    kind = kind.strip().lower()
+    if kind == "synthetic":
+        if not rest:
+            return DataSpec("synthetic")
+        try:
+            rows = int(rest.replace("_", ""))
+        except ValueError:
+            raise DataError(f"synthetic row count must be an integer, got {rest!r}", field="spec") from None
+        if rows < 10:
+            raise DataError(f"synthetic needs at least 10 rows, got {rows}", field="spec")
+        return DataSpec("synthetic", rows=rows)
+    if kind not in DATASET_DEFAULTS:
+        raise DataError(f"unknown data kind {kind!r} in spec {spec!r}; one of {sorted(DATASET_DEFAULTS)}",
+                        field="spec")
+    if not rest:
+        raise DataError(f"spec {spec!r} needs a path: '{kind}:PATH'", field="spec")
+    paths = tuple(p.strip() for p in rest.split(",")) if kind == "libfm" else (rest.strip(),)
+    if any(not p for p in paths):
+        raise DataError(f"empty path in spec {spec!r}", field="spec")
+    return DataSpec(kind, tuple(str(Path(p).expanduser()) for p in paths))
+
+
+def make_source(ds: DataSpec, schema: Schema | str | None = None) -> Source:
+    """The streaming reader of a file-backed spec (not synthetic)."""
+    if ds.kind == "criteo":
+        return criteo_source(ds.paths[0], schema)
+    if ds.kind == "avazu":
+        return avazu_source(ds.paths[0], schema)
+    if ds.kind == "libfm":
+        return libfm_source(ds.paths, schema)
+    if ds.kind == "movielens":
+        return movielens_source(ds.paths[0], schema)
+    if ds.kind == "csv":
+        return csv_source(ds.paths[0], schema)
+    if ds.kind == "parquet":
+        return parquet_source(ds.paths[0], schema)
+    raise DataError(f"no file reader for kind {ds.kind!r}")
+
+
+# ------------------------------------------------------------------------------------ the builder
+
+class _Sink:
+    """Append-only row storage for provisional arrays: in memory, or raw files in `directory`."""
+
+    def __init__(self, directory: Path | None, n_cat: int, n_num: int):
+        self.directory, self.n_cat, self.n_num, self.n = directory, n_cat, n_num, 0
+        self._mem: dict[str, list[np.ndarray]] = {"cat": [], "num": [], "label": []}
+        self._files = {}
+        if directory is not None:
+            self._files = {k: open(directory / f"_prov_{k}.bin", "wb") for k in self._mem}
+
+    def append(self, cat: np.ndarray, num: np.ndarray, label: np.ndarray) -> None:
+        for key, arr in (("cat", cat), ("num", num), ("label", label)):
+            if self._files:
+                self._files[key].write(np.ascontiguousarray(arr).tobytes())
+            else:
+                self._mem[key].append(arr)
+        self.n += len(label)
+
+    def finish(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        shapes = {"cat": ((self.n, self.n_cat), np.int32), "num": ((self.n, self.n_num), np.float32),
+                  "label": ((self.n,), np.float32)}
+        out = []
+        for key, (shape, dtype) in shapes.items():
+            if self._files:
+                self._files[key].close()
+                if int(np.prod(shape)) == 0:
+                    out.append(np.zeros(shape, dtype))
+                else:
+                    out.append(np.memmap(self.directory / f"_prov_{key}.bin", dtype=dtype, mode="r", shape=shape))
+            else:
+                parts = self._mem[key]
+                out.append(np.concatenate(parts).reshape(shape) if parts else np.zeros(shape, dtype))
+        return tuple(out)
+
+
+class _BadTracker:
+    def __init__(self, on_bad_lines: str):
+        if on_bad_lines not in ("error", "skip"):
+            raise DataError(f"on_bad_lines must be 'error' or 'skip', got {on_bad_lines!r}", field="on_bad_lines")
+        self.mode, self.count, self.examples = on_bad_lines, 0, []
+
+    def add(self, bad: list[BadLine]) -> None:
+        if not bad:
+            return
+        if self.mode == "error":
+            raise bad[0].error()
+        self.count += len(bad)
+        room = MAX_REPORTED_BAD_LINES - len(self.examples)
+        self.examples += [{"path": b.path, "line": b.line, "field": b.field, "reason": b.reason} for b in bad[:room]]
+
+
+def split_rows(n: int, split: str, seed: int) -> dict[str, slice | np.ndarray]:
+    """Rows of each split: contiguous 8:1:1 slices ('sequential') or sorted index arrays from a
+    seeded permutation ('random')."""
+    n_train, n_valid = int(n * SPLIT_FRACTIONS[0]), int(n * SPLIT_FRACTIONS[1])
+    bounds = (0, n_train, n_train + n_valid, n)
+    if split == "sequential":
+        return {s: slice(bounds[i], bounds[i + 1]) for i, s in enumerate(SPLITS)}
+    if split == "random":
+        perm = np.random.default_rng(seed).permutation(n)
+        return {s: np.sort(perm[bounds[i]:bounds[i + 1]]) for i, s in enumerate(SPLITS)}
+    raise DataError(f"split must be 'sequential' or 'random', got {split!r}", field="split")
+
+
+def _n_rows(rows: slice | np.ndarray) -> int:
+    return rows.stop - rows.start if isinstance(rows, slice) else len(rows)
+
+
+def _row_blocks(rows: slice | np.ndarray) -> Iterable[tuple[int, slice | np.ndarray]]:
+    """(offset within the split, rows) blocks of at most _ROW_BLOCK rows."""
+    n = _n_rows(rows)
+    for s in range(0, n, _ROW_BLOCK):
+        e = min(s + _ROW_BLOCK, n)
+        yield s, (slice(rows.start + s, rows.start + e) if isinstance(rows, slice) else rows[s:e])
+
+
+def _alloc(directory: Path | None, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+    if directory is None or int(np.prod(shape)) == 0:
+        return np.zeros(shape, dtype)
+    return np.lib.format.open_memmap(directory / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)
+
+
+def build_from_chunks(name: str, chunks: Iterable[tuple[RawChunk | None, list[BadLine]]], *, min_count: int,
+                      split: str = "sequential", seed: int = 0, on_bad_lines: str = "error",
+                      max_rows: int | None = None, out_dir: Path | None = None,
+                      encoder: Encoder | None = None) -> Dataset:
+    """With `encoder`, encode with that fitted encoder (e.g. a model directory's) instead of fitting one.
+
+    Stream chunks once into provisional ids (value -> first-seen id per field), then count the
+    training rows' ids, build the vocabularies (count >= min_count; by descending count, then value)
+    and remap into the final per-split arrays. Memory stays bounded by the vocabularies when out_dir
+    is given (arrays are written there as .npy); with out_dir=None everything stays in memory."""
+    t0 = time.perf_counter()
+    if min_count < 1:
+        raise DataError(f"min_count must be >= 1, got {min_count}", field="min_count")
+    if max_rows is not None and max_rows < 1:
+        raise DataError(f"max_rows must be >= 1, got {max_rows}", field="max_rows")
+    if split not in ("sequential", "random"):
+        raise DataError(f"split must be 'sequential' or 'random', got {split!r}", field="split")
+    tracker = _BadTracker(on_bad_lines)
+    cat_names: tuple[str, ...] | None = None
+    num_names: tuple[str, ...] = ()
+    maps: list[dict[str, int]] = []
+    sink: _Sink | None = None
+    rows_read, truncated, files = 0, False, []
+    for chunk, bad in chunks:
+        if chunk is not None and max_rows is not None and rows_read + len(chunk) >= max_rows:
+            k = max_rows - rows_read
+            cutoff = int(chunk.lines[k - 1])
+            bad = [b for b in bad if b.path != chunk.path or b.line < cutoff]
+            chunk, truncated = chunk.head(k), True
+        tracker.add(bad)
+        if chunk is None:
+            continue
+        if chunk.path not in files:
+            files.append(chunk.path)
+        if cat_names is None:
+            cat_names, num_names = chunk.cat_names, chunk.num_names
+            maps = [{} for _ in cat_names]
+            sink = _Sink(out_dir, len(cat_names), len(num_names))
+        elif (chunk.cat_names, chunk.num_names) != (cat_names, num_names):
+            raise DataError("fields differ between chunks", path=chunk.path, line=int(chunk.lines[0]))
+        n = len(chunk)
+        prov = np.empty((n, len(cat_names)), dtype=np.int32)
+        for j, fname in enumerate(cat_names):
+            enc = pc.dictionary_encode(chunk.columns[fname])
+            values = enc.dictionary.to_pylist()
+            m = maps[j]
+            ids = np.fromiter((m.setdefault(v, len(m) + 1) for v in values), dtype=np.int32, count=len(values))
+            idx = pc.fill_null(enc.indices, len(values)).to_numpy(zero_copy_only=False)
+            prov[:, j] = np.append(ids, np.int32(0))[idx]
+        num = np.empty((n, len(num_names)), dtype=np.float32)
+        for j, fname in enumerate(num_names):
+            num[:, j] = numeric_transform(chunk.columns[fname])
+        sink.append(prov, num, chunk.label.astype(np.float32))
+        rows_read += n
+        if truncated:
+            break
+    if sink is None or rows_read == 0:
+        raise DataError(f"no valid rows in {name} ({tracker.count} bad lines skipped)")
+    t_parse = time.perf_counter() - t0
+    prov_cat, prov_num, prov_label = sink.finish()
+    rows = split_rows(rows_read, split, seed)
+
+    # Vocabulary from training counts.
+    counts = [np.zeros(len(m) + 1, dtype=np.int64) for m in maps]
+    n_num = len(num_names)
+    cnt, mean, m2 = np.zeros(n_num), np.zeros(n_num), np.zeros(n_num)
+    for _, r in _row_blocks(rows["train"]):
+        block = np.asarray(prov_cat[r])
+        for j in range(len(maps)):
+            counts[j] += np.bincount(block[:, j], minlength=len(counts[j]))
+        if n_num:
+            x = np.asarray(prov_num[r], dtype=np.float64)
+            valid = ~np.isnan(x)
+            c = valid.sum(axis=0).astype(np.float64)
+            bmean = np.where(c > 0, np.nansum(x, axis=0) / np.maximum(c, 1), 0.0)
+            bm2 = np.nansum((x - bmean) ** 2, axis=0)
+            tot = cnt + c
+            delta = bmean - mean
+            frac = np.where(tot > 0, c / np.maximum(tot, 1), 0.0)
+            mean = mean + delta * frac
+            m2 = m2 + bm2 + delta ** 2 * cnt * frac
+            cnt = tot
+    vocabs, remaps = [], []
+    if encoder is not None:
+        if (encoder.cat_names, encoder.num_names) != (cat_names, num_names):
+            raise DataError(f"the data's fields {list(cat_names) + list(num_names)} differ from the "
+                            f"encoder's {list(encoder.cat_names) + list(encoder.num_names)}",
+                            path=files[0] if files else None)
+        for m, vocab in zip(maps, encoder.vocabs):
+            ids = {v: i + 1 for i, v in enumerate(vocab)}
+            remap = np.zeros(len(m) + 1, dtype=np.int32)
+            remap[1:] = np.fromiter((ids.get(v, 0) for v in m), dtype=np.int32, count=len(m))
+            remaps.append(remap)
+    for m, cts in zip(maps if encoder is None else [], counts):
+        values = np.array(list(m.keys()), dtype=object)
+        c = cts[1:]
+        keep = np.flatnonzero(c >= min_count)
+        order = keep[np.lexsort((values[keep].astype(str), -c[keep]))] if len(keep) else keep
+        remap = np.zeros(len(m) + 1, dtype=np.int32)
+        remap[order + 1] = np.arange(1, len(order) + 1, dtype=np.int32)
+        vocabs.append(values[order].tolist())
+        remaps.append(remap)
+    std = np.sqrt(np.where(cnt > 0, m2 / np.maximum(cnt, 1), 1.0))
+    std = np.where(std > 1e-12, std, 1.0)
+    if encoder is None:
+        encoder = Encoder(cat_names, vocabs, num_names, np.where(cnt > 0, mean, 0.0), std, min_count)
+
+    # Remap into the final split arrays.
+    splits = {}
+    for s in SPLITS:
+        r_all = rows[s]
+        n = _n_rows(r_all)
+        cat = _alloc(out_dir, f"{s}_cat", (n, len(cat_names)), np.int32)
+        num = _alloc(out_dir, f"{s}_num", (n, n_num), np.float32)
+        label = _alloc(out_dir, f"{s}_label", (n,), np.float32)
+        for off, r in _row_blocks(r_all):
+            block = np.asarray(prov_cat[r])
+            k = len(block)
+            for j, remap in enumerate(remaps):
+                cat[off:off + k, j] = remap[block[:, j]]
+            if n_num:
+                x = np.asarray(prov_num[r])
+                for j in range(n_num):
+                    num[off:off + k, j] = encoder.standardize(x[:, j], j)
+            label[off:off + k] = prov_label[r]
+        for arr in (cat, num, label):
+            if isinstance(arr, np.memmap):
+                arr.flush()
+        splits[s] = EncodedSplit(cat, num, label)
+    del prov_cat, prov_num, prov_label
+    if out_dir is not None:
+        for p in out_dir.glob("_prov_*.bin"):
+            p.unlink()
+    report = {
+        "name": name,
+        "rows_read": rows_read,
+        "rows_skipped": tracker.count,
+        "first_skipped_lines": [e["line"] for e in tracker.examples],
+        "skipped_examples": tracker.examples,
+        "truncated": truncated,
+        "splits": {s: len(splits[s]) for s in SPLITS},
+        "split": split,
+        "seed": seed,
+        "min_count": min_count,
+        "vocab_sizes": list(encoder.info.vocab_sizes),
+        "positive_rate": float(np.mean(splits["train"].label)) if len(splits["train"]) else float("nan"),
+        "files": files,
+        "parse_seconds": round(t_parse, 3),
+        "seconds": round(time.perf_counter() - t0, 3),
+        "cache_hit": False,
+    }
+    return Dataset(name, encoder.info, splits["train"], splits["valid"], splits["test"], encoder, report)
+
+
+# ----------------------------------------------------------------------------------------- cache
+
+def default_cache_root() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "afm_jax"
+
+
+def _cache_key(source: Source, options: dict) -> tuple[str, dict]:
+    files = []
+    for p in source.paths:
+        st = os.stat(p)
+        files.append([os.path.abspath(p), st.st_size, st.st_mtime_ns])
+    key = {"version": CACHE_FORMAT_VERSION, "kind": source.name, "files": files, "schema": source.schema.to_json(),
+           **options}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    return f"{source.name}-{digest}", key
+
+
+def _load_array(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError:  # zero-size arrays cannot be memory-mapped
+        return np.load(path, allow_pickle=False)
+
+
+def _load_cached(directory: Path, t0: float) -> Dataset:
+    encoder = Encoder.load(directory / "encoder.json")
+    with open(directory / "report.json", encoding="utf-8") as f:
+        report = json.load(f)
+    splits = {s: EncodedSplit(*(_load_array(directory / f"{s}_{k}.npy") for k in ("cat", "num", "label")))
+              for s in SPLITS}
+    report.update(cache_hit=True, build_seconds=report.get("seconds"), seconds=round(time.perf_counter() - t0, 3),
+                  cache_dir=str(directory))
+    return Dataset(report["name"], encoder.info, splits["train"], splits["valid"], splits["test"], encoder, report)
+
+
+def load_dataset(spec: str, *, schema: Schema | str | None = None, min_count: int | None = None,
+                 split: str = "sequential", seed: int = 0, on_bad_lines: str = "error",
+                 cache_dir: str | None = None, max_rows: int | None = None, progress: bool = True,
+                 encoder: Encoder | None = None) -> Dataset:
+    """Read, validate, encode and split a dataset, caching the result as memory-mappable .npy.
+
+    spec: see parse_data_spec. cache_dir: the cache root (default ~/.cache/afm_jax); each distinct
+    (files, sizes, mtimes, options) gets its own subdirectory, written atomically. A second call
+    with the same arguments loads the cache (report["cache_hit"] is True). 'synthetic[:ROWS]' is
+    generated in memory (seed, min_count, split and max_rows apply; no cache, no bad lines).
+    encoder: encode with this fitted encoder (a trained model's) instead of fitting a new one.
+    """
+    t0 = time.perf_counter()
+    ds = parse_data_spec(spec)
+    defaults = DATASET_DEFAULTS[ds.kind]
+    min_count = defaults["min_count"] if min_count is None else int(min_count)
+    if ds.kind == "synthetic":
+        from afm_jax.data.synthetic import synthetic_dataset
+        rows = ds.rows or defaults["rows"]
+        if max_rows is not None:
+            rows = min(rows, max_rows)
+        return synthetic_dataset(rows, seed=seed, min_count=min_count, split=split, encoder=encoder)
+    if on_bad_lines not in ("error", "skip"):
+        raise DataError(f"on_bad_lines must be 'error' or 'skip', got {on_bad_lines!r}", field="on_bad_lines")
+    if split not in ("sequential", "random"):
+        raise DataError(f"split must be 'sequential' or 'random', got {split!r}", field="split")
+    source = make_source(ds, schema)
+    options = {"min_count": min_count, "split": split, "seed": seed if split == "random" else 0,
+               "on_bad_lines": on_bad_lines, "max_rows": max_rows}
+    if encoder is not None:
+        options["encoder"] = hashlib.sha256(json.dumps(encoder.to_json(), sort_keys=True).encode()).hexdigest()
+    dirname, key = _cache_key(source, options)
+    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_root()
+    final = root / dirname
+    if (final / "report.json").is_file():
+        return _load_cached(final, t0)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".tmp-{dirname}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        dataset = build_from_chunks(ds.kind, source.chunks(progress), min_count=min_count, split=split, seed=seed,
+                                    on_bad_lines=on_bad_lines, max_rows=max_rows, out_dir=tmp, encoder=encoder)
+        dataset.encoder.save(tmp / "encoder.json")
+        with open(tmp / "key.json", "w", encoding="utf-8") as f:
+            json.dump(key, f, indent=1)
+        for s in SPLITS:  # zero-size arrays were kept in memory: write them too
+            sp = dataset.split(s)
+            for k in ("cat", "num", "label"):
+                if not (tmp / f"{s}_{k}.npy").exists():
+                    np.save(tmp / f"{s}_{k}.npy", getattr(sp, k), allow_pickle=False)
+        with open(tmp / "report.json", "w", encoding="utf-8") as f:
+            json.dump(dataset.report, f, indent=1)
+        del dataset
+        try:
+            os.rename(tmp, final)
+        except OSError:  # another process finished first: use its cache
+            if not (final / "report.json").is_file():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    out = _load_cached(final, t0)
+    out.report.update(cache_hit=False, seconds=round(time.perf_counter() - t0, 3))
+    return out
