@@ -57,7 +57,10 @@ def merge_moments(a: Moments, b: Moments) -> Moments:
 
 
 def site_outputs(model, params, batch: Mapping[str, Any]) -> dict[str, jax.Array]:
-    """Every site's output for a batch: {"mlp/dense_0": [B, d], "embed/C1": [B, d], ...}."""
+    """Every site's output vectors for a batch: {"mlp/dense_0": [B, d], "embed/C1": [B, d], ...}.
+
+    A site applied T times per example (per field, per head) gives [B * T, d].
+    """
 
     def one(cat, num):
         _, state = model.apply({"params": params}, cat, num, mutable=[SOW_COLLECTION])
@@ -70,14 +73,17 @@ def site_outputs(model, params, batch: Mapping[str, Any]) -> dict[str, jax.Array
         keys = [str(getattr(k, "key", getattr(k, "idx", k))) for k in path]
         if keys and keys[-1] == "out":
             keys = keys[:-1]
-        out["/".join(keys)] = leaf
+        # a Linear applied to several vectors per example (attention heads, CIN rows) gives one
+        # output vector per application: each is a row of the statistics
+        out["/".join(keys)] = leaf.reshape(-1, leaf.shape[-1])
     return out
 
 
-def list_sites(model, params, example_batch: Mapping[str, Any]) -> dict[str, int]:
-    """Site name -> output dim, found by tracing the model once (no computation)."""
+def list_sites(model, params, example_batch: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
+    """Site name -> (output dim, output vectors per example), by tracing the model once."""
     shapes = jax.eval_shape(partial(site_outputs, model), params, example_batch)
-    return {k: int(v.shape[-1]) for k, v in shapes.items()}
+    b = int(np.shape(example_batch["cat"])[0])
+    return {k: (int(v.shape[-1]), int(v.shape[0]) // b) for k, v in shapes.items()}
 
 
 def _update(model, sites: tuple[str, ...], carry: dict[str, Moments], params, batch):
@@ -99,7 +105,9 @@ def collect_stats(model, params, batches: Iterable[Mapping[str, Any]],
     except StopIteration:
         raise CompressionError("collect_stats got no batches: pass at least one row") from None
     first = {"cat": first["cat"], "num": first["num"]}
-    dims = list_sites(model, params, first)
+    found = list_sites(model, params, first)
+    dims = {s: d for s, (d, _) in found.items()}
+    per_example = {s: t for s, (_, t) in found.items()}
     if sites is None:
         sites = tuple(dims)
     else:
@@ -118,11 +126,13 @@ def collect_stats(model, params, batches: Iterable[Mapping[str, Any]],
         rows += int(np.shape(b["cat"])[0])
         bar.update(1)
     bar.close()
+    # rows are examples; a site applied T times per example has T * rows output vectors
+    counts = {s: rows * per_example[s] for s in sites}
     out = {}
     for s, m in carry.items():
         m = jax.device_get(m)
-        out[s] = SiteStats(count=rows, mean=np.asarray(m.mean, np.float64),
-                           cov=np.asarray(m.m2, np.float64) / max(rows, 1))
+        out[s] = SiteStats(count=counts[s], mean=np.asarray(m.mean, np.float64),
+                           cov=np.asarray(m.m2, np.float64) / max(counts[s], 1))
     return out
 
 
