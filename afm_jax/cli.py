@@ -10,6 +10,8 @@ import json
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 from typing import Any, Sequence
 
 from afm_jax.errors import AfmError
@@ -235,6 +237,59 @@ def cmd_demo(args: argparse.Namespace) -> dict:
             "ratio": comp["report"].ratio}
 
 
+def cmd_score(args: argparse.Namespace) -> dict:
+    """Stream a file through the scorer; one score per valid input row, in input order."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from afm_jax.checkpoint import load_encoder, load_model_dir
+    from afm_jax.data import EncodedSplit, parse_data_spec
+    from afm_jax.data.dataset import make_source
+    from afm_jax.inference import make_scorer, predict
+
+    progress = not args.no_progress
+    model, params, meta = load_model_dir(args.model_dir)
+    encoder = load_encoder(args.model_dir)
+    schema = args.schema or meta.get("data", {}).get("schema")
+    source = make_source(parse_data_spec(args.data), schema)
+    scorer = make_scorer(model)
+    out = Path(args.out)
+    tmp = out.with_name(out.name + ".tmp")
+    rows, skipped, first_skipped, t0 = 0, 0, [], time.perf_counter()
+    table_schema = pa.schema([("file", pa.string()), ("line", pa.int64()), ("score", pa.float32())])
+    with pq.ParquetWriter(tmp, table_schema) as writer:
+        for chunk, bad in source.chunks(progress):
+            if bad and args.on_bad_lines == "error":
+                raise bad[0].error()
+            skipped += len(bad)
+            first_skipped += [(b.path, b.line) for b in bad][: max(0, 10 - len(first_skipped))]
+            if chunk is None or len(chunk) == 0:
+                continue
+            cat, num = encoder.encode(chunk)
+            scores = predict(scorer, params, EncodedSplit(cat, num, chunk.label), args.batch_size)
+            writer.write_table(pa.table({"file": pa.array([chunk.path] * len(chunk)),
+                                         "line": chunk.lines.astype(np.int64),
+                                         "score": scores.astype(np.float32)},
+                                        schema=table_schema))
+            rows += len(chunk)
+    tmp.replace(out)
+    seconds = time.perf_counter() - t0
+    print(f"scored {rows:,} rows ({skipped:,} bad lines skipped{', first: ' + str(first_skipped) if skipped else ''})"
+          f" in {seconds:.1f}s: {rows / max(seconds, 1e-9):,.0f} rows/s -> {out}")
+    return {"rows": rows, "skipped": skipped, "first_skipped": first_skipped,
+            "seconds": seconds, "rows_per_s": rows / max(seconds, 1e-9), "out": str(out)}
+
+
+def cmd_export(args: argparse.Namespace) -> dict:
+    from afm_jax.checkpoint import load_model_dir
+    from afm_jax.inference import count_params, export
+
+    model, params, _ = load_model_dir(args.model_dir)
+    out = export(model, params, args.out, batch_size=args.batch_size)
+    print(f"exported the scorer of {args.model_dir} ({count_params(params):,} params) to {out}")
+    return {"out": str(out), "params": count_params(params)}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="afm-jax", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -284,6 +339,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     common(p)
     p.set_defaults(fn=cmd_compress)
+
+    p = sub.add_parser("score", help="score a file with a model directory, write parquet")
+    p.add_argument("--model-dir", required=True)
+    p.add_argument("--data", required=True, help="criteo:PATH | avazu:PATH | ... (as in train)")
+    p.add_argument("--schema", help="JSON schema file for csv:/parquet: data")
+    p.add_argument("--on-bad-lines", default="error", choices=["error", "skip"])
+    p.add_argument("--batch-size", type=int, default=8192)
+    p.add_argument("--out", required=True, help="output .parquet: file, line, score per row")
+    common(p)
+    p.set_defaults(fn=cmd_score)
+
+    p = sub.add_parser("export", help="write a jax.export artifact of the scorer")
+    p.add_argument("--model-dir", required=True)
+    p.add_argument("--batch-size", type=int, help="fixed batch size (default: symbolic)")
+    p.add_argument("--out", required=True)
+    common(p)
+    p.set_defaults(fn=cmd_export)
     return parser
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,7 +24,11 @@ def logits_fn(model) -> Callable[[Any, Batch], jax.Array]:
         return model.apply({"params": params}, cat, num)
 
     def batched(params, batch: Batch) -> jax.Array:
-        return jax.vmap(one, in_axes=(None, 0, 0))(params, batch["cat"], batch["num"])
+        cat, num = batch["cat"], batch["num"]
+        chex.assert_rank([cat, num], 2)
+        chex.assert_type(cat, int)
+        chex.assert_equal_shape_prefix([cat, num], 1)
+        return jax.vmap(one, in_axes=(None, 0, 0))(params, cat, num)
 
     return batched
 
@@ -85,3 +91,53 @@ def throughput(scorer: Scorer, params, split, batch_size: int = 8192, repeats: i
 
 def count_params(params) -> int:
     return int(sum(np.size(x) for x in jax.tree_util.tree_leaves(params)))
+
+
+def export(model, params, path, *, batch_size: int | None = None) -> Path:
+    """Write the scorer as a serialized `jax.export` artifact that runs with jax alone.
+
+    path/ gets `scorer.jaxexport` (StableHLO; the batch dimension is symbolic unless
+    `batch_size` is given) and `params.npz` (the params leaves, loaded with allow_pickle=False).
+    Load with `load_exported(path)`; no model code is needed there.
+    """
+    from jax import export as jex
+
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    n_cat, n_num = len(model.info.cat_names), len(model.info.num_names)
+    b = jex.symbolic_shape("b")[0] if batch_size is None else batch_size
+    logits = logits_fn(model)
+
+    def score(p, cat, num):
+        return jax.nn.sigmoid(logits(p, {"cat": cat, "num": num}))
+
+    spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), params)
+    exported = jex.export(jax.jit(score))(spec, jax.ShapeDtypeStruct((b, n_cat), jnp.int32),
+                                          jax.ShapeDtypeStruct((b, n_num), jnp.float32))
+    (out / "scorer.jaxexport").write_bytes(exported.serialize())
+    leaves = jax.tree_util.tree_leaves(params)
+    with open(out / "params.npz", "wb") as f:
+        np.savez(f, **{f"leaf_{i:05d}": np.asarray(x) for i, x in enumerate(leaves)})
+    return out
+
+
+def load_exported(path) -> Callable[[np.ndarray, np.ndarray], jax.Array]:
+    """`score(cat int32[B, Fc], num float32[B, Fn]) -> probabilities [B]` from `export`."""
+    from jax import export as jex
+
+    from afm_jax.errors import CheckpointError
+
+    d = Path(path)
+    try:
+        exported = jex.deserialize(bytearray((d / "scorer.jaxexport").read_bytes()))
+        with np.load(d / "params.npz", allow_pickle=False) as z:
+            leaves = [z[k] for k in sorted(z.files)]
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{d}: not a loadable exported scorer ({e})") from e
+
+    def score(cat, num):
+        args, kwargs = jax.tree_util.tree_unflatten(
+            exported.in_tree, [*leaves, np.asarray(cat, np.int32), np.asarray(num, np.float32)])
+        return exported.call(*args, **kwargs)
+
+    return score

@@ -144,9 +144,11 @@ class FirstOrder(nn.Module):
         sizes = jnp.array(self.vocab_sizes, jnp.int32)
         w = self.param("weights", nn.initializers.zeros, (int(sum(self.vocab_sizes)),))
         idx = jnp.where((cat >= 0) & (cat < sizes), cat, 0) + offsets
-        w_num = self.param("num_weights", nn.initializers.zeros, (self.num_fields,))
         b = self.param("bias", nn.initializers.zeros, ())
-        return w[idx].sum() + num @ w_num + b
+        out = w[idx].sum() + b
+        if self.num_fields:  # no zero-size params: checkpoints cannot hold them
+            out = out + num @ self.param("num_weights", nn.initializers.zeros, (self.num_fields,))
+        return out
 
 
 class MLP(nn.Module):
@@ -194,3 +196,118 @@ class CrossNetV2(nn.Module):
         for i in range(self.num_layers):
             x = x0 * Linear(x0.shape[-1], name=f"cross_{i}")(x) + x
         return x
+
+
+def _upper_pairs(num_fields: int) -> tuple[jax.Array, jax.Array]:
+    """Indices (i, j), i < j, of the F (F - 1) / 2 field pairs, in row-major order."""
+    i, j = jnp.triu_indices(num_fields, k=1)
+    return i.astype(jnp.int32), j.astype(jnp.int32)
+
+
+def bi_interaction(fields: jax.Array) -> jax.Array:
+    """NFM bi-interaction pooling: sum_{i<j} e_i * e_j. fields [F, d] -> [d]."""
+    s = fields.sum(0)
+    return 0.5 * (s * s - (fields * fields).sum(0))
+
+
+def pairwise_inner_products(fields: jax.Array) -> jax.Array:
+    """IPNN product signals <e_i, e_j>, i < j. fields [F, d] -> [F (F - 1) / 2]."""
+    i, j = _upper_pairs(fields.shape[0])
+    return (fields[i] * fields[j]).sum(-1)
+
+
+class SENETLayer(nn.Module):
+    """FiBiNET squeeze-excitation: field weights a = relu(W2 relu(W1 mean_d(E))); E [F, d] -> a E.
+
+    The excitation's W1 ([F] -> [max(1, F // reduction_ratio)]) and W2 ([.] -> [F]) are the
+    Linear sites "reduce" and "expand".
+    """
+
+    reduction_ratio: int = 3
+
+    @nn.compact
+    def __call__(self, fields: jax.Array) -> jax.Array:
+        num_fields = fields.shape[0]
+        z = fields.mean(-1)
+        a = jax.nn.relu(Linear(max(1, num_fields // self.reduction_ratio), name="reduce")(z))
+        a = jax.nn.relu(Linear(num_fields, name="expand")(a))
+        return fields * a[:, None]
+
+
+class BilinearInteraction(nn.Module):
+    """FiBiNET bilinear interaction, "field_all" type: p_ij = (e_i W) * e_j for i < j.
+
+    fields [F, d] -> [F (F - 1) / 2, d]. One W [d, d] is shared by all fields; it is the Linear
+    site "weight", applied to the F field vectors (F output vectors per example).
+    """
+
+    @nn.compact
+    def __call__(self, fields: jax.Array) -> jax.Array:
+        transformed = Linear(fields.shape[-1], name="weight")(fields)
+        i, j = _upper_pairs(fields.shape[0])
+        return transformed[i] * fields[j]
+
+
+class InteractingLayer(nn.Module):
+    """AutoInt multi-head self-attention over fields, with a residual projection and relu.
+
+    x [F, d_in] -> relu(concat_h softmax(Q_h K_h^T / sqrt(head_dim)) V_h + x W_res): [F, H * head_dim].
+    Q, K, V and W_res are Linear sites "query", "key", "value", "residual" (F vectors each).
+    """
+
+    num_heads: int = 2
+    head_dim: int = 32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        width = self.num_heads * self.head_dim
+        split = lambda y: y.reshape(x.shape[0], self.num_heads, self.head_dim)  # noqa: E731
+        q = split(Linear(width, name="query")(x))
+        k = split(Linear(width, name="key")(x))
+        v = split(Linear(width, name="value")(x))
+        scores = jnp.einsum("fhe,ghe->hfg", q, k) / jnp.sqrt(float(self.head_dim))
+        attended = jnp.einsum("hfg,ghe->fhe", jax.nn.softmax(scores, axis=-1), v)
+        return jax.nn.relu(attended.reshape(x.shape[0], width) + Linear(width, name="residual")(x))
+
+
+class GatedCrossNet(nn.Module):
+    """GDCN gated cross network: c_{l+1} = c0 * (W_l c_l + b_l) * sigmoid(G_l c_l) + c_l.
+
+    c0 [D] -> [D]. Each W_l and G_l is a Linear site, "cross_l" and "gate_l".
+    """
+
+    num_layers: int = 3
+
+    @nn.compact
+    def __call__(self, x0: jax.Array) -> jax.Array:
+        x = x0
+        for i in range(self.num_layers):
+            cross = Linear(x0.shape[-1], name=f"cross_{i}")(x)
+            gate = jax.nn.sigmoid(Linear(x0.shape[-1], name=f"gate_{i}")(x))
+            x = x0 * cross * gate + x
+        return x
+
+
+class CIN(nn.Module):
+    """xDeepFM compressed interaction network: X0 [m, d] -> sum-pooled feature maps [sum H_k].
+
+    X^k_h = sum_{i,j} W^{k,h}_{ij} (X^{k-1}_i * X0_j): per embedding dimension, the [H_{k-1} m]
+    outer products go through the Linear site "conv_k" (the paper's 1x1 convolution), so each
+    site has d output vectors of size H_k per example. Every layer's maps are sum-pooled over d
+    and concatenated (the paper's formula, no split-half). `activation` None is the identity.
+    """
+
+    layer_sizes: Sequence[int] = (200, 200, 200)
+    activation: str | None = None
+
+    @nn.compact
+    def __call__(self, x0: jax.Array) -> jax.Array:
+        x, pooled = x0, []
+        for k, size in enumerate(self.layer_sizes):
+            outer = jnp.einsum("hd,md->dhm", x, x0).reshape(x0.shape[1], -1)   # [d, H m]
+            maps = Linear(size, name=f"conv_{k}")(outer)                        # [d, H_k]
+            if self.activation is not None:
+                maps = ACTIVATIONS[self.activation](maps)
+            x = maps.T                                                          # [H_k, d]
+            pooled.append(x.sum(-1))
+        return jnp.concatenate(pooled) if pooled else jnp.zeros((0,))

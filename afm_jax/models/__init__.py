@@ -9,10 +9,16 @@ from afm_jax.errors import AfmError
 from afm_jax.models.base import CTRModel
 from afm_jax.models.dcn import DCN, DCNConfig
 from afm_jax.models.dcnv2 import DCNv2, DCNv2Config
+from afm_jax.models.autoint import AutoInt, AutoIntConfig
 from afm_jax.models.deepfm import DeepFM, DeepFMConfig
+from afm_jax.models.fibinet import FiBiNET, FiBiNETConfig
 from afm_jax.models.fm import FM, FMConfig
+from afm_jax.models.gdcn import GDCN, GDCNConfig
 from afm_jax.models.lr import LR, LRConfig
+from afm_jax.models.nfm import NFM, NFMConfig
+from afm_jax.models.pnn import PNN, PNNConfig
 from afm_jax.models.wide_deep import WideDeep, WideDeepConfig
+from afm_jax.models.xdeepfm import XDeepFM, XDeepFMConfig
 
 REGISTRY: dict[str, tuple[type[CTRModel], type]] = {
     "lr": (LR, LRConfig),
@@ -21,6 +27,12 @@ REGISTRY: dict[str, tuple[type[CTRModel], type]] = {
     "wide_deep": (WideDeep, WideDeepConfig),
     "dcn": (DCN, DCNConfig),
     "dcnv2": (DCNv2, DCNv2Config),
+    "fibinet": (FiBiNET, FiBiNETConfig),
+    "nfm": (NFM, NFMConfig),
+    "autoint": (AutoInt, AutoIntConfig),
+    "gdcn": (GDCN, GDCNConfig),
+    "xdeepfm": (XDeepFM, XDeepFMConfig),
+    "pnn": (PNN, PNNConfig),
 }
 
 
