@@ -290,6 +290,28 @@ def cmd_export(args: argparse.Namespace) -> dict:
     return {"out": str(out), "params": count_params(params)}
 
 
+def cmd_bench(args: argparse.Namespace) -> dict:
+    import jax
+
+    from afm_jax import bench
+
+    result = bench.run(models=tuple(args.models.split(",")),
+                       batch_sizes=tuple(int(b) for b in args.batch_sizes.split(",")),
+                       repeats=args.repeats, use_torch=not args.no_torch,
+                       progress=not args.no_progress)
+    platform = jax.devices()[0].platform
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    command = "afm-jax bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else \
+        "python experiments/bench.py " + " ".join(sys.argv[1:])
+    text = bench.to_markdown(result, command)
+    (out / f"bench_{platform}.md").write_text(text)
+    (out / f"bench_{platform}.json").write_text(json.dumps(result, indent=1, default=float))
+    print(text)
+    return {"device": result["device"], "rows": len(result["rows"]),
+            "out": str(out / f"bench_{platform}.md")}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="afm-jax", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -349,6 +371,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output .parquet: file, line, score per row")
     common(p)
     p.set_defaults(fn=cmd_score)
+
+    p = sub.add_parser("bench", help="scoring benchmark: original vs AFM vs PyTorch")
+    p.add_argument("--models", default="deepfm,dcnv2")
+    p.add_argument("--batch-sizes", default="1,64,1024,8192")
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--no-torch", action="store_true", help="leave out the PyTorch peer")
+    p.add_argument("--out-dir", default="experiments/results")
+    common(p)
+    p.set_defaults(fn=cmd_bench)
 
     p = sub.add_parser("export", help="write a jax.export artifact of the scorer")
     p.add_argument("--model-dir", required=True)

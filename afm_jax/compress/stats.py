@@ -7,6 +7,7 @@ precision in float32, and memory does not depend on the number of rows.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from functools import partial
 from pathlib import Path
@@ -91,6 +92,12 @@ def _update(model, sites: tuple[str, ...], carry: dict[str, Moments], params, ba
     return {s: merge_moments(carry[s], batch_moments(outs[s].astype(jnp.float32))) for s in sites}
 
 
+@functools.lru_cache(maxsize=32)
+def _update_fn(model, sites: tuple[str, ...]):
+    """The jitted per-batch update, cached so repeated passes over one model compile once."""
+    return jax.jit(partial(_update, model, sites), donate_argnums=(0,))
+
+
 def collect_stats(model, params, batches: Iterable[Mapping[str, Any]],
                   sites: Sequence[str] | None = None, *, total: int | None = None,
                   progress: bool = True) -> dict[str, SiteStats]:
@@ -118,7 +125,7 @@ def collect_stats(model, params, batches: Iterable[Mapping[str, Any]],
         sites = tuple(sites)
     carry = {s: Moments(jnp.zeros((), jnp.float32), jnp.zeros((dims[s],), jnp.float32),
                         jnp.zeros((dims[s], dims[s]), jnp.float32)) for s in sites}
-    update = jax.jit(partial(_update, model, sites), donate_argnums=(0,))
+    update = _update_fn(model, sites)
     rows = 0
     bar = tqdm(total=total, desc="statistics", unit="batch", disable=not progress, leave=False)
     for b in itertools.chain([first], it):
