@@ -81,7 +81,9 @@ def load_model_dir(model_dir: str | os.PathLike) -> tuple[CTRModel, Any, dict]:
         model = model_from_json(meta["model"], _info_from_json(meta["info"]))
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise CheckpointError(f"{meta_path}: malformed ({type(e).__name__}: {e})") from e
-    return model, load_params(d / "params"), meta
+    params = load_params(d / "params")
+    validate_params(model, params, where=str(d / "params"))
+    return model, params, meta
 
 
 def load_encoder(model_dir: str | os.PathLike):
@@ -90,3 +92,72 @@ def load_encoder(model_dir: str | os.PathLike):
     if not path.is_file():
         raise CheckpointError(f"{model_dir}: no encoder.json (was the model trained on a file?)")
     return Encoder.load(path)
+
+
+def validate_params(model: CTRModel, params: Any, where: str = "params") -> None:
+    """Raise CheckpointError naming the first path where `params` cannot be this model's.
+
+    Accepted per site: the full form or an AFM form (factor pair, compressed or folded table);
+    every other leaf must have the shape a fresh init gives.
+    """
+    import jax.numpy as jnp
+
+    info = model.info
+    expected = jax.eval_shape(model.init, jax.random.key(0),
+                              jnp.zeros((len(info.cat_names),), jnp.int32),
+                              jnp.zeros((len(info.num_names),), jnp.float32))["params"]
+    fold_target = getattr(model, "FOLD_INTO", None)
+
+    def fail(path: str, msg: str) -> None:
+        raise CheckpointError(f"{where}: at {path!r}: {msg}. Is this checkpoint of another "
+                              f"model or config than {type(model).__name__} {model.config}?")
+
+    def shape(x: Any) -> tuple[int, ...]:
+        return tuple(np.shape(x))
+
+    def check(exp: Any, got: Any, path: str) -> None:
+        if not isinstance(exp, dict):
+            if isinstance(got, dict) or shape(got) != tuple(exp.shape):
+                fail(path, f"expected shape {tuple(exp.shape)}, found "
+                     f"{'a subtree' if isinstance(got, dict) else shape(got)}")
+            return
+        if not isinstance(got, dict):
+            fail(path, "expected a subtree, found an array")
+        if set(exp) == {"kernel", "bias"}:  # a Linear: full or factor pair
+            n_in, n_out = exp["kernel"].shape
+            if path == fold_target and "kernel" in got:
+                n_in = shape(got["kernel"])[0]  # folded rows: the input dim may shrink
+            first = next((k for k in got if k == "u" or k.startswith("u_")), None)
+            if first is not None and set(got) == {first, "v"}:
+                k = shape(got["v"]["kernel"])[0]
+                ok = (shape(got["v"]["kernel"]) == (k, n_out) and shape(got["v"]["bias"]) == (n_out,)
+                      and shape(got[first]["kernel"])[1:] == (k,)
+                      and shape(got[first]["bias"]) == (k,)
+                      and (path == fold_target or shape(got[first]["kernel"])[0] == n_in))
+                if not ok:
+                    fail(path, f"factor pair does not fit a {n_in}x{n_out} layer")
+                return
+            if set(got) != {"kernel", "bias"}:
+                fail(path, f"expected {{kernel, bias}} or a factor pair, found keys {sorted(got)}")
+            if shape(got["kernel"]) != (n_in, n_out) or shape(got["bias"]) != (n_out,):
+                fail(path, f"expected a {n_in}x{n_out} layer, found kernel "
+                     f"{shape(got['kernel'])}")
+            return
+        if set(exp) == {"embedding"}:  # a field's table: full, compressed or folded
+            v, d = exp["embedding"].shape
+            if "embedding" not in got or shape(got["embedding"])[0] != v:
+                fail(path, f"expected a table with {v} rows")
+            k = shape(got["embedding"])[1]
+            if "proj" in got:
+                if shape(got["proj"]["kernel"]) != (k, d) or shape(got["proj"]["bias"]) != (d,):
+                    fail(path, f"projection does not map rank {k} to dim {d}")
+            elif k != d and fold_target is None:
+                fail(path, f"table of dim {k} without a projection; this model needs dim {d}")
+            return
+        missing, extra = sorted(set(exp) - set(got)), sorted(set(got) - set(exp))
+        if missing or extra:
+            fail(path or "/", f"missing {missing}, unexpected {extra}")
+        for key in exp:
+            check(exp[key], got[key], f"{path}/{key}" if path else key)
+
+    check(expected, params, "")

@@ -69,3 +69,22 @@ def test_loading_a_non_model_dir_is_a_clear_error(tmp_path):
     (tmp_path / "model.json").write_text("{broken")
     with pytest.raises(CheckpointError, match="malformed"):
         load_model_dir(tmp_path)
+
+
+def test_params_of_another_config_are_a_clear_error(data, tmp_path):
+    from afm_jax.checkpoint import save_model_dir, validate_params
+    from afm_jax.compress import collect_stats, compress, fixed_plan
+    from afm_jax.data import iterate_batches
+    from afm_jax.train import init_params
+
+    model = build_model("wide_deep", data.info, mlp=(32, 16))
+    params = init_params(model, data.info)
+    stats = collect_stats(model, params, iterate_batches(data.train, 4096), progress=False)
+    comp = compress(params, stats, fixed_plan(params, stats, 4), model=model)
+    validate_params(model, comp)  # every compressed form is this model's
+    save_model_dir(tmp_path / "c", model, comp)
+    meta = json.loads((tmp_path / "c" / "model.json").read_text())
+    meta["model"]["config"]["mlp"] = [64, 16]
+    (tmp_path / "c" / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="mlp/dense_0"):
+        load_model_dir(tmp_path / "c")
