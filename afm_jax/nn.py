@@ -79,7 +79,11 @@ class Linear(nn.Module):
 
 
 class _Table(nn.Module):
-    """One categorical field's embedding: id -> [d] (full, compressed or folded table)."""
+    """One categorical field's table: id -> its row ([d], or [k] for a compressed table).
+
+    The projection of a compressed table is applied by FieldEmbedding, which batches the
+    projections of all fields into one product; `record` sows the field's output in its scope.
+    """
 
     vocab_size: int
     features: int
@@ -91,12 +95,37 @@ class _Table(nn.Module):
         # JAX clamps out-of-bounds gathers silently: map ids outside the table to the
         # reserved out-of-vocabulary id 0 instead of scoring with the last row.
         rows = table.shape[0]
-        idx = jnp.where((idx >= 0) & (idx < rows), idx, 0)
-        e = table[idx]
-        if self.has_variable("params", "proj"):
-            e = _affine(self.get_variable("params", "proj"), e)
-        _sow_output(self, e)
-        return e
+        return table[jnp.where((idx >= 0) & (idx < rows), idx, 0)]
+
+    def projection(self) -> dict | None:
+        return self.get_variable("params", "proj") if self.has_variable("params", "proj") else None
+
+    def record(self, y: jax.Array) -> None:
+        _sow_output(self, y)
+
+
+def project_fields(rows: list[jax.Array], projs: list[dict | None]) -> list[jax.Array]:
+    """Apply each field's projection {kernel [k, d], bias [d]} (None: none) to its row [k].
+
+    Fields whose projections have the same shape share one batched product ("gk,gkd->gd")
+    instead of one small product each.
+    """
+    out = list(rows)
+    groups: dict[tuple, list[int]] = {}
+    for i, p in enumerate(projs):
+        if p is not None:
+            groups.setdefault(tuple(p["kernel"].shape), []).append(i)
+    for idxs in groups.values():
+        if len(idxs) == 1:
+            out[idxs[0]] = _affine(projs[idxs[0]], rows[idxs[0]])
+            continue
+        e = jnp.stack([rows[i] for i in idxs])
+        w = jnp.stack([projs[i]["kernel"] for i in idxs])
+        b = jnp.stack([projs[i]["bias"] for i in idxs])
+        y = jnp.einsum("gk,gkd->gd", e, w) + b
+        for n, i in enumerate(idxs):
+            out[i] = y[n]
+    return out
 
 
 class _NumericVector(nn.Module):
@@ -124,8 +153,12 @@ class FieldEmbedding(nn.Module):
 
     @nn.compact
     def __call__(self, cat: jax.Array, num: jax.Array) -> list[jax.Array]:
-        out = [_Table(v, self.features, name=n)(cat[i])
-               for i, (n, v) in enumerate(zip(self.cat_names, self.vocab_sizes))]
+        tables = [_Table(v, self.features, name=n)
+                  for n, v in zip(self.cat_names, self.vocab_sizes)]
+        out = project_fields([t(cat[i]) for i, t in enumerate(tables)],
+                             [t.projection() for t in tables])
+        for t, y in zip(tables, out):
+            t.record(y)
         out += [_NumericVector(self.features, name=n)(num[i])
                 for i, n in enumerate(self.num_names)]
         return out

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -26,7 +27,10 @@ def main() -> None:
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--out", default=str(RESULTS / "baseline"))
+    ap.add_argument("--skip", default="", help="dataset:model pairs to leave out, e.g. "
+                    "criteo:xdeepfm")
     args = ap.parse_args()
+    skip = {tuple(p.split(":")) for p in args.skip.split(",") if p}
     seeds = [int(s) for s in args.seeds.split(",")]
     rows = []
     for dname in args.datasets.split(","):
@@ -34,12 +38,15 @@ def main() -> None:
         print(f"{dname}: {ds.report['splits']} rows, {len(ds.info.cat_names)} cat + "
               f"{len(ds.info.num_names)} num fields")
         for mname in args.models.split(","):
+            if (dname, mname) in skip:
+                continue
             for seed in seeds:
                 model = build_model(mname, ds.info)
                 t0 = time.perf_counter()
                 res = train(model, ds, TrainConfig(epochs=args.epochs, seed=seed))
                 test = evaluate(make_scorer(model), res.params, ds.test)
                 rows.append({"dataset": dname, "model": mname, "seed": seed,
+                             "command": command_line(),
                              "valid_auc": res.best_valid["auc"], "auc": test["auc"],
                              "logloss": test["logloss"], "test_rows": test["rows"],
                              "train_rows": len(ds.train), "params": count_params(res.params),
@@ -47,16 +54,25 @@ def main() -> None:
                              "seconds": time.perf_counter() - t0})
                 print(f"  {mname} seed {seed}: test AUC {test['auc']:.4f} logloss "
                       f"{test['logloss']:.4f}")
-    with open(args.out + ".json", "w") as f:
-        json.dump(rows, f, indent=1)
+    # merge with earlier runs: rows of the (dataset, model) pairs run now replace older ones
+    path = Path(args.out + ".json")
+    done = {(r["dataset"], r["model"]) for r in rows}
+    if path.exists():
+        rows = [r for r in json.loads(path.read_text())
+                if (r["dataset"], r["model"]) not in done] + rows
+    path.write_text(json.dumps(rows, indent=1))
+    commands = sorted({r.get("command", "python experiments/baseline.py") for r in rows})
     lines = ["# Baselines: every model on the real data samples", "",
-             f"Command: `{command_line()}`  ", f"Machine: {machine()}  ",
+             "Commands (rows merged across runs; each row's command is in baseline.json): "
+             + ", ".join(f"`{c}`" for c in commands) + "  ", f"Machine: {machine()}  ",
              f"Training: Adam 1e-3, batch 1024, up to {args.epochs} epochs, early stop on "
              "validation AUC (patience 1), embedding dim 16, MLP 400-400-400. Splits 8:1:1 "
              "(criteo, movielens: file/time order; frappe: seeded random). Criteo min-count 10, "
              "integers bucketized; MovieLens and Frappe min-count 1. Mean (std) over seeds "
-             f"{seeds}.", ""]
-    for dname in args.datasets.split(","):
+             f"{sorted({r['seed'] for r in rows})}.", ""]
+    order = {m: i for i, m in enumerate(REGISTRY)}
+    rows.sort(key=lambda r: order.get(r["model"], 99))
+    for dname in dict.fromkeys(r["dataset"] for r in rows):
         sub = [r for r in rows if r["dataset"] == dname]
         if not sub:
             continue

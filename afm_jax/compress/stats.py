@@ -81,10 +81,29 @@ def site_outputs(model, params, batch: Mapping[str, Any]) -> dict[str, jax.Array
 
 
 def list_sites(model, params, example_batch: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
-    """Site name -> (output dim, output vectors per example), by tracing the model once."""
-    shapes = jax.eval_shape(partial(site_outputs, model), params, example_batch)
-    b = int(np.shape(example_batch["cat"])[0])
-    return {k: (int(v.shape[-1]), int(v.shape[0]) // b) for k, v in shapes.items()}
+    """Site name -> (output dim, output vectors per example), by tracing the model once.
+
+    Cached on the model and the shapes of params and batch, so repeated passes do not retrace.
+    """
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    key = (treedef, tuple((np.shape(x), str(getattr(x, "dtype", type(x)))) for x in leaves),
+           np.shape(example_batch["cat"]), np.shape(example_batch["num"]))
+    return dict(_traced_sites(model, key, params, example_batch))
+
+
+_SITE_CACHE: dict = {}
+
+
+def _traced_sites(model, key, params, example_batch) -> tuple[tuple[str, tuple[int, int]], ...]:
+    full_key = (model, key)
+    if full_key not in _SITE_CACHE:
+        if len(_SITE_CACHE) > 64:
+            _SITE_CACHE.clear()
+        shapes = jax.eval_shape(partial(site_outputs, model), params, example_batch)
+        b = int(np.shape(example_batch["cat"])[0])
+        _SITE_CACHE[full_key] = tuple((k, (int(v.shape[-1]), int(v.shape[0]) // b))
+                                      for k, v in shapes.items())
+    return _SITE_CACHE[full_key]
 
 
 def _update(model, sites: tuple[str, ...], carry: dict[str, Moments], params, batch):
