@@ -77,7 +77,7 @@ def cmd_train(args: argparse.Namespace) -> dict:
     model = build_model(args.model, ds.info, **_model_kwargs(args))
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size,
                          learning_rate=args.lr, seed=args.seed, embed_l2=args.embed_l2,
-                         patience=args.patience)
+                         patience=args.patience, checkpoint_every=args.checkpoint_every)
     res = train(model, ds, config, out_dir=args.out, progress=progress,
                 extra_meta={"data": {"spec": args.data, **options}})
     test = evaluate(make_scorer(model), res.params, ds.test)
@@ -337,6 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--embed-l2", type=float, default=0.0)
     p.add_argument("--patience", type=int, default=1)
+    p.add_argument("--checkpoint-every", type=int, default=0,
+                   help="with --out, also checkpoint every N steps (resume mid-epoch)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--embed-dim", type=int)
     p.add_argument("--mlp", help="hidden sizes, e.g. 400,400,400")

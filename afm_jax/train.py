@@ -32,7 +32,8 @@ class TrainConfig:
     embed_l2: float = 0.0        # L2 on the embedding rows a batch reads (not whole tables)
     patience: int = 1            # epochs without validation-AUC gain before stopping
     eval_every: int = 0          # also evaluate every N steps (0: only after each epoch)
-    log_every: int = 50          # read the loss back to the host every N steps
+    log_every: int = 50          # read the loss back (and check it is finite) every N steps
+    checkpoint_every: int = 0    # with an out_dir, also checkpoint every N steps (0: per epoch)
     seed: int = 0
 
 
@@ -81,11 +82,16 @@ def make_train_step(model, tx: optax.GradientTransformation, embed_l2: float = 0
     return step
 
 
-def _counters(epoch: int, step: int, best_auc: float, bad_epochs: int) -> dict[str, np.ndarray]:
-    """The loop's scalars as 0-d arrays (what orbax saves), float32/int32 as JAX runs them."""
+def _counters(epoch: int, step: int, best_auc: float, bad_epochs: int,
+              batch_in_epoch: int = 0) -> dict[str, np.ndarray]:
+    """The loop's scalars as 0-d arrays (what orbax saves), float32/int32 as JAX runs them.
+
+    epoch: epochs finished; batch_in_epoch: batches of the next epoch already trained.
+    """
     return {"epoch": np.array(epoch, np.int32), "step": np.array(step, np.int32),
             "best_auc": np.array(best_auc, np.float32),
-            "bad_epochs": np.array(bad_epochs, np.int32)}
+            "bad_epochs": np.array(bad_epochs, np.int32),
+            "batch_in_epoch": np.array(batch_in_epoch, np.int32)}
 
 
 def _state_manager(out_dir: Path) -> ocp.CheckpointManager:
@@ -112,7 +118,9 @@ def train(model, dataset, config: TrainConfig = TrainConfig(), *, out_dir: str |
     opt_state = tx.init(params)
     step_fn = make_train_step(model, tx, config.embed_l2)
     scorer = make_scorer(model)
-    state = {"params": params, "opt_state": opt_state, "best_params": params,
+    # best_params needs buffers of its own: the step donates (frees) the params' buffers
+    state = {"params": params, "opt_state": opt_state,
+             "best_params": jax.tree.map(jnp.copy, params),
              **_counters(epoch=0, step=0, best_auc=-1.0, bad_epochs=0)}
     history: list[dict] = []
     manager = None
@@ -137,7 +145,21 @@ def train(model, dataset, config: TrainConfig = TrainConfig(), *, out_dir: str |
     params, opt_state = state["params"], state["opt_state"]
     best_params, best_auc = state["best_params"], float(state["best_auc"])
     step, bad_epochs = int(state["step"]), int(state["bad_epochs"])
+    resume_batch = int(state["batch_in_epoch"])
     steps_per_epoch = math.ceil(len(dataset.train) / config.batch_size)
+
+    def save(epoch_done: int, batch_in_epoch: int) -> None:
+        manager.save(step, args=ocp.args.StandardSave(
+            {"params": params, "opt_state": opt_state, "best_params": best_params,
+             **_counters(epoch_done, step, best_auc, bad_epochs, batch_in_epoch)}), force=True)
+        manager.wait_until_finished()
+        (Path(out_dir) / "history.json").write_text(json.dumps(history, indent=1))
+
+    def check_finite(value: float, epoch: int) -> None:
+        if not math.isfinite(value):
+            raise AfmError(f"training loss became {value} in epoch {epoch + 1} (step {step}); "
+                           "lower the learning rate or check the inputs. The last good "
+                           "checkpoint is kept" + (f" in {out_dir}." if out_dir else "."))
 
     def validate(tag: str) -> dict:
         res = evaluate(scorer, params, dataset.valid)
@@ -147,21 +169,25 @@ def train(model, dataset, config: TrainConfig = TrainConfig(), *, out_dir: str |
     for epoch in range(int(state["epoch"]), config.epochs):
         if bad_epochs >= config.patience:
             break
+        start = resume_batch if epoch == int(state["epoch"]) else 0
         batches = iterate_batches(dataset.train, config.batch_size, shuffle=True,
-                                  seed=config.seed * 100_003 + epoch)
-        bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}",
-                   disable=not progress, leave=False)
+                                  seed=config.seed * 100_003 + epoch, start_batch=start)
+        bar = tqdm(batches, total=steps_per_epoch, initial=start,
+                   desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
         loss_sum, loss_n = jnp.zeros(()), 0
-        for batch in bar:
+        for i, batch in enumerate(bar, start=start):
             params, opt_state, loss = step_fn(params, opt_state, batch)
             loss_sum, loss_n, step = loss_sum + loss, loss_n + 1, step + 1
             if step % config.log_every == 0:
+                check_finite(float(loss_sum), epoch)
                 bar.set_postfix(loss=f"{float(loss_sum) / loss_n:.4f}")
             if config.eval_every and step % config.eval_every == 0:
                 history.append(validate(f"step {step}"))
-        if not math.isfinite(float(loss_sum)):
-            raise AfmError(f"training loss became {float(loss_sum)} in epoch {epoch + 1}; "
-                           "lower the learning rate. The last good checkpoint is kept.")
+            if (manager is not None and config.checkpoint_every
+                    and step % config.checkpoint_every == 0 and i + 1 < steps_per_epoch):
+                check_finite(float(loss_sum), epoch)
+                save(epoch, i + 1)
+        check_finite(float(loss_sum), epoch)
         res = validate(f"epoch {epoch + 1}")
         res["train_loss"] = float(loss_sum) / max(loss_n, 1)
         history.append(res)
@@ -174,11 +200,7 @@ def train(model, dataset, config: TrainConfig = TrainConfig(), *, out_dir: str |
         else:
             bad_epochs += 1
         if manager is not None:
-            manager.save(epoch + 1, args=ocp.args.StandardSave(
-                {"params": params, "opt_state": opt_state, "best_params": best_params,
-                 **_counters(epoch + 1, step, best_auc, bad_epochs)}))
-            manager.wait_until_finished()
-            (Path(out_dir) / "history.json").write_text(json.dumps(history, indent=1))
+            save(epoch + 1, 0)
 
     seconds = time.perf_counter() - t_start
     best_valid = next((h for h in history if h["auc"] == best_auc), {"auc": best_auc})

@@ -11,19 +11,20 @@ from afm_jax.errors import DataError
 
 
 def iterate_batches(split: EncodedSplit, batch_size: int, *, shuffle: bool = False, seed: int = 0,
-                    drop_remainder: bool = False) -> Iterator[dict[str, np.ndarray]]:
+                    drop_remainder: bool = False, start_batch: int = 0) -> Iterator[dict[str, np.ndarray]]:
     """Yield {"cat": int32[B,Fc], "num": float32[B,Fn], "label": float32[B]}.
 
     shuffle: a permutation seeded by `seed` (pass a different seed per epoch); each batch's indices
     are sorted for memory locality. Without shuffle, batches are contiguous slices in order. The
-    last batch is smaller unless drop_remainder.
+    last batch is smaller unless drop_remainder. start_batch skips the first batches of this
+    order (to resume an epoch mid-way with the very same batches).
     """
     if batch_size < 1:
         raise DataError(f"batch_size must be >= 1, got {batch_size}", field="batch_size")
     n = len(split)
     order = np.random.default_rng(seed).permutation(n) if shuffle else None
     stop = n - n % batch_size if drop_remainder else n
-    for s in range(0, stop, batch_size):
+    for s in range(start_batch * batch_size, stop, batch_size):
         e = min(s + batch_size, n)
         idx = slice(s, e) if order is None else np.sort(order[s:e])
         yield {"cat": np.ascontiguousarray(split.cat[idx]), "num": np.ascontiguousarray(split.num[idx]),
