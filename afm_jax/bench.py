@@ -112,6 +112,7 @@ def _lively(params, seed: int = 0):
 
 def run(models=("deepfm", "dcnv2"), batch_sizes=(1, 64, 1024, 8192), repeats: int = 20,
         use_torch: bool = True, progress: bool = True, info: FeatureInfo | None = None,
+        torch_compile: bool = True,
         mlp: tuple[int, ...] = (400, 400, 400)) -> dict:
     """All measurements as a dict (rows of figures plus the machine's ceiling)."""
     info = criteo_like_info() if info is None else info
@@ -136,7 +137,8 @@ def run(models=("deepfm", "dcnv2"), batch_sizes=(1, 64, 1024, 8192), repeats: in
         logits = logits_fn(model)
         for form, p in forms.items():
             p = jax.device_put(p)
-            torch_models = torch_peer.build(name, info, p) if torch_peer else None
+            torch_models = (torch_peer.build(name, info, p, compile=torch_compile)
+                            if torch_peer else None)
             for bs in batch_sizes:
                 batch = jax.device_put(random_batch(info, bs, seed=bs))
                 t = time_fn(lambda: scorer(p, batch).block_until_ready(), repeats)
@@ -194,8 +196,10 @@ def to_markdown(result: dict, command: str) -> str:
         if has_torch:
             eager, comp = r.get("torch_eager_rows_s", float("nan")), r.get(
                 "torch_compiled_rows_s", float("nan"))
-            cells += [f"{eager:,.0f}", f"{comp:,.0f}", f"{r['jax_rows_s'] / eager:.2f}x",
-                      f"{r['jax_rows_s'] / comp:.2f}x"]
+            num = lambda x, f: "-" if x != x else f.format(x)  # noqa: E731  (x != x: NaN)
+            cells += [num(eager, "{:,.0f}"), num(comp, "{:,.0f}"),
+                      num(r["jax_rows_s"] / eager, "{:.2f}x"),
+                      num(r["jax_rows_s"] / comp, "{:.2f}x")]
         cells += [f"{r['flop_rate'] / 1e9:,.1f}", f"{r['ceiling_fraction']:.0%}",
                   f"{r['peak_bytes'] / 2**20:,.1f}" if r["peak_bytes"] >= 0 else "-"]
         lines.append("| " + " | ".join(cells) + " |")

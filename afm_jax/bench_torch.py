@@ -102,15 +102,17 @@ class TorchDCNv2(torch.nn.Module):
 PEERS = {"deepfm": TorchDeepFM, "dcnv2": TorchDCNv2}
 
 
-def build(name: str, info, params) -> dict[str, Any]:
+def build(name: str, info, params, compile: bool = True) -> dict[str, Any]:
     """{"eager": module, "compiled": torch.compile(module) or None} for the same params."""
     import jax
     host = jax.tree.map(np.asarray, params)
     eager = PEERS[name](info, host).eval()
-    try:
-        compiled = torch.compile(eager)
-    except Exception:  # torch.compile is not available everywhere
-        compiled = None
+    compiled = None
+    if compile:
+        try:
+            compiled = torch.compile(eager)
+        except Exception:  # torch.compile is not available everywhere
+            compiled = None
     return {"eager": eager, "compiled": compiled, "params": host, "name": name}
 
 

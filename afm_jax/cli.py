@@ -298,6 +298,7 @@ def cmd_bench(args: argparse.Namespace) -> dict:
     result = bench.run(models=tuple(args.models.split(",")),
                        batch_sizes=tuple(int(b) for b in args.batch_sizes.split(",")),
                        repeats=args.repeats, use_torch=not args.no_torch,
+                       torch_compile=not args.no_torch_compile,
                        progress=not args.no_progress)
     platform = jax.devices()[0].platform
     out = Path(args.out_dir)
@@ -379,6 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-sizes", default="1,64,1024,8192")
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--no-torch", action="store_true", help="leave out the PyTorch peer")
+    p.add_argument("--no-torch-compile", action="store_true",
+                   help="PyTorch eager only (torch.compile takes minutes per shape)")
     p.add_argument("--out-dir", default="experiments/results")
     common(p)
     p.set_defaults(fn=cmd_bench)
