@@ -74,12 +74,18 @@ def matmul_ceiling(n: int = 2048, repeats: int = 10) -> float:
 def compiled_cost(fn, *args) -> tuple[float, int]:
     """(FLOPs per call, peak bytes: arguments + outputs + temporaries) from XLA's analysis."""
     lowered = jax.jit(fn).lower(*args)
-    # FLOPs from the backend-independent HLO: after compilation a GPU backend hides matrix
-    # products inside library calls that its cost analysis does not count
-    cost = lowered.cost_analysis()
-    if isinstance(cost, (list, tuple)):
-        cost = cost[0] if cost else {}
-    flops = float((cost or {}).get("flops", float("nan")))
+    # FLOPs of the un-optimized HLO, lowered for the CPU whatever the device: they do not depend
+    # on it, and a GPU backend's analysis misses the matrix products it hands to libraries
+    # (and returned none at all on an H200 with jax 0.11)
+    flops = float("nan")
+    try:
+        cpu = jax.jit(fn).trace(*args).lower(lowering_platforms=("cpu",))
+        cost = cpu.cost_analysis()
+        if isinstance(cost, (list, tuple)):
+            cost = cost[0] if cost else {}
+        flops = float((cost or {}).get("flops", float("nan")))
+    except Exception:  # an older jax without trace/lowering_platforms
+        pass
     compiled = lowered.compile()
     try:
         mem = compiled.memory_analysis()
