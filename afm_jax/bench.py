@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from afm_jax.compress import collect_stats, compress, fixed_plan
 from afm_jax.data import FeatureInfo
-from afm_jax.inference import count_params, logits_fn, make_scorer
+from afm_jax.inference import count_params, default_chunk_rows, logits_fn, make_scorer
 from afm_jax.models import build_model
 
 # 39 Criteo-like fields: a mix of small and large vocabularies (about 1.1M rows in all)
@@ -71,15 +71,18 @@ def matmul_ceiling(n: int = 2048, repeats: int = 10) -> float:
     return 2.0 * n ** 3 / t.median_s
 
 
-def compiled_cost(fn, *args) -> tuple[float, int]:
-    """(FLOPs per call, peak bytes: arguments + outputs + temporaries) from XLA's analysis."""
+def compiled_cost(fn, *args, flop_fn=None) -> tuple[float, int]:
+    """(FLOPs per call, peak bytes: arguments + outputs + temporaries) from XLA's analysis.
+
+    flop_fn: the same function without loops, for counting (a loop's body is counted once).
+    """
     lowered = jax.jit(fn).lower(*args)
     # FLOPs of the un-optimized HLO, lowered for the CPU whatever the device: they do not depend
     # on it, and a GPU backend's analysis misses the matrix products it hands to libraries
     # (and returned none at all on an H200 with jax 0.11)
     flops = float("nan")
     try:
-        cpu = jax.jit(fn).trace(*args).lower(lowering_platforms=("cpu",))
+        cpu = jax.jit(flop_fn or fn).trace(*args).lower(lowering_platforms=("cpu",))
         cost = cpu.cost_analysis()
         if isinstance(cost, (list, tuple)):
             cost = cost[0] if cost else {}
@@ -140,7 +143,7 @@ def run(models=("deepfm", "dcnv2"), batch_sizes=(1, 64, 1024, 8192), repeats: in
                                     jnp.zeros(0))["params"])
         forms = compressed_forms(model, params, info)
         scorer = make_scorer(model)
-        logits = logits_fn(model)
+        logits, flat_logits = logits_fn(model, default_chunk_rows()), logits_fn(model)
         for form, p in forms.items():
             p = jax.device_put(p)
             torch_models = (torch_peer.build(name, info, p, compile=torch_compile)
@@ -148,7 +151,7 @@ def run(models=("deepfm", "dcnv2"), batch_sizes=(1, 64, 1024, 8192), repeats: in
             for bs in batch_sizes:
                 batch = jax.device_put(random_batch(info, bs, seed=bs))
                 t = time_fn(lambda: scorer(p, batch).block_until_ready(), repeats)
-                flops, peak = compiled_cost(logits, p, batch)
+                flops, peak = compiled_cost(logits, p, batch, flop_fn=flat_logits)
                 row = {"model": name, "form": form, "batch": bs, "params": count_params(p),
                        "jax_rows_s": t.rows_per_s(bs), "jax_spread": t.spread,
                        "flops_per_row": flops / bs, "flop_rate": flops / t.median_s,

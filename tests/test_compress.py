@@ -258,3 +258,15 @@ def test_compress_is_pure_and_jittable_scorer_works_on_every_form():
     for p in (params, comp, compress(params, stats, plan), svd_compress(params, plan)):
         s = np.asarray(scorer(p, test))
         assert s.shape == (64,) and np.all((s > 0) & (s < 1))
+
+
+def test_chunked_scoring_equals_whole_batch_scoring():
+    """The CPU scorer works in chunks of rows (cache locality); scores must not change."""
+    from afm_jax.inference import logits_fn
+    model = small_model("deepfm")
+    params = lively_params(model)
+    for n in (5, 64, 100):
+        b = random_batch(n, seed=n)
+        whole = np.asarray(jax.jit(logits_fn(model))(params, b))
+        chunked = np.asarray(jax.jit(logits_fn(model, chunk_rows=32))(params, b))
+        np.testing.assert_allclose(chunked, whole, rtol=1e-6, atol=1e-6)

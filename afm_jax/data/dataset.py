@@ -218,8 +218,9 @@ def _alloc(directory: Path | None, name: str, shape: tuple[int, ...], dtype) -> 
 def build_from_chunks(name: str, chunks: Iterable[tuple[RawChunk | None, list[BadLine]]], *, min_count: int,
                       split: str = "sequential", seed: int = 0, on_bad_lines: str = "error",
                       max_rows: int | None = None, out_dir: Path | None = None,
-                      encoder: Encoder | None = None) -> Dataset:
+                      encoder: Encoder | None = None, paths: tuple[str, ...] = ()) -> Dataset:
     """With `encoder`, encode with that fitted encoder (e.g. a model directory's) instead of fitting one.
+    paths: the source files, named by the error raised when no valid row is found.
 
     Stream chunks once into provisional ids (value -> first-seen id per field), then count the
     training rows' ids, build the vocabularies (count >= min_count; by descending count, then value)
@@ -272,7 +273,8 @@ def build_from_chunks(name: str, chunks: Iterable[tuple[RawChunk | None, list[Ba
         if truncated:
             break
     if sink is None or rows_read == 0:
-        raise DataError(f"no valid rows in {name} ({tracker.count} bad lines skipped)")
+        raise DataError(f"no valid rows in {name} ({tracker.count} bad lines skipped)",
+                        path=", ".join(paths) if paths else None)
     t_parse = time.perf_counter() - t0
     prov_cat, prov_num, prov_label = sink.finish()
     rows = split_rows(rows_read, split, seed)
@@ -445,7 +447,8 @@ def load_dataset(spec: str, *, schema: Schema | str | None = None, min_count: in
     tmp.mkdir()
     try:
         dataset = build_from_chunks(ds.kind, source.chunks(progress), min_count=min_count, split=split, seed=seed,
-                                    on_bad_lines=on_bad_lines, max_rows=max_rows, out_dir=tmp, encoder=encoder)
+                                    on_bad_lines=on_bad_lines, max_rows=max_rows, out_dir=tmp, encoder=encoder,
+                                    paths=source.paths)
         dataset.encoder.save(tmp / "encoder.json")
         with open(tmp / "key.json", "w", encoding="utf-8") as f:
             json.dump(key, f, indent=1)

@@ -4,6 +4,20 @@ Text files are read in byte blocks of complete lines; column counts are checked 
 whole block, the good lines are parsed by pyarrow.csv (all columns as strings, no quoting), and
 field values are validated a column at a time with pyarrow.compute. Only bad lines are handled one
 by one. `.gz` files are decompressed on the fly.
+
+What is a bad line (a BadLine naming the line and field; on_bad_lines decides skip or error):
+- text: an empty line, a wrong column count, a carriage return inside a line (only a CR right
+  before the LF is a line end), bytes that are not UTF-8 (the field holding them is named);
+- a label outside the format's label values (null/empty included);
+- numeric and bucketized fields: an empty value (text), an empty string or a null (Parquet) is
+  *missing*; anything else must be a finite decimal number: text that is not a number, NaN, inf
+  and values overflowing float64 (e.g. "1e400") are bad lines, in text and in typed (float)
+  Parquet columns alike. Huge finite values are valid (10**30 -> bucket "b4772", dense
+  log1p(10**30)); a bucketized value below -2**63 (its integer bucket would overflow int64) is a
+  bad line;
+- Parquet binary columns with bytes that are not UTF-8. Nested Parquet columns (list, struct,
+  map) are rejected up front (DataError naming the field).
+Quotes are plain characters (no quoting), so a stray quote in a categorical field is just data.
 """
 
 from __future__ import annotations
@@ -144,7 +158,25 @@ def _split_header(line: bytes, delimiter: str, path: str) -> list[str]:
     names = [n.strip().strip('"') for n in line.decode("utf-8", "replace").rstrip("\r\n").split(delimiter)]
     if not any(names):
         raise DataError("empty header line", path=path, line=1)
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise DataError("column name appears twice in the header", path=path, line=1, field=name)
+        seen.add(name)
     return names
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
+def _column_at(line: bytes, pos: int, delim: int, column_names: Sequence[str]) -> str:
+    """Name of the column holding byte `pos` of a line with the right column count."""
+    return column_names[min(line.count(delim, 0, pos), len(column_names) - 1)]
 
 
 def _delimited_chunks(path: str, *, delimiter: str, column_names: Sequence[str], header: bool, progress: bool,
@@ -183,6 +215,31 @@ def _delimited_chunks(path: str, *, delimiter: str, column_names: Sequence[str],
                     fname = column_names[c] if c < n_cols else f"column {n_cols + 1} (unexpected)"
                     bad.append(BadLine(path, int(lines[i]), fname,
                                        f"expected {n_cols} {delimiter!r}-separated columns, found {c}"))
+        # A CR not right before the LF would end a row inside pyarrow: a bad line, not a split row.
+        cr = np.flatnonzero(a == 13)
+        cr = cr[a[cr + 1] != 10]
+        for i in np.unique(np.searchsorted(ends, cr)):
+            if not bad_mask[i]:
+                line = buf[starts[i]:ends[i]]
+                bad_mask[i] = True
+                bad.append(BadLine(path, int(lines[i]), _column_at(line, line.find(b"\r"), delim, column_names),
+                                   "carriage return inside the line"))
+        # Bytes that are not UTF-8 (pyarrow would reject the whole block): look at the lines with
+        # non-ASCII bytes, one by one only when the block does not decode.
+        high = np.flatnonzero(a >= 0x80)
+        if len(high) and not _is_utf8(buf):
+            for i in np.unique(np.searchsorted(ends, high)):
+                if bad_mask[i]:
+                    continue
+                line = buf[starts[i]:ends[i]]
+                try:
+                    line.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    bad_mask[i] = True
+                    bad.append(BadLine(path, int(lines[i]), _column_at(line, e.start, delim, column_names),
+                                       f"invalid UTF-8 bytes {line[e.start:e.end]!r}"))
+        if bad_mask.any():
+            bad.sort(key=lambda b: b.line)
             good = np.flatnonzero(~bad_mask)
             good_buf = b"".join(buf[starts[i]:ends[i] + 1] for i in good)
             lines = lines[good]
@@ -207,18 +264,46 @@ def _delimited_chunks(path: str, *, delimiter: str, column_names: Sequence[str],
 
 # ------------------------------------------------------------------------------ field validation
 
-def _valid_number_mask(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    if pa.types.is_integer(col.type) or pa.types.is_floating(col.type) or pa.types.is_boolean(col.type):
-        return np.ones(len(col), dtype=bool)
+def _is_binary(t: pa.DataType) -> bool:
+    return pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t)
+
+
+def _utf8_column(col: pa.ChunkedArray | pa.Array) -> tuple[pa.Array, np.ndarray]:
+    """Binary column -> (string column with non-UTF-8 values as null, mask of values that were UTF-8)."""
+    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    try:
+        return pc.cast(col, pa.string()), np.ones(len(col), dtype=bool)
+    except pa.ArrowInvalid:
+        pass
+    values, ok = [], np.ones(len(col), dtype=bool)
+    for i, v in enumerate(col.to_pylist()):
+        if v is not None:
+            try:
+                v = v.decode("utf-8")
+            except UnicodeDecodeError:
+                v, ok[i] = None, False
+        values.append(v)
+    return pa.array(values, pa.string()), ok
+
+
+def _numbers(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A numeric column -> (float64 values, NaN where missing or invalid; is-a-number mask; present mask).
+
+    Missing: null, or "" in a string column. Present values that are not a number fail the first
+    mask; present values that parse to NaN/inf (or overflow float64) come back non-finite."""
+    if pa.types.is_integer(col.type) or pa.types.is_floating(col.type) or pa.types.is_boolean(col.type) \
+            or pa.types.is_decimal(col.type):
+        present = pc.is_valid(col).to_numpy(zero_copy_only=False)
+        x = pc.cast(col, pa.float64(), safe=False)  # safe=True rejects integers beyond 2**53
+        x = pc.fill_null(x, np.nan).to_numpy(zero_copy_only=False).astype(np.float64)
+        return x, np.ones(len(col), dtype=bool), present
     col = pc.cast(col, pa.string())
-    ok = pc.or_kleene(pc.is_null(col), pc.match_substring_regex(col, _NUMBER_RE))
-    return ok.to_numpy(zero_copy_only=False)
-
-
-def _to_float(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
-        col = pc.utf8_trim_whitespace(col)
-    return pc.fill_null(pc.cast(col, pa.float64()), np.nan).to_numpy(zero_copy_only=False).astype(np.float64)
+    present = pc.fill_null(pc.not_equal(col, ""), False).to_numpy(zero_copy_only=False)
+    ok = pc.fill_null(pc.match_substring_regex(col, _NUMBER_RE), False).to_numpy(zero_copy_only=False)
+    ok |= ~present
+    col = pc.if_else(pa.array(ok & present), pc.utf8_trim_whitespace(col), pa.scalar(None, pa.string()))
+    x = pc.fill_null(pc.cast(col, pa.float64()), np.nan).to_numpy(zero_copy_only=False).astype(np.float64)
+    return x, ok, present
 
 
 def bucketize(x: np.ndarray) -> pa.Array:
@@ -246,6 +331,13 @@ def convert_table(table: pa.Table, lines: np.ndarray, path: str, schema: Schema,
         if col not in names:
             raise DataError(f"schema column {col!r} is not in the data (columns: {', '.join(names)})",
                             path=path, field=col)
+    utf8_checks = []
+    raw_table = table  # bad-line messages quote the values as read
+    for c in names:
+        if (c == schema.label or c in schema.features) and _is_binary(table[c].type):
+            col, ok = _utf8_column(table[c])
+            table = table.set_column(names.index(c), c, col)
+            utf8_checks.append((c, ok, "invalid UTF-8 bytes"))
     first_bad = np.full(n, -1, dtype=np.int32)
     reasons: list[tuple[str, str]] = []
 
@@ -255,7 +347,7 @@ def convert_table(table: pa.Table, lines: np.ndarray, path: str, schema: Schema,
             first_bad[new] = len(reasons)
         reasons.append((name, reason))
 
-    for name, ok, reason in checks:
+    for name, ok, reason in list(checks) + utf8_checks:
         mark(name, ok, reason)
     pos, neg = labels
     label_col = table[schema.label]
@@ -265,20 +357,28 @@ def convert_table(table: pa.Table, lines: np.ndarray, path: str, schema: Schema,
     is_neg = pc.fill_null(pc.is_in(label_col, value_set=pa.array(list(neg))), False).to_numpy(zero_copy_only=False)
     mark(schema.label, is_pos | is_neg, f"label must be one of {list(pos) + list(neg)}")
     numeric_cols = [c for c in names if c in schema.numeric or c in schema.bucketize]
+    numbers: dict[str, np.ndarray] = {}
     for c in numeric_cols:
-        mark(c, _valid_number_mask(table[c]), "value is not a number")
+        x, is_number, present = _numbers(table[c])
+        numbers[c] = x
+        mark(c, is_number, "value is not a number")
+        mark(c, ~present | np.isfinite(x), "value is not a finite number (NaN, inf or beyond float64)")
+        if c in schema.bucketize:
+            with np.errstate(invalid="ignore"):
+                mark(c, ~present | ~(x < -2.0 ** 63), "value out of range (bucketized values must be >= -2**63)")
 
     bad: list[BadLine] = []
     bad_rows = np.flatnonzero(first_bad >= 0)
     for i in bad_rows:
         fname, reason = reasons[first_bad[i]]
-        got = f", got {table[fname][int(i)].as_py()!r}" if fname in names else ""
+        got = f", got {raw_table[fname][int(i)].as_py()!r}" if fname in names else ""
         bad.append(BadLine(path, int(lines[i]), fname, reason + got))
     if len(bad_rows):
         keep = first_bad < 0
         table = table.filter(pa.array(keep))
         lines = lines[keep]
         is_pos = is_pos[keep]
+        numbers = {c: x[keep] for c, x in numbers.items()}
     if table.num_rows == 0:
         return None, bad
     columns: dict[str, pa.Array | np.ndarray] = {}
@@ -291,10 +391,10 @@ def convert_table(table: pa.Table, lines: np.ndarray, path: str, schema: Schema,
             columns[c] = col
             cat_names.append(c)
         elif c in schema.bucketize:
-            columns[c] = bucketize(_to_float(table[c]))
+            columns[c] = bucketize(numbers[c])
             cat_names.append(c)
         elif c in schema.numeric:
-            columns[c] = _to_float(table[c])
+            columns[c] = numbers[c]
             num_names.append(c)
     chunk = RawChunk(columns, tuple(cat_names), tuple(num_names), is_pos.astype(np.float32), lines, path)
     return chunk, bad
@@ -441,6 +541,11 @@ def parquet_source(path: str, schema: Schema | str | None) -> Source:
         if c not in names:
             raise DataError(f"schema column {c!r} is not in the Parquet file", path=path, field=c)
     wanted = [c for c in names if c == sch.label or c in sch.features]
+    for c in wanted:
+        t = pf.schema_arrow.field(c).type
+        if pa.types.is_nested(t):
+            raise DataError(f"column type {t} is not supported (a field needs one scalar value per row)",
+                            path=path, field=c)
 
     def chunks(progress: bool) -> ChunkStream:
         bar = None
