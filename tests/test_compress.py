@@ -270,3 +270,28 @@ def test_chunked_scoring_equals_whole_batch_scoring():
         whole = np.asarray(jax.jit(logits_fn(model))(params, b))
         chunked = np.asarray(jax.jit(logits_fn(model, chunk_rows=32))(params, b))
         np.testing.assert_allclose(chunked, whole, rtol=1e-6, atol=1e-6)
+
+
+def test_degenerate_sites_ranks_and_budgets_are_defined():
+    """Constant outputs, rank 0, rank > dim, unmeetable budget: defined results or clear errors."""
+    from afm_jax.compress import SiteStats
+    d = 6
+    const = SiteStats(100, np.full(d, 3.0), np.zeros((d, d)))
+    rng = np.random.default_rng(0)
+    layer = {"kernel": rng.normal(size=(4, d)), "bias": rng.normal(size=d)}
+    x = rng.normal(size=(10, 4))
+    # rank 0: the output becomes its mean (for constant outputs that is exact)
+    p = afm_linear(layer, const, 0)
+    y = (x @ p["u"]["kernel"] + p["u"]["bias"]) @ p["v"]["kernel"] + p["v"]["bias"]
+    np.testing.assert_allclose(y, np.full((10, d), 3.0))
+    # a constant site keeps all its (zero) variance at rank 0: energy plans pick rank 0
+    from afm_jax.compress import variance_kept
+    assert variance_kept(const.cov)[0] == 1.0
+    with pytest.raises(CompressionError, match="outside"):
+        afm_linear(layer, const, d + 1)
+    with pytest.raises(CompressionError, match="rank must be >= 0"):
+        fixed_plan({"s": layer}, {"s": const}, -1)
+    # rank larger than the site's dim in a plan is capped at the dim, then left full
+    assert fixed_plan({"s": layer}, {"s": const}, 99)["s"] is None
+    with pytest.raises(CompressionError, match="cannot be met"):
+        budget_plan({"s": layer}, {"s": const}, 0.01)

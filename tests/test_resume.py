@@ -82,3 +82,29 @@ def test_same_seed_gives_bit_identical_params_and_statistics():
     for site in runs[0][1]:
         np.testing.assert_array_equal(runs[0][1][site].cov, runs[1][1][site].cov)
         np.testing.assert_array_equal(runs[0][1][site].mean, runs[1][1][site].mean)
+
+
+def test_corrupted_or_half_written_checkpoints(tmp_path):
+    """A damaged params checkpoint is a clear error; a half-written state step is ignored."""
+    from afm_jax.checkpoint import load_model_dir
+    from afm_jax.errors import CheckpointError
+
+    data = synthetic_dataset(6000, seed=4)
+    model = build_model("deepfm", data.info, mlp=(16,))
+    cfg = TrainConfig(epochs=1, batch_size=512)
+    train(model, data, cfg, out_dir=tmp_path / "m", progress=False)
+    # a crash while writing leaves orbax's temporary directory; resuming must not read it
+    steps = _steps(tmp_path / "m")
+    partial = tmp_path / "m" / "state" / f"{steps[-1] + 5}.orbax-checkpoint-tmp-123"
+    partial.mkdir()
+    (partial / "junk").write_text("half")
+    res = train(model, data, TrainConfig(epochs=2, batch_size=512, patience=5),
+                out_dir=tmp_path / "m", progress=False)
+    assert [h["tag"] for h in res.history] == ["epoch 1", "epoch 2"]
+    # truncate every data file of the params checkpoint
+    files = [p for p in (tmp_path / "m" / "params").rglob("*") if p.is_file() and p.stat().st_size > 64]
+    assert files
+    for p in files:
+        p.write_bytes(p.read_bytes()[: p.stat().st_size // 3])
+    with pytest.raises(CheckpointError, match="params"):
+        load_model_dir(tmp_path / "m")
