@@ -19,6 +19,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from afm_jax.errors import CompressionError
+from afm_jax.inference import default_chunk_rows
 from afm_jax.nn import SOW_COLLECTION
 
 
@@ -107,8 +108,18 @@ def _traced_sites(model, key, params, example_batch) -> tuple[tuple[str, tuple[i
 
 
 def _update(model, sites: tuple[str, ...], carry: dict[str, Moments], params, batch):
-    outs = site_outputs(model, params, batch)
-    return {s: merge_moments(carry[s], batch_moments(outs[s].astype(jnp.float32))) for s in sites}
+    def merge(carry, part):
+        outs = site_outputs(model, params, part)
+        return {s: merge_moments(carry[s], batch_moments(outs[s].astype(jnp.float32)))
+                for s in sites}, None
+
+    n = batch["cat"].shape[0]
+    chunk = default_chunk_rows()
+    if chunk is None or n <= chunk or n % chunk:
+        return merge(carry, batch)[0]
+    # on a CPU, cache-sized chunks merged one after another (as in the scorer)
+    parts = jax.tree.map(lambda x: x.reshape(n // chunk, chunk, *x.shape[1:]), batch)
+    return jax.lax.scan(merge, carry, parts)[0]
 
 
 @functools.lru_cache(maxsize=32)
