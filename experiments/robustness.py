@@ -81,7 +81,8 @@ def main() -> None:
             res = kill_and_resume(ref, Path(tmp) / f"killed{k}", rng)
             kills.append(res)
             print(k, res, flush=True)
-    readers = {k: v for k, v in counts.items() if isinstance(v, dict) and "files" in v}
+    readers = {k: v for k, v in counts.items()
+               if k != "total" and isinstance(v, dict) and "files" in v}
     lines = ["# Robustness: fuzzed inputs and killed runs", "",
              f"Command: `{command_line()}`  ", f"Machine: {machine()}", "",
              "## Reader fuzzing (hypothesis, tests/test_fuzz_readers.py)", "",
