@@ -19,3 +19,11 @@ from afm_jax.models import build_model
 from afm_jax.train import TrainConfig, train
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "build_model", "train", "TrainConfig", "make_scorer", "evaluate", "predict",
+    "Dataset", "Encoder", "FeatureInfo", "Schema", "load_dataset", "synthetic_dataset",
+    "iterate_batches", "collect_stats", "save_stats", "load_stats", "compress",
+    "fold_projections", "fixed_plan", "energy_plan", "budget_plan", "make_plan", "plan_report",
+    "svd_compress", "finetune", "AfmError", "DataError", "CheckpointError", "CompressionError",
+]

@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from afm_jax.nn import FieldEmbedding
+from afm_jax.nn import FieldEmbedding, FirstOrder
 
 
 class FieldsInfo(Protocol):
@@ -30,6 +30,10 @@ class CTRModel(nn.Module):
     info: Any
     config: Any
     FOLD_INTO: ClassVar[str | None] = None
+
+    def first_order(self, cat: jax.Array, num: jax.Array) -> jax.Array:
+        """The logistic-regression term over all fields (params at "linear") -> scalar."""
+        return FirstOrder(self.info.vocab_sizes, len(self.info.num_names), name="linear")(cat, num)
 
     def embed(self, cat: jax.Array, num: jax.Array) -> list[jax.Array]:
         return FieldEmbedding(self.info.cat_names, self.info.vocab_sizes, self.info.num_names,

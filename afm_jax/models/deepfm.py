@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 
 from afm_jax.models.base import CTRModel, concat, stack
-from afm_jax.nn import MLP, FirstOrder, Linear, fm_interaction
+from afm_jax.nn import MLP, Linear, fm_interaction
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,6 @@ class DeepFM(CTRModel):
     @nn.compact
     def __call__(self, cat: jax.Array, num: jax.Array) -> jax.Array:
         fields = self.embed(cat, num)
-        first = FirstOrder(self.info.vocab_sizes, len(self.info.num_names), name="linear")(cat, num)
+        first = self.first_order(cat, num)
         deep = Linear(1, name="out")(MLP(self.config.mlp, name="mlp")(concat(fields)))[0]
         return first + fm_interaction(stack(fields)) + deep

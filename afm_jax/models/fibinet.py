@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from afm_jax.models.base import CTRModel, stack
-from afm_jax.nn import MLP, BilinearInteraction, FirstOrder, Linear, SENETLayer
+from afm_jax.nn import MLP, BilinearInteraction, Linear, SENETLayer
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class FiBiNET(CTRModel):
     @nn.compact
     def __call__(self, cat: jax.Array, num: jax.Array) -> jax.Array:
         fields = stack(self.embed(cat, num))
-        first = FirstOrder(self.info.vocab_sizes, len(self.info.num_names), name="linear")(cat, num)
+        first = self.first_order(cat, num)
         reweighted = SENETLayer(self.config.reduction_ratio, name="senet")(fields)
         plain_pairs = BilinearInteraction(name="bilinear")(fields)
         senet_pairs = BilinearInteraction(name="bilinear_senet")(reweighted)

@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 
 from afm_jax.models.base import CTRModel, stack
-from afm_jax.nn import FirstOrder, fm_interaction
+from afm_jax.nn import fm_interaction
 
 
 @dataclass(frozen=True)
@@ -21,5 +21,5 @@ class FM(CTRModel):
 
     @nn.compact
     def __call__(self, cat: jax.Array, num: jax.Array) -> jax.Array:
-        first = FirstOrder(self.info.vocab_sizes, len(self.info.num_names), name="linear")(cat, num)
+        first = self.first_order(cat, num)
         return first + fm_interaction(stack(self.embed(cat, num)))

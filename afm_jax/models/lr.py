@@ -8,7 +8,6 @@ import flax.linen as nn
 import jax
 
 from afm_jax.models.base import CTRModel
-from afm_jax.nn import FirstOrder
 
 
 @dataclass(frozen=True)
@@ -21,4 +20,4 @@ class LR(CTRModel):
 
     @nn.compact
     def __call__(self, cat: jax.Array, num: jax.Array) -> jax.Array:
-        return FirstOrder(self.info.vocab_sizes, len(self.info.num_names), name="linear")(cat, num)
+        return self.first_order(cat, num)

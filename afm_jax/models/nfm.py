@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 
 from afm_jax.models.base import CTRModel, stack
-from afm_jax.nn import MLP, FirstOrder, Linear, bi_interaction
+from afm_jax.nn import MLP, Linear, bi_interaction
 
 
 @dataclass(frozen=True)
@@ -28,5 +28,5 @@ class NFM(CTRModel):
     @nn.compact
     def __call__(self, cat: jax.Array, num: jax.Array) -> jax.Array:
         pooled = bi_interaction(stack(self.embed(cat, num)))
-        first = FirstOrder(self.info.vocab_sizes, len(self.info.num_names), name="linear")(cat, num)
+        first = self.first_order(cat, num)
         return first + Linear(1, name="out")(MLP(self.config.mlp, name="mlp")(pooled))[0]

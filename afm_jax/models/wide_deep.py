@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 
 from afm_jax.models.base import CTRModel, concat
-from afm_jax.nn import MLP, FirstOrder, Linear
+from afm_jax.nn import MLP, Linear
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,6 @@ class WideDeep(CTRModel):
 
     @nn.compact
     def __call__(self, cat: jax.Array, num: jax.Array) -> jax.Array:
-        wide = FirstOrder(self.info.vocab_sizes, len(self.info.num_names), name="linear")(cat, num)
+        wide = self.first_order(cat, num)
         deep = Linear(1, name="out")(MLP(self.config.mlp, name="mlp")(concat(self.embed(cat, num))))
         return wide + deep[0]

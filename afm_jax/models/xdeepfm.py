@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from afm_jax.models.base import CTRModel, concat, stack
-from afm_jax.nn import CIN, MLP, FirstOrder, Linear
+from afm_jax.nn import CIN, MLP, Linear
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class XDeepFM(CTRModel):
     @nn.compact
     def __call__(self, cat: jax.Array, num: jax.Array) -> jax.Array:
         fields = self.embed(cat, num)
-        first = FirstOrder(self.info.vocab_sizes, len(self.info.num_names), name="linear")(cat, num)
+        first = self.first_order(cat, num)
         pooled = CIN(self.config.cin, name="cin")(stack(fields))
         deep = MLP(self.config.mlp, name="mlp")(concat(fields))
         return first + Linear(1, name="out")(jnp.concatenate([pooled, deep]))[0]
