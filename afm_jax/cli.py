@@ -290,13 +290,38 @@ def cmd_export(args: argparse.Namespace) -> dict:
     return {"out": str(out), "params": count_params(params)}
 
 
+def cmd_train_bench(args: argparse.Namespace) -> dict:
+    import platform
+
+    from afm_jax import train_bench
+    from afm_jax.data import load_dataset
+
+    if not args.data:
+        raise AfmError("bench --train needs --data, e.g. criteo:../shared/data/criteo/train.tsv")
+    ds = load_dataset(args.data, progress=not args.no_progress)
+    result = train_bench.run(ds, models=args.models.split(","),
+                             batch_sizes=[int(b) for b in (args.batch_sizes or "1024,4096").split(",")],
+                             rounds=args.rounds, max_rows=args.max_rows)
+    command = "afm-jax " + " ".join(sys.argv[1:])
+    text = train_bench.to_markdown(result, command, f"{platform.machine()}, "
+                                   f"{__import__('os').cpu_count()} cores")
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "train_bench.md").write_text(text)
+    print(text)
+    return {"out": str(out / "train_bench.md")}
+
+
 def cmd_bench(args: argparse.Namespace) -> dict:
     import jax
 
     from afm_jax import bench
 
+    if args.train:
+        return cmd_train_bench(args)
+
     result = bench.run(models=tuple(args.models.split(",")),
-                       batch_sizes=tuple(int(b) for b in args.batch_sizes.split(",")),
+                       batch_sizes=tuple(int(b) for b in (args.batch_sizes or "1,64,1024,8192").split(",")),
                        repeats=args.repeats, use_torch=not args.no_torch,
                        torch_compile=not args.no_torch_compile,
                        progress=not args.no_progress)
@@ -377,12 +402,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="scoring benchmark: original vs AFM vs PyTorch")
     p.add_argument("--models", default="deepfm,dcnv2")
-    p.add_argument("--batch-sizes", default="1,64,1024,8192")
+    p.add_argument("--batch-sizes", help="default 1,64,1024,8192 (scoring) / 1024,4096 (--train)")
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--no-torch", action="store_true", help="leave out the PyTorch peer")
     p.add_argument("--no-torch-compile", action="store_true",
                    help="PyTorch eager only (torch.compile takes minutes per shape)")
     p.add_argument("--out-dir", default="experiments/results")
+    p.add_argument("--train", action="store_true",
+                   help="training benchmark instead (epoch vs bare step vs torch peers)")
+    p.add_argument("--data", help="with --train: the data, e.g. criteo:PATH")
+    p.add_argument("--rounds", type=int, default=3, help="with --train")
+    p.add_argument("--max-rows", type=int, help="with --train: first N training rows")
     common(p)
     p.set_defaults(fn=cmd_bench)
 

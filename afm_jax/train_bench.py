@@ -1,0 +1,488 @@
+"""Training-speed benchmark: a whole afm_jax epoch against the bare jitted step and torch peers.
+
+Everything runs in one process on the same training rows (encoded once), alternating the
+contenders over several rounds so machine noise hits them all alike:
+
+- ``afm_jax epoch``: ``afm_jax.train.train(model, ds, TrainConfig(epochs=1, batch_size=B))``,
+  the public entry point: data feeding, shuffling, loss logging and the end-of-epoch validation
+  pass included (also reported without the validation, timed on its own with a fresh scorer as
+  train() builds one);
+- ``bare step``: ``make_train_step(model, optax.adam(1e-3))`` over a list of device_put batches
+  (the same rows, pre-shuffled, warm): the ceiling for our own loop;
+- ``DeepCTR-Torch`` 0.3.0 ``model.fit(x, y, batch_size=B, epochs=1, verbose=0)`` (optional);
+- ``FuxiCTR`` 2.3.10 ``BaseModel.fit`` with DeepFM / DCNv2 assembled from its own layers
+  (optional; its fit validates at the end of the epoch, as ours does).
+
+Peak memory is the peak resident-set size of the process during a run minus the RSS just before
+it, sampled every 5 ms from /proc/self/statm (so it covers XLA's and torch's native buffers,
+which tracemalloc does not see).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+import time
+import types
+from dataclasses import replace
+from typing import Any, Callable
+
+import jax
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from afm_jax.data import iterate_batches
+from afm_jax.data.dataset import EncodedSplit
+from afm_jax.inference import evaluate, make_scorer
+from afm_jax.models import build_model
+from afm_jax.train import TrainConfig, init_params, make_train_step, train
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def _rss() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except OSError:  # not Linux: fall back to the high-water mark (coarser)
+        import resource
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class _PeakRSS:
+    """Peak RSS increase (bytes) over the `with` block, sampled by a thread."""
+
+    def __init__(self, interval: float = 0.005):
+        self.interval, self.peak, self._stop = interval, 0, threading.Event()
+
+    def __enter__(self):
+        self.base = self.peak_abs = _rss()
+        self._t = threading.Thread(target=self._watch, daemon=True)
+        self._t.start()
+        return self
+
+    def _watch(self):
+        while not self._stop.is_set():
+            self.peak_abs = max(self.peak_abs, _rss())
+            time.sleep(self.interval)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+        self.peak_abs = max(self.peak_abs, _rss())
+        self.peak = self.peak_abs - self.base
+
+
+def subsample(dataset, max_rows: int | None):
+    """The dataset with only its first `max_rows` training rows (deterministic)."""
+    if max_rows is None or max_rows >= len(dataset.train):
+        return dataset
+    t = dataset.train
+    return replace(dataset, train=EncodedSplit(np.asarray(t.cat[:max_rows]),
+                                               np.asarray(t.num[:max_rows]),
+                                               np.asarray(t.label[:max_rows])))
+
+
+def in_memory(dataset):
+    """The splits as plain in-memory numpy arrays (a memmap cache is read once, for everyone)."""
+    def load(s):
+        return EncodedSplit(np.ascontiguousarray(s.cat), np.ascontiguousarray(s.num),
+                            np.ascontiguousarray(s.label))
+    return replace(dataset, train=load(dataset.train), valid=load(dataset.valid),
+                   test=load(dataset.test))
+
+
+# ---------------------------------------------------------------------------------- contenders
+
+def _afm_epoch(model, ds, bs: int, seed: int) -> dict:
+    t0 = time.perf_counter()
+    res = train(model, ds, TrainConfig(epochs=1, batch_size=bs, seed=seed), progress=False)
+    total = time.perf_counter() - t0
+    # the validation pass as train() runs it: a fresh scorer (so its compile) + evaluate
+    t1 = time.perf_counter()
+    evaluate(make_scorer(model), res.params, ds.valid)
+    val_cold = time.perf_counter() - t1
+    t2 = time.perf_counter()
+    ev = evaluate(make_scorer(model), res.params, ds.valid)  # fresh jit object, cached compile
+    val_warm = time.perf_counter() - t2
+    return {"seconds": total, "valid_seconds": val_cold, "valid_warm_seconds": val_warm,
+            "valid_auc": res.best_valid.get("auc"), "check_auc": ev["auc"]}
+
+
+def _bare_step(model, ds, bs: int, seed: int) -> dict:
+    params = init_params(model, ds.info, seed)
+    tx = optax.adam(1e-3)
+    opt_state = tx.init(params)
+    step = make_train_step(model, tx)
+    batches = [jax.device_put(b) for b in
+               iterate_batches(ds.train, bs, shuffle=True, seed=seed)]
+    jax.block_until_ready(batches)
+    # compile (every distinct batch shape) outside the timing
+    t0 = time.perf_counter()
+    shapes = {}
+    for b in batches:
+        shapes.setdefault(b["cat"].shape[0], b)
+    for b in shapes.values():
+        params, opt_state, loss = step(params, opt_state, b)
+    loss.block_until_ready()
+    compile_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for b in batches:
+        params, opt_state, loss = step(params, opt_state, b)
+    jax.block_until_ready((params, loss))
+    return {"seconds": time.perf_counter() - t0, "compile_seconds": compile_s}
+
+
+def _deepctr(name: str, ds, bs: int, seed: int, embed_dim: int, mlp) -> dict:
+    import torch
+    from deepctr_torch.inputs import SparseFeat
+    from deepctr_torch.models import DCN, DeepFM
+
+    info = ds.info
+    cols = [SparseFeat(n, vocabulary_size=v, embedding_dim=embed_dim)
+            for n, v in zip(info.cat_names, info.vocab_sizes)]
+    torch.manual_seed(seed)
+    if name == "deepfm":
+        m = DeepFM(cols, cols, dnn_hidden_units=tuple(mlp), seed=seed, device="cpu")
+    else:  # DCNv2: full-matrix cross, 3 layers, MLP in parallel
+        m = DCN(cols, cols, cross_num=3, cross_parameterization="matrix",
+                dnn_hidden_units=tuple(mlp), seed=seed, device="cpu")
+    m.compile("adam", "binary_crossentropy")
+    x = {n: np.asarray(ds.train.cat[:, i]) for i, n in enumerate(info.cat_names)}
+    y = np.asarray(ds.train.label)
+    t0 = time.perf_counter()
+    m.fit(x, y, batch_size=bs, epochs=1, verbose=0)
+    return {"seconds": time.perf_counter() - t0}
+
+
+def _fuxi_import():
+    import sys
+    from unittest import mock
+    # FuxiCTR's pip package imports ray (parquet loader, preprocessing) and h5py (tokenizer) at
+    # module level; neither is used by BaseModel.fit on in-memory batches, so they are stubbed
+    for m in ("ray", "ray.data", "ray.data.datasource", "ray.data.datasource.filename_provider",
+              "h5py"):
+        try:
+            __import__(m)
+        except ImportError:
+            sys.modules[m] = mock.MagicMock()
+    import fuxictr
+    from fuxictr.features import FeatureMap
+    from fuxictr.pytorch.layers import (CrossNetV2, FactorizationMachine, FeatureEmbedding,
+                                        MLP_Block)
+    from fuxictr.pytorch.models import BaseModel
+    return types.SimpleNamespace(version=getattr(fuxictr, "__version__", "2.3.10"),
+                                 FeatureMap=FeatureMap, BaseModel=BaseModel,
+                                 FeatureEmbedding=FeatureEmbedding, MLP_Block=MLP_Block,
+                                 FactorizationMachine=FactorizationMachine, CrossNetV2=CrossNetV2)
+
+
+class _FuxiBatches:
+    """FuxiCTR-style generator: dicts of torch tensors per feature, reshuffled every epoch."""
+
+    def __init__(self, split: EncodedSplit, names, bs: int, shuffle: bool, seed: int = 0):
+        self.split, self.names, self.bs, self.shuffle, self.seed = split, names, bs, shuffle, seed
+
+    def __len__(self):
+        return -(-len(self.split) // self.bs)
+
+    def __iter__(self):
+        import torch
+        n = len(self.split)
+        order = np.random.default_rng(self.seed).permutation(n) if self.shuffle else None
+        for s in range(0, n, self.bs):
+            idx = slice(s, s + self.bs) if order is None else order[s:s + self.bs]
+            cat = torch.from_numpy(np.ascontiguousarray(self.split.cat[idx]).astype(np.int64))
+            batch = {f: cat[:, i] for i, f in enumerate(self.names)}
+            batch["label"] = torch.from_numpy(np.asarray(self.split.label[idx]))
+            yield batch
+        self.seed += 1
+
+
+def _fuxi_model(fx, name: str, fmap, embed_dim: int, mlp, root: str):
+    import torch.nn as nn
+
+    common = dict(model_id=f"bench_{name}", gpu=-1, verbose=0, model_root=root,
+                  metrics=["AUC", "logloss"], optimizer="adam", loss="binary_crossentropy")
+
+    class FuxiDeepFM(fx.BaseModel):  # FuxiCTR's model-zoo DeepFM, from its layers
+        def __init__(self):
+            super().__init__(fmap, **common)
+            self.embedding_layer = fx.FeatureEmbedding(fmap, embed_dim)
+            self.fm = fx.FactorizationMachine(fmap)
+            self.mlp = fx.MLP_Block(input_dim=fmap.sum_emb_out_dim(), output_dim=1,
+                                    hidden_units=list(mlp), hidden_activations="ReLU",
+                                    output_activation=None)
+            self.compile(common["optimizer"], common["loss"], 1e-3)
+            self.reset_parameters()
+            self.model_to_device()
+
+        def forward(self, inputs):
+            X = self.get_inputs(inputs)
+            emb = self.embedding_layer(X)
+            y = self.fm(X, emb) + self.mlp(emb.flatten(start_dim=1))
+            return {"y_pred": self.output_activation(y)}
+
+    class FuxiDCNv2(fx.BaseModel):  # FuxiCTR's model-zoo DCNv2 (parallel), from its layers
+        def __init__(self):
+            super().__init__(fmap, **common)
+            d = fmap.sum_emb_out_dim()
+            self.embedding_layer = fx.FeatureEmbedding(fmap, embed_dim)
+            self.crossnet = fx.CrossNetV2(d, 3)
+            self.parallel_dnn = fx.MLP_Block(input_dim=d, output_dim=None, hidden_units=list(mlp),
+                                             hidden_activations="ReLU", output_activation=None)
+            self.fc = nn.Linear(d + mlp[-1], 1)
+            self.compile(common["optimizer"], common["loss"], 1e-3)
+            self.reset_parameters()
+            self.model_to_device()
+
+        def forward(self, inputs):
+            import torch
+            X = self.get_inputs(inputs)
+            emb = self.embedding_layer(X, flatten_emb=True)
+            out = torch.cat([self.crossnet(emb), self.parallel_dnn(emb)], dim=-1)
+            return {"y_pred": self.output_activation(self.fc(out))}
+
+    return FuxiDeepFM() if name == "deepfm" else FuxiDCNv2()
+
+
+def _fuxictr(name: str, ds, bs: int, seed: int, embed_dim: int, mlp) -> dict:
+    import torch
+    fx = _fuxi_import()
+    info = ds.info
+    root = tempfile.mkdtemp(prefix="fuxi_bench_")
+    fmap = fx.FeatureMap("bench", root)
+    for n, v in zip(info.cat_names, info.vocab_sizes):
+        fmap.features[n] = {"type": "categorical", "source": "", "vocab_size": int(v)}
+    fmap.labels = ["label"]
+    fmap.num_fields = len(info.cat_names)
+    fmap.default_emb_dim = embed_dim
+    fmap.set_column_index()
+    torch.manual_seed(seed)
+    m = _fuxi_model(fx, name, fmap, embed_dim, mlp, root)
+    os.makedirs(m.model_dir, exist_ok=True)
+    train_gen = _FuxiBatches(ds.train, info.cat_names, bs, True, seed)
+    valid_gen = _FuxiBatches(ds.valid, info.cat_names, 8192, False)
+    t0 = time.perf_counter()
+    m.fit(train_gen, epochs=1, validation_data=valid_gen)
+    total = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    m.evaluate(valid_gen)
+    return {"seconds": total, "valid_seconds": time.perf_counter() - t1}
+
+
+def peer_versions() -> dict[str, str | None]:
+    out = {}
+    try:
+        import deepctr_torch
+        out["deepctr"] = deepctr_torch.__version__
+    except Exception:
+        out["deepctr"] = None
+    try:
+        out["fuxictr"] = _fuxi_import().version
+    except Exception as e:  # noqa: BLE001
+        out["fuxictr"] = None
+        out["fuxictr_error"] = f"{type(e).__name__}: {e}"
+    try:
+        import torch
+        out["torch"] = torch.__version__
+    except Exception:
+        out["torch"] = None
+    return out
+
+
+# --------------------------------------------------------------------------------------- run
+
+def _summary(xs: list[float]) -> dict:
+    a = np.asarray(xs, float)
+    med = float(np.median(a))
+    return {"median": med, "min": float(a.min()), "max": float(a.max()),
+            "spread": float((a.max() - a.min()) / med) if med else 0.0, "n": len(xs)}
+
+
+def run(dataset, models=("deepfm", "dcnv2"), batch_sizes=(1024, 4096), rounds: int = 3,
+        peers=("deepctr", "fuxictr"), max_rows: int | None = None, embed_dim: int = 16,
+        mlp: tuple[int, ...] = (400, 400, 400), progress: bool = True,
+        extras: bool = False) -> dict:
+    """All measurements as a dict: per (model, batch) and contender, rows/s per round and summary.
+
+    rows/s are training rows / wall seconds of the whole call (validation excluded only where
+    named so). Contenders alternate within every round, and their order rotates each round.
+    """
+    ds = in_memory(subsample(dataset, max_rows))
+    n = len(ds.train)
+    versions = peer_versions() if peers else {}
+    use = [p for p in peers if versions.get(p)]
+    skipped = {p: versions.get(f"{p}_error", "not installed") for p in peers if p not in use}
+    built = {name: build_model(name, ds.info, embed_dim=embed_dim, mlp=tuple(mlp))
+             for name in models}
+    contenders: dict[str, Callable[..., dict]] = {
+        "afm_jax epoch": lambda name, bs, seed: _afm_epoch(built[name], ds, bs, seed),
+        "bare step": lambda name, bs, seed: _bare_step(built[name], ds, bs, seed)}
+    if "deepctr" in use:
+        contenders["DeepCTR-Torch fit"] = lambda name, bs, seed: _deepctr(
+            name, ds, bs, seed, embed_dim, mlp)
+    if "fuxictr" in use:
+        contenders["FuxiCTR fit"] = lambda name, bs, seed: _fuxictr(
+            name, ds, bs, seed, embed_dim, mlp)
+    names = list(contenders)
+    raw: dict[tuple, list[dict]] = {}
+    failed: dict[str, str] = {}
+    bar = tqdm(total=rounds * len(models) * len(batch_sizes) * len(names), desc="train bench",
+               disable=not progress)
+    for r in range(rounds):
+        for name in models:
+            for bs in batch_sizes:
+                order = names[r % len(names):] + names[:r % len(names)]
+                for c in order:
+                    if c in failed:
+                        continue
+                    try:
+                        with _PeakRSS() as mem:
+                            out = contenders[c](name, bs, r)
+                    except Exception as e:  # a peer that breaks is left out, with the reason
+                        if c in ("afm_jax epoch", "bare step"):
+                            raise
+                        failed[c] = f"{type(e).__name__}: {e}"
+                        continue
+                    out["peak_rss_delta"] = mem.peak
+                    out["round"] = r
+                    raw.setdefault((name, bs, c), []).append(out)
+                    bar.update(1)
+    bar.close()
+
+    skipped.update({c: f"failed: {why}" for c, why in failed.items()})
+    raw = {k: v for k, v in raw.items() if k[2] not in failed}
+    rows = []
+    for (name, bs, c), outs in raw.items():
+        row = {"model": name, "batch": bs, "contender": c, "rounds": outs,
+               "rows_s": _summary([n / o["seconds"] for o in outs]),
+               "peak_rss_mib": max(o["peak_rss_delta"] for o in outs) / 2**20}
+        if "valid_seconds" in outs[0]:
+            row["rows_s_no_valid"] = _summary([n / (o["seconds"] - o["valid_seconds"])
+                                               for o in outs])
+            row["valid_seconds"] = _summary([o["valid_seconds"] for o in outs])
+        if "valid_warm_seconds" in outs[0]:
+            row["valid_warm_seconds"] = _summary([o["valid_warm_seconds"] for o in outs])
+        if "compile_seconds" in outs[0]:
+            row["compile_seconds"] = _summary([o["compile_seconds"] for o in outs])
+        rows.append(row)
+    result = {"train_rows": n, "valid_rows": len(ds.valid), "models": list(models),
+              "batch_sizes": list(batch_sizes), "rounds": rounds, "mlp": list(mlp),
+              "embed_dim": embed_dim, "fields": len(ds.info.cat_names),
+              "numeric_fields": len(ds.info.num_names), "versions": versions,
+              "skipped": skipped, "device": f"{jax.devices()[0].platform}", "rows": rows}
+    if extras:
+        result["extras"] = extra_rates(built, ds)
+    return result
+
+
+def extra_rates(built: dict, ds, finetune_steps: int = 50) -> dict:
+    """Rows/s of the statistics pass and of compress.finetune (second, warm call of each)."""
+    from afm_jax.compress import collect_stats
+    from afm_jax.compress.finetune import finetune
+
+    out = {}
+    n = len(ds.train)
+    for name, model in built.items():
+        params = init_params(model, ds.info, 0)
+        times = []
+        for _ in range(2):
+            t0 = time.perf_counter()
+            collect_stats(model, params, iterate_batches(ds.train, 4096), progress=False)
+            times.append(time.perf_counter() - t0)
+        ft = []
+        for _ in range(2):
+            t0 = time.perf_counter()
+            finetune(model, params, ds, finetune_steps, trainable="all", progress=False)
+            ft.append(time.perf_counter() - t0)
+        # finetune's report evaluates the valid split before and after: time those apart
+        scorer = make_scorer(model)
+        evaluate(scorer, params, ds.valid)
+        t0 = time.perf_counter()
+        evaluate(scorer, params, ds.valid)
+        val = time.perf_counter() - t0
+        out[name] = {"stats_rows_s_cold": n / times[0], "stats_rows_s": n / times[1],
+                     "finetune_rows_s": finetune_steps * 1024 / ft[1],
+                     "finetune_rows_s_no_valid": finetune_steps * 1024 / max(ft[1] - 2 * val,
+                                                                             1e-9),
+                     "finetune_steps": finetune_steps}
+    return out
+
+
+def _get(result, model, bs, contender):
+    return next((r for r in result["rows"] if r["model"] == model and r["batch"] == bs
+                 and r["contender"] == contender), None)
+
+
+def to_markdown(result: dict, command: str, machine: str = "") -> str:
+    n = result["train_rows"]
+    v = result["versions"]
+    lines = [f"# Training-speed benchmark ({machine or result['device']})", "",
+             f"Command: `{command}`", "",
+             f"{n:,} training rows (same rows, same order of work for every contender), "
+             f"{result['valid_rows']:,} validation rows; {result['fields']} categorical fields x "
+             f"{result['embed_dim']}, MLP {'-'.join(map(str, result['mlp']))}; "
+             f"{result['rounds']} rounds, contenders alternating (order rotated each round). "
+             "rows/s = training rows / wall seconds of the whole call; median over rounds, "
+             "spread = (max - min) / median. Peak MiB = peak RSS during the call minus RSS "
+             "before it (sampled every 5 ms from /proc/self/statm; includes native XLA/torch "
+             "buffers; 0 means the call fit in memory the process already held).", ""]
+    if v.get("torch"):
+        lines.append(f"Peers: torch {v.get('torch')}, DeepCTR-Torch {v.get('deepctr')}, "
+                     f"FuxiCTR {v.get('fuxictr')} (CPU). DeepCTR-Torch DCNv2 = "
+                     "`DCN(cross_parameterization='matrix', cross_num=3)` (full-matrix cross, "
+                     "parallel MLP). FuxiCTR models assembled from its layers "
+                     "(FeatureEmbedding, FactorizationMachine / CrossNetV2, MLP_Block) as in its "
+                     "model zoo; its fit validates at the end of the epoch like ours.")
+    for p, why in result.get("skipped", {}).items():
+        lines.append(f"Left out: {p} ({why}).")
+    lines += ["", "| model | batch | contender | rows/s median (min-max, spread) | "
+              "rows/s w/o validation | peak MiB |", "|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        s = r["rows_s"]
+        nv = r.get("rows_s_no_valid")
+        lines.append(f"| {r['model']} | {r['batch']} | {r['contender']} | {s['median']:,.0f} "
+                     f"({s['min']:,.0f}-{s['max']:,.0f}, {s['spread']:.2f}) | "
+                     + (f"{nv['median']:,.0f}" if nv else "-")
+                     + f" | {r['peak_rss_mib']:,.0f} |")
+    lines += ["", "Ratios (medians):", "",
+              "| model | batch | epoch / bare step | epoch w/o valid / bare step | "
+              "epoch / DeepCTR-Torch | epoch / FuxiCTR | epoch w/o valid / FuxiCTR w/o valid |",
+              "|---|---|---|---|---|---|---|"]
+    for m in result["models"]:
+        for bs in result["batch_sizes"]:
+            ep, bare = _get(result, m, bs, "afm_jax epoch"), _get(result, m, bs, "bare step")
+            dc, fx = _get(result, m, bs, "DeepCTR-Torch fit"), _get(result, m, bs, "FuxiCTR fit")
+            e, env = ep["rows_s"]["median"], ep["rows_s_no_valid"]["median"]
+            cells = [m, str(bs), f"{e / bare['rows_s']['median']:.0%}",
+                     f"{env / bare['rows_s']['median']:.0%}",
+                     f"{e / dc['rows_s']['median']:.2f}x" if dc else "-",
+                     f"{e / fx['rows_s']['median']:.2f}x" if fx else "-",
+                     f"{env / fx['rows_s_no_valid']['median']:.2f}x" if fx else "-"]
+            lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "afm_jax epoch breakdown (medians): validation as train() runs it (fresh "
+              "scorer: compile + evaluate), the same warm, and the bare step's compile time. "
+              "train() caches its compiled step per (model, learning rate, L2) and pads the "
+              "last batch, so only the first round of each cell pays that compile; the "
+              "medians over rounds are warm epochs (every round's figure is in the .json):", ""]
+    for m in result["models"]:
+        for bs in result["batch_sizes"]:
+            ep, bare = _get(result, m, bs, "afm_jax epoch"), _get(result, m, bs, "bare step")
+            lines.append(f"- {m} batch {bs}: epoch {n / ep['rows_s']['median']:.2f} s, "
+                         f"validation {ep['valid_seconds']['median']:.2f} s cold / "
+                         f"{ep['valid_warm_seconds']['median']:.2f} s warm, bare-step loop "
+                         f"{n / bare['rows_s']['median']:.2f} s + its compile "
+                         f"{bare['compile_seconds']['median']:.2f} s")
+    if "extras" in result:
+        lines += ["", "Other passes (warm second call; finetune: 50 steps of 1024, "
+                  "trainable='all'; its two validation passes subtracted in the last figure):",
+                  ""]
+        for m, e in result["extras"].items():
+            lines.append(f"- {m}: collect_stats over iterate_batches(train, 4096) "
+                         f"{e['stats_rows_s']:,.0f} rows/s (cold {e['stats_rows_s_cold']:,.0f}); "
+                         f"finetune {e['finetune_rows_s']:,.0f} rows/s, "
+                         f"{e['finetune_rows_s_no_valid']:,.0f} without its validation")
+    return "\n".join(lines) + "\n"
