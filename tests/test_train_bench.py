@@ -58,3 +58,21 @@ def test_tiny_run_deepctr_peer():
                           peers=("deepctr",), embed_dim=4, mlp=(16,), progress=False)
     peer = [r for r in res["rows"] if r["contender"] == "DeepCTR-Torch fit"]
     assert peer and peer[0]["rows_s"]["median"] > 0
+
+
+def test_padded_batches_still_yield_every_row_once():
+    """train() pads the last batch (weight 0) to keep one shape: real rows still appear once."""
+    import numpy as np
+
+    from afm_jax.data import iterate_batches
+    from afm_jax.data.dataset import EncodedSplit
+
+    n = 1000
+    split = EncodedSplit(np.zeros((n, 1), np.int32), np.arange(n, dtype=np.float32)[:, None],
+                         np.zeros(n, np.float32))
+    seen = []
+    for b in iterate_batches(split, 96, shuffle=True, seed=3, pad_last=True):
+        assert b["cat"].shape[0] == 96
+        seen.append(b["num"][b["weight"] > 0, 0])
+    seen = np.concatenate(seen)
+    assert np.array_equal(np.sort(seen), np.arange(n))
