@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
@@ -55,11 +56,14 @@ def logits_fn(model, chunk_rows: int | None = None) -> Callable[[Any, Batch], ja
     return batched
 
 
+@functools.lru_cache(maxsize=32)
 def make_scorer(model) -> Scorer:
     """`score(params, batch) -> probabilities [B]`, jitted; takes every params form of `model`.
 
     The same function scores the original params and any AFM-compressed pytree: the layers read
-    the structure of the params they are given (a new structure compiles once more).
+    the structure of the params they are given (a new structure compiles once more). Cached per
+    model, so every evaluation of one model (each epoch's validation, each train() call) reuses
+    the compiled scorer.
     """
     logits = logits_fn(model, default_chunk_rows())
 
