@@ -30,3 +30,4 @@ class CheckpointError(AfmError):
 
 class CompressionError(AfmError):
     """A compression request that cannot be carried out (bad site, rank or plan)."""
+

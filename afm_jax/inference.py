@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
@@ -13,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from afm_jax import metrics
+from afm_jax._cache import cache_per_model
 
 Batch = Mapping[str, Any]
 Scorer = Callable[[Any, Batch], jax.Array]
@@ -56,7 +56,7 @@ def logits_fn(model, chunk_rows: int | None = None) -> Callable[[Any, Batch], ja
     return batched
 
 
-@functools.lru_cache(maxsize=32)
+@cache_per_model(32)
 def make_scorer(model) -> Scorer:
     """`score(params, batch) -> probabilities [B]`, jitted; takes every params form of `model`.
 

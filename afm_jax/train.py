@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import math
 import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +19,7 @@ import orbax.checkpoint as ocp
 from tqdm.auto import tqdm
 
 from afm_jax.errors import AfmError
+from afm_jax._cache import cache_per_model
 from afm_jax.inference import evaluate, logits_fn, make_scorer
 
 
@@ -91,7 +91,7 @@ def make_train_step(model, tx: optax.GradientTransformation, embed_l2: float = 0
     return step
 
 
-@functools.lru_cache(maxsize=16)
+@cache_per_model(16)
 def _adam_step(model, learning_rate: float, embed_l2: float):
     """The Adam train step, cached per (model, learning rate, L2): a second `train` call in the
     same process (another run, a resume, a benchmark round) reuses the compiled step."""

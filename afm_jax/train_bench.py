@@ -26,7 +26,7 @@ import threading
 import time
 import types
 from dataclasses import replace
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import numpy as np

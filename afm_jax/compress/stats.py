@@ -7,7 +7,6 @@ precision in float32, and memory does not depend on the number of rows.
 
 from __future__ import annotations
 
-import functools
 import itertools
 from functools import partial
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from afm_jax.errors import CompressionError
+from afm_jax._cache import cache_per_model
 from afm_jax.inference import default_chunk_rows
 from afm_jax.nn import SOW_COLLECTION
 
@@ -97,13 +97,19 @@ _SITE_CACHE: dict = {}
 
 def _traced_sites(model, key, params, example_batch) -> tuple[tuple[str, tuple[int, int]], ...]:
     full_key = (model, key)
-    if full_key not in _SITE_CACHE:
+    try:
+        hash(full_key)
+    except TypeError:  # a model that cannot be hashed: trace every time
+        full_key = None
+    if full_key is None or full_key not in _SITE_CACHE:
         if len(_SITE_CACHE) > 64:
             _SITE_CACHE.clear()
         shapes = jax.eval_shape(partial(site_outputs, model), params, example_batch)
         b = int(np.shape(example_batch["cat"])[0])
-        _SITE_CACHE[full_key] = tuple((k, (int(v.shape[-1]), int(v.shape[0]) // b))
-                                      for k, v in shapes.items())
+        found = tuple((k, (int(v.shape[-1]), int(v.shape[0]) // b)) for k, v in shapes.items())
+        if full_key is None:
+            return found
+        _SITE_CACHE[full_key] = found
     return _SITE_CACHE[full_key]
 
 
@@ -122,7 +128,7 @@ def _update(model, sites: tuple[str, ...], carry: dict[str, Moments], params, ba
     return jax.lax.scan(merge, carry, parts)[0]
 
 
-@functools.lru_cache(maxsize=32)
+@cache_per_model(32)
 def _update_fn(model, sites: tuple[str, ...]):
     """The jitted per-batch update, cached so repeated passes over one model compile once."""
     return jax.jit(partial(_update, model, sites), donate_argnums=(0,))
