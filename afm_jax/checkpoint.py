@@ -18,19 +18,16 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from afm_jax.errors import CheckpointError
+from afm_jax.errors import CheckpointError, DataError
 from afm_jax.models import CTRModel, model_from_json, model_to_json
 
 
 def _info_to_json(info: Any) -> dict:
-    return {"cat_names": list(info.cat_names), "vocab_sizes": [int(v) for v in info.vocab_sizes],
-            "num_names": list(info.num_names)}
-
-
-def _info_from_json(d: dict):
+    """Any object with the FeatureInfo fields, as FeatureInfo's JSON."""
     from afm_jax.data import FeatureInfo
-    return FeatureInfo(cat_names=tuple(d["cat_names"]), vocab_sizes=tuple(d["vocab_sizes"]),
-                       num_names=tuple(d["num_names"]))
+    return FeatureInfo(cat_names=tuple(info.cat_names),
+                       vocab_sizes=tuple(int(v) for v in info.vocab_sizes),
+                       num_names=tuple(info.num_names)).to_json()
 
 
 def save_params(path: str | os.PathLike, params: Any) -> None:
@@ -71,6 +68,8 @@ def save_model_dir(out_dir: str | os.PathLike, model: CTRModel, params: Any, *, 
 
 def load_model_dir(model_dir: str | os.PathLike) -> tuple[CTRModel, Any, dict]:
     """(model, params, meta) from a directory written by `save_model_dir` or `train`."""
+    from afm_jax.data import FeatureInfo
+
     d = Path(model_dir)
     meta_path = d / "model.json"
     if not meta_path.is_file():
@@ -78,8 +77,8 @@ def load_model_dir(model_dir: str | os.PathLike) -> tuple[CTRModel, Any, dict]:
                               "`afm-jax train ... --out DIR`")
     try:
         meta = json.loads(meta_path.read_text())
-        model = model_from_json(meta["model"], _info_from_json(meta["info"]))
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        model = model_from_json(meta["model"], FeatureInfo.from_json(meta["info"]))
+    except (json.JSONDecodeError, KeyError, TypeError, DataError) as e:
         raise CheckpointError(f"{meta_path}: malformed ({type(e).__name__}: {e})") from e
     params = load_params(d / "params")
     validate_params(model, params, where=str(d / "params"))

@@ -74,20 +74,17 @@ def make_scorer(model) -> Scorer:
     return score
 
 
-def _padded_batches(split, batch_size: int) -> Iterator[tuple[dict, int]]:
-    """Fixed-shape batches in order (the last one padded with row 0) and their true sizes."""
-    n = len(split)
-    for start in range(0, n, batch_size):
-        stop = min(start + batch_size, n)
-        idx = np.arange(start, start + batch_size)
-        idx[stop - start:] = start
-        yield {"cat": np.asarray(split.cat[idx]), "num": np.asarray(split.num[idx])}, stop - start
+def _fixed_shape_batches(split, batch_size: int) -> Iterator[tuple[dict, int]]:
+    """Batches in order, the last padded to full size (one compile), and their true sizes."""
+    from afm_jax.data import iterate_batches
+    for batch in iterate_batches(split, batch_size, pad_last=True):
+        yield {"cat": batch["cat"], "num": batch["num"]}, int(batch["weight"].sum())
 
 
 def predict(scorer: Scorer, params, split, batch_size: int = 8192) -> np.ndarray:
     """Probabilities [N] for every row of an EncodedSplit, in order (one compile per shape)."""
     out = []
-    for batch, size in _padded_batches(split, batch_size):
+    for batch, size in _fixed_shape_batches(split, batch_size):
         out.append(np.asarray(scorer(params, batch))[:size])
     return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
@@ -104,7 +101,7 @@ def evaluate(scorer: Scorer, params, split, batch_size: int = 8192) -> dict[str,
 
 def throughput(scorer: Scorer, params, split, batch_size: int = 8192, repeats: int = 5) -> float:
     """Rows/s of the jitted scorer on one fixed batch of real rows (median of repeats, warm)."""
-    batch, _ = next(_padded_batches(split, batch_size))
+    batch, _ = next(_fixed_shape_batches(split, batch_size))
     batch = jax.device_put(batch)
     scorer(params, batch).block_until_ready()
     times = []
