@@ -422,12 +422,61 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     common(p)
     p.set_defaults(fn=cmd_export)
+
+    p = sub.add_parser("experiment", help="regenerate a results table (see experiments/)")
+    p.add_argument("name", choices=["paper-table"])
+    p.add_argument("--data", default="../shared/data", help="folder of the real data samples")
+    p.add_argument("--out", default="experiments/results",
+                   help="where paper_table.md, plots and per-cell JSON (resumable) go")
+    p.add_argument("--datasets", help="comma-separated (default: all real samples)")
+    p.add_argument("--models", help="comma-separated (default: the paper's seven)")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--max-rows", default="criteo=40000",
+                   help="per-dataset row caps (first N rows of the file), e.g. criteo=40000")
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--json", action="store_true", help="last line: one JSON object")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(fn=cmd_experiment)
     return parser
+
+
+def cmd_experiment(args: argparse.Namespace) -> dict:
+    from afm_jax import paper_table
+
+    if not Path(args.data).is_dir():
+        raise AfmError(f"--data {args.data}: not a folder (it should hold criteo/, avazu/, "
+                       "frappe/, movielens100k/)")
+    caps = {}
+    for item in filter(None, (args.max_rows or "").split(",")):
+        name, _, n = item.partition("=")
+        if not n.isdigit() or int(n) < 1:
+            raise AfmError(f"--max-rows {item!r}: use DATASET=N with N >= 1")
+        caps[name] = int(n)
+    try:
+        seeds = tuple(int(s) for s in args.seeds.split(","))
+    except ValueError:
+        raise AfmError(f"--seeds {args.seeds!r}: use comma-separated integers") from None
+    from afm_jax.models import REGISTRY
+    models = tuple(args.models.split(",")) if args.models else paper_table.MODELS
+    bad = [m for m in models if m not in REGISTRY]
+    if bad:
+        raise AfmError(f"--models: unknown {bad}; choose from {sorted(REGISTRY)}")
+    command = ("python experiments/paper_table.py " + " ".join(sys.argv[1:])
+               if sys.argv[0].endswith("paper_table.py")
+               else "afm-jax " + " ".join(args.argv)).strip()
+    md = paper_table.run(args.data, args.out,
+                         datasets=tuple(args.datasets.split(",")) if args.datasets else None,
+                         models=models, seeds=seeds, max_rows=caps, epochs=args.epochs,
+                         command=command, progress=not args.no_progress)
+    if not args.json:
+        print(md.read_text())
+    return {"report": str(md)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         result = args.fn(args)
     except AfmError as e:

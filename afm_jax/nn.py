@@ -12,6 +12,8 @@ FieldEmbedding params, one entry per field (categorical fields first, then numer
   full table      {"embedding": [V, d]}
   compressed      {"embedding": [V, k], "proj": {"kernel": [k, d], "bias": [d]}}
   folded          {"embedding": [V, k]}           (projection folded into the next Linear)
+  TT-Rec          {"tt_0": [v1, d1, r1], "tt_1": [v2, r1, d2, r2], "tt_2": [v3, r2, d3]}
+                  (tensor-train cores, v1 v2 v3 >= V, d1 d2 d3 = d; see compress/ttrec.py)
   numeric field   {"vector": [d]}                 (output = value * vector)
 
 Each site sows its output vector (before any activation) into the "afm_outputs" collection, so
@@ -78,6 +80,17 @@ class Linear(nn.Module):
         return y
 
 
+def tt_row(cores: Sequence[jax.Array], idx: jax.Array) -> jax.Array:
+    """Row `idx` of a 3-core tensor-train table (TT-Rec): cores [v1,d1,r1], [v2,r1,d2,r2],
+    [v3,r2,d3] -> [d1*d2*d3]. Row i = (i1, i2, i3) in mixed radix (v1, v2, v3)."""
+    g0, g1, g2 = (jnp.asarray(c) for c in cores)
+    v2, v3 = g1.shape[0], g2.shape[0]
+    i1, rest = jnp.divmod(idx, v2 * v3)
+    i2, i3 = jnp.divmod(rest, v3)
+    out = jnp.einsum("ar,rbs,sc->abc", g0[i1], g1[i2], g2[i3])
+    return out.reshape(-1)
+
+
 class _Table(nn.Module):
     """One categorical field's table: id -> its row ([d], or [k] for a compressed table).
 
@@ -90,6 +103,9 @@ class _Table(nn.Module):
 
     @nn.compact
     def __call__(self, idx: jax.Array) -> jax.Array:
+        if self.has_variable("params", "tt_0"):
+            cores = [self.get_variable("params", f"tt_{i}") for i in range(3)]
+            return tt_row(cores, jnp.where((idx >= 0) & (idx < self.vocab_size), idx, 0))
         table = _stored_or_new(self, "embedding", nn.initializers.normal(1e-2),
                                (self.vocab_size, self.features))
         # JAX clamps out-of-bounds gathers silently: map ids outside the table to the

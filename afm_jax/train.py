@@ -130,6 +130,8 @@ def train(model, dataset, config: TrainConfig = TrainConfig(), *, out_dir: str |
     t_start = time.perf_counter()
     if params is None:
         params = init_params(model, dataset.info, config.seed)
+    else:  # the step donates its inputs' buffers: train a copy, keep the caller's params intact
+        params = jax.tree.map(lambda x: jnp.array(x, copy=True), params)
     tx = optax.adam(config.learning_rate)
     opt_state = tx.init(params)
     step_fn = _adam_step(model, config.learning_rate, config.embed_l2)
