@@ -51,17 +51,25 @@ def load_params(path: str | os.PathLike) -> Any:
 
 def save_model_dir(out_dir: str | os.PathLike, model: CTRModel, params: Any, *, encoder=None,
                    extra: dict | None = None) -> Path:
-    """Write model.json, encoder.json (if given) and params/ into `out_dir`."""
+    """Write model.json, encoder.json (if given) and params/ into `out_dir`.
+
+    In a multi-process run every process calls this (orbax saves params together); only
+    process 0 writes the JSON files. Params must be host arrays (`distributed.host_params`).
+    """
+    from afm_jax.distributed import is_primary, sync
+
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    meta = {"model": model_to_json(model), "info": _info_to_json(model.info), **(extra or {})}
-    tmp = out / "model.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=2))
-    os.replace(tmp, out / "model.json")
-    if encoder is not None:
-        encoder.save(out / "encoder.json")
-    if (out / "params").exists():
-        shutil.rmtree(out / "params")
+    if is_primary():
+        out.mkdir(parents=True, exist_ok=True)
+        meta = {"model": model_to_json(model), "info": _info_to_json(model.info), **(extra or {})}
+        tmp = out / "model.json.tmp"
+        tmp.write_text(json.dumps(meta, indent=2))
+        os.replace(tmp, out / "model.json")
+        if encoder is not None:
+            encoder.save(out / "encoder.json")
+        if (out / "params").exists():
+            shutil.rmtree(out / "params")
+    sync("afm_jax.save_model_dir")
     save_params(out / "params", params)
     return out
 

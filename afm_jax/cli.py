@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -66,6 +67,39 @@ def _model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return kw
 
 
+def _device_args(p: argparse.ArgumentParser) -> None:
+    """--devices/--shard-embeddings and the multi-process flags (see afm_jax/distributed.py)."""
+    p.add_argument("--devices", type=int,
+                   help="local devices to use, batches sharded over them (default: all)")
+    p.add_argument("--shard-embeddings", action="store_true",
+                   help="row-shard the embedding tables over the mesh's model axis")
+    p.add_argument("--model-axis", type=int,
+                   help="devices per model group (default 1; with --shard-embeddings: all)")
+    p.add_argument("--coordinator", help="multi-process: HOST:PORT of process 0 "
+                   "(or JAX_COORDINATOR_ADDRESS)")
+    p.add_argument("--num-processes", type=int, help="multi-process: number of processes "
+                   "(or JAX_NUM_PROCESSES)")
+    p.add_argument("--process-id", type=int, help="multi-process: this process, 0.. "
+                   "(or JAX_PROCESS_ID)")
+
+
+def _mesh(args: argparse.Namespace):
+    """The mesh of --devices/--model-axis (every local device of every process by default)."""
+    from afm_jax.distributed import make_mesh
+    import jax
+
+    n_local = args.devices or len(jax.local_devices())
+    model_axis = args.model_axis or (n_local if args.shard_embeddings else 1)
+    if n_local % model_axis:
+        raise AfmError(f"--model-axis {model_axis} does not divide the {n_local} devices per process")
+    return make_mesh(n_local, model_axis=model_axis)
+
+
+def _primary() -> bool:
+    from afm_jax.distributed import is_primary
+    return is_primary()
+
+
 def cmd_train(args: argparse.Namespace) -> dict:
     from afm_jax.inference import count_params, evaluate, make_scorer
     from afm_jax.models import build_model
@@ -78,16 +112,24 @@ def cmd_train(args: argparse.Namespace) -> dict:
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size,
                          learning_rate=args.lr, seed=args.seed, embed_l2=args.embed_l2,
                          patience=args.patience, checkpoint_every=args.checkpoint_every)
+    mesh = _mesh(args)
     res = train(model, ds, config, out_dir=args.out, progress=progress,
-                extra_meta={"data": {"spec": args.data, **options}})
-    test = evaluate(make_scorer(model), res.params, ds.test)
+                extra_meta={"data": {"spec": args.data, **options}}, mesh=mesh,
+                shard_embeddings=args.shard_embeddings)
+    test = evaluate(make_scorer(model, mesh), res.params, ds.test, mesh=mesh)
     out = {"model": args.model, "data": args.data, "auc": test["auc"],
            "logloss": test["logloss"], "rows": test["rows"],
            "valid_auc": res.best_valid.get("auc"), "params": count_params(res.params),
-           "seconds": res.seconds, "out": args.out}
+           "seconds": res.seconds, "out": args.out, "devices": mesh.size,
+           "processes": jax_process_count()}
     print(f"{args.model} on {args.data}: test AUC {test['auc']:.4f}  logloss "
           f"{test['logloss']:.4f}  ({test['rows']:,} rows; trained in {res.seconds:.1f}s)")
     return out
+
+
+def jax_process_count() -> int:
+    import jax
+    return jax.process_count()
 
 
 def _model_dir_data(args: argparse.Namespace, meta: dict, model_dir: str, progress: bool):
@@ -112,10 +154,14 @@ def cmd_evaluate(args: argparse.Namespace) -> dict:
     from afm_jax.checkpoint import load_model_dir
     from afm_jax.inference import count_params, evaluate, make_scorer
 
+    from afm_jax.distributed import shard_params
+
     model, params, meta = load_model_dir(args.model_dir)
     ds = _model_dir_data(args, meta, args.model_dir, not args.no_progress)
     split = getattr(ds, args.split)
-    res = evaluate(make_scorer(model), params, split)
+    mesh = _mesh(args)
+    res = evaluate(make_scorer(model, mesh), shard_params(params, mesh, args.shard_embeddings),
+                   split, mesh=mesh)
     out = {"model_dir": args.model_dir, "split": args.split, "auc": res["auc"],
            "logloss": res["logloss"], "rows": res["rows"], "params": count_params(params),
            "seconds": res["seconds"]}
@@ -126,10 +172,16 @@ def cmd_evaluate(args: argparse.Namespace) -> dict:
 
 def compress_model(model, params, ds, plan_spec: str, *, sites=None, activation=None,
                    finetune_steps: int = 0, stats_rows: int | None = None,
-                   batch_size: int = 2048, progress: bool = True) -> dict:
-    """Statistics on the training split, a plan, the AFM map (and optional fine-tune)."""
+                   batch_size: int = 2048, progress: bool = True, mesh=None,
+                   shard_embeddings: bool = False) -> dict:
+    """Statistics on the training split, a plan, the AFM map (and optional fine-tune).
+
+    mesh: statistics and fine-tuning run over it (params host-side in, host-side out); the
+    eigen-decompositions of the map run on the host.
+    """
     import math
 
+    from afm_jax import distributed
     from afm_jax.compress import collect_stats, compress, finetune, make_plan, plan_report
     from afm_jax.data import iterate_batches
 
@@ -137,8 +189,13 @@ def compress_model(model, params, ds, plan_spec: str, *, sites=None, activation=
     train = ds.train
     n = len(train) if stats_rows is None else min(stats_rows, len(train))
     sub = type(train)(cat=train.cat[:n], num=train.num[:n], label=train.label[:n])
-    stats = collect_stats(model, params, iterate_batches(sub, batch_size),
-                          total=math.ceil(n / batch_size), progress=progress)
+    if mesh is None:
+        stats = collect_stats(model, params, iterate_batches(sub, batch_size),
+                              total=math.ceil(n / batch_size), progress=progress)
+    else:
+        stats = collect_stats(model, distributed.shard_params(params, mesh, shard_embeddings),
+                              distributed.global_batches(sub, batch_size, mesh),
+                              total=math.ceil(n / batch_size), progress=progress, mesh=mesh)
     t_stats = time.perf_counter() - t0
     plan = make_plan(params, stats, plan_spec, sites)
     report = plan_report(params, stats, plan)
@@ -147,7 +204,10 @@ def compress_model(model, params, ds, plan_spec: str, *, sites=None, activation=
     t_compress = time.perf_counter() - t1
     ft = None
     if finetune_steps:
-        new, ft = finetune(model, new, ds, finetune_steps, progress=progress)
+        new, ft = finetune(model, new, ds, finetune_steps, progress=progress, mesh=mesh,
+                           shard_embeddings=shard_embeddings)
+        if mesh is not None:
+            new = distributed.host_params(new, model.info)
     return {"params": new, "stats": stats, "plan": plan, "report": report,
             "stats_seconds": t_stats, "compress_seconds": t_compress, "finetune": ft}
 
@@ -163,9 +223,12 @@ def cmd_compress(args: argparse.Namespace) -> dict:
     sites = [s for s in args.sites.split(",") if s] if args.sites else None
     res = compress_model(model, params, ds, args.plan, sites=sites, activation=args.act,
                          finetune_steps=args.finetune_steps, stats_rows=args.stats_rows,
-                         progress=progress)
-    scorer = make_scorer(model)
-    before, after = evaluate(scorer, params, ds.test), evaluate(scorer, res["params"], ds.test)
+                         progress=progress, mesh=(mesh := _mesh(args)),
+                         shard_embeddings=args.shard_embeddings)
+    from afm_jax.distributed import shard_params
+    scorer = make_scorer(model, mesh)
+    before, after = (evaluate(scorer, shard_params(p, mesh, args.shard_embeddings), ds.test,
+                              mesh=mesh) for p in (params, res["params"]))
     report = res["report"]
     encoder = None
     if Path(args.model_dir, "encoder.json").is_file():
@@ -176,8 +239,9 @@ def cmd_compress(args: argparse.Namespace) -> dict:
                             "activation": args.act, "finetune": res["finetune"],
                             **report.to_json()}
     out_dir = save_model_dir(args.out, model, res["params"], encoder=encoder, extra=extra)
-    save_stats(out_dir / "stats.npz", res["stats"])
-    (out_dir / "plan.md").write_text(report.to_markdown() + "\n")
+    if _primary():
+        save_stats(out_dir / "stats.npz", res["stats"])
+        (out_dir / "plan.md").write_text(report.to_markdown() + "\n")
     print(report.to_markdown())
     print(f"\ntest AUC {before['auc']:.4f} -> {after['auc']:.4f}   logloss {before['logloss']:.4f}"
           f" -> {after['logloss']:.4f}   params {count_params(params):,} -> "
@@ -247,12 +311,19 @@ def cmd_score(args: argparse.Namespace) -> dict:
     from afm_jax.data.dataset import make_source
     from afm_jax.inference import make_scorer, predict
 
+    from afm_jax.distributed import shard_params
+
     progress = not args.no_progress
+    if jax_process_count() > 1:
+        raise AfmError("score reads its input file as one stream: run it as one process "
+                       "(it uses every local device; --devices N for fewer)")
     model, params, meta = load_model_dir(args.model_dir)
     encoder = load_encoder(args.model_dir)
     schema = args.schema or meta.get("data", {}).get("schema")
     source = make_source(parse_data_spec(args.data), schema)
-    scorer = make_scorer(model)
+    mesh = _mesh(args)
+    scorer = make_scorer(model, mesh)
+    params = shard_params(params, mesh, args.shard_embeddings)
     out = Path(args.out)
     tmp = out.with_name(out.name + ".tmp")
     rows, skipped, first_skipped, t0 = 0, 0, [], time.perf_counter()
@@ -266,7 +337,8 @@ def cmd_score(args: argparse.Namespace) -> dict:
             if chunk is None or len(chunk) == 0:
                 continue
             cat, num = encoder.encode(chunk)
-            scores = predict(scorer, params, EncodedSplit(cat, num, chunk.label), args.batch_size)
+            scores = predict(scorer, params, EncodedSplit(cat, num, chunk.label), args.batch_size,
+                             mesh=mesh)
             writer.write_table(pa.table({"file": pa.array([chunk.path] * len(chunk)),
                                          "line": chunk.lines.astype(np.int64),
                                          "score": scores.astype(np.float32)},
@@ -368,6 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--embed-dim", type=int)
     p.add_argument("--mlp", help="hidden sizes, e.g. 400,400,400")
+    _device_args(p)
     common(p)
     p.set_defaults(fn=cmd_train)
 
@@ -375,6 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-dir", required=True)
     _data_args(p, required=False)
     p.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    _device_args(p)
     common(p)
     p.set_defaults(fn=cmd_evaluate)
 
@@ -387,6 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--finetune-steps", type=int, default=0)
     p.add_argument("--stats-rows", type=int, help="calibrate on the first N training rows")
     p.add_argument("--out", required=True)
+    _device_args(p)
     common(p)
     p.set_defaults(fn=cmd_compress)
 
@@ -397,6 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--on-bad-lines", default="error", choices=["error", "skip"])
     p.add_argument("--batch-size", type=int, default=8192)
     p.add_argument("--out", required=True, help="output .parquet: file, line, score per row")
+    _device_args(p)
     common(p)
     p.set_defaults(fn=cmd_score)
 
@@ -478,6 +554,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        if hasattr(args, "coordinator"):
+            from afm_jax.distributed import initialize_from_env
+            if initialize_from_env(args.coordinator, args.num_processes, args.process_id):
+                import jax
+                if jax.process_index() != 0:  # process 0 reports; the others stay quiet
+                    sys.stdout = open(os.devnull, "w")
+                    args.no_progress = True
         result = args.fn(args)
     except AfmError as e:
         print(f"afm-jax {args.command}: error: {e}", file=sys.stderr)

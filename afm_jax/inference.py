@@ -25,11 +25,13 @@ def default_chunk_rows() -> int | None:
     return 1024 if jax.default_backend() == "cpu" else None
 
 
-def logits_fn(model, chunk_rows: int | None = None) -> Callable[[Any, Batch], jax.Array]:
+def logits_fn(model, chunk_rows: int | None = None, shards: int = 1) -> Callable[[Any, Batch], jax.Array]:
     """Un-jitted batched logits: (params, {"cat": [B,Fc], "num": [B,Fn]}) -> [B].
 
     chunk_rows: score a batch larger than this in chunks of that many rows (`lax.map`), which
     keeps each chunk's activations in cache on a CPU; None scores the batch at once.
+    shards: devices on the batch axis (a batch sharded over a mesh's "data" axis): each chunk
+    then takes `chunk_rows` rows from every device's block, so every step stays sharded.
     """
 
     def one(params, cat, num):
@@ -44,34 +46,46 @@ def logits_fn(model, chunk_rows: int | None = None) -> Callable[[Any, Batch], ja
         chex.assert_type(cat, int)
         chex.assert_equal_shape_prefix([cat, num], 1)
         n = cat.shape[0]
-        if chunk_rows is None or not isinstance(n, int) or n <= chunk_rows:
+        if chunk_rows is None or not isinstance(n, int) or n % shards or n // shards <= chunk_rows:
             return rows(params, cat, num)
-        pad = -n % chunk_rows
-        chunks = (n + pad) // chunk_rows
-        cat = jnp.pad(cat, ((0, pad), (0, 0))).reshape(chunks, chunk_rows, cat.shape[1])
-        num = jnp.pad(num, ((0, pad), (0, 0))).reshape(chunks, chunk_rows, num.shape[1])
-        out = jax.lax.map(lambda xs: rows(params, *xs), (cat, num))
-        return out.reshape(-1)[:n]
+        per = n // shards
+        pad = -per % chunk_rows
+        chunks = (per + pad) // chunk_rows
+
+        def split(x):  # [n, f] -> [chunks, shards * chunk_rows, f]
+            x = jnp.pad(x.reshape(shards, per, x.shape[1]), ((0, 0), (0, pad), (0, 0)))
+            x = x.reshape(shards, chunks, chunk_rows, x.shape[2])
+            return jnp.swapaxes(x, 0, 1).reshape(chunks, shards * chunk_rows, x.shape[3])
+
+        out = jax.lax.map(lambda xs: rows(params, *xs), (split(cat), split(num)))
+        out = jnp.swapaxes(out.reshape(chunks, shards, chunk_rows), 0, 1)
+        return out.reshape(shards, chunks * chunk_rows)[:, :per].reshape(n)
 
     return batched
 
 
 @cache_per_model(32)
-def make_scorer(model) -> Scorer:
-    """`score(params, batch) -> probabilities [B]`, jitted; takes every params form of `model`.
-
-    The same function scores the original params and any AFM-compressed pytree: the layers read
-    the structure of the params they are given (a new structure compiles once more). Cached per
-    model, so every evaluation of one model (each epoch's validation, each train() call) reuses
-    the compiled scorer.
-    """
-    logits = logits_fn(model, default_chunk_rows())
+def _scorer(model, shards: int) -> Scorer:
+    logits = logits_fn(model, default_chunk_rows(), shards)
 
     @jax.jit
     def score(params, batch: Batch) -> jax.Array:
         return jax.nn.sigmoid(logits(params, batch))
 
     return score
+
+
+def make_scorer(model, mesh=None) -> Scorer:
+    """`score(params, batch) -> probabilities [B]`, jitted; takes every params form of `model`.
+
+    The same function scores the original params and any AFM-compressed pytree: the layers read
+    the structure of the params they are given (a new structure compiles once more). Cached per
+    model, so every evaluation of one model (each epoch's validation, each train() call) reuses
+    the compiled scorer. mesh: score batches sharded over its "data" axis (`predict`,
+    `evaluate` with the same mesh place them; params with `distributed.shard_params`).
+    """
+    from afm_jax.distributed import data_size
+    return _scorer(model, data_size(mesh))
 
 
 def _fixed_shape_batches(split, batch_size: int) -> Iterator[tuple[dict, int]]:
@@ -81,18 +95,37 @@ def _fixed_shape_batches(split, batch_size: int) -> Iterator[tuple[dict, int]]:
         yield {"cat": batch["cat"], "num": batch["num"]}, int(batch["weight"].sum())
 
 
-def predict(scorer: Scorer, params, split, batch_size: int = 8192) -> np.ndarray:
-    """Probabilities [N] for every row of an EncodedSplit, in order (one compile per shape)."""
-    out = []
-    for batch, size in _fixed_shape_batches(split, batch_size):
-        out.append(np.asarray(scorer(params, batch))[:size])
-    return np.concatenate(out) if out else np.zeros((0,), np.float32)
+def predict(scorer: Scorer, params, split, batch_size: int = 8192, *, mesh=None,
+            out: np.ndarray | None = None) -> np.ndarray:
+    """Probabilities [N] for every row of an EncodedSplit, in order (one compile per shape).
+
+    mesh: batches sharded over its "data" axis (each process reads only its devices' rows; the
+    scores are gathered to every process). out: write into this [N] array (e.g. a memory-mapped
+    .npy) instead of collecting the scores in memory.
+    """
+    if mesh is not None:
+        from afm_jax import distributed
+        batches = distributed.global_batches(split, batch_size, mesh, with_sizes=True)
+        to_host = distributed.fetch
+    else:
+        batches, to_host = _fixed_shape_batches(split, batch_size), np.asarray
+    parts, pos = [], 0
+    for batch, size in batches:
+        scores = to_host(scorer(params, {"cat": batch["cat"], "num": batch["num"]}))[:size]
+        if out is None:
+            parts.append(scores)
+        else:
+            out[pos:pos + size] = scores
+        pos += size
+    if out is not None:
+        return out
+    return np.concatenate(parts) if parts else np.zeros((0,), np.float32)
 
 
-def evaluate(scorer: Scorer, params, split, batch_size: int = 8192) -> dict[str, float]:
+def evaluate(scorer: Scorer, params, split, batch_size: int = 8192, *, mesh=None) -> dict[str, float]:
     """AUC, logloss, rows and seconds of scoring a split."""
     t0 = time.perf_counter()
-    probs = predict(scorer, params, split, batch_size)
+    probs = predict(scorer, params, split, batch_size, mesh=mesh)
     seconds = time.perf_counter() - t0
     labels = np.asarray(split.label)
     return {"auc": metrics.auc(labels, probs), "logloss": metrics.logloss(labels, probs),

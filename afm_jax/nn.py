@@ -110,7 +110,7 @@ class _Table(nn.Module):
                                (self.vocab_size, self.features))
         # JAX clamps out-of-bounds gathers silently: map ids outside the table to the
         # reserved out-of-vocabulary id 0 instead of scoring with the last row.
-        rows = table.shape[0]
+        rows = min(table.shape[0], self.vocab_size)  # rows beyond: padding of a sharded table
         return table[jnp.where((idx >= 0) & (idx < rows), idx, 0)]
 
     def projection(self) -> dict | None:
@@ -191,7 +191,8 @@ class FirstOrder(nn.Module):
         offsets = jnp.cumsum(jnp.array((0, *self.vocab_sizes[:-1]), jnp.int32)) \
             if self.vocab_sizes else jnp.zeros((0,), jnp.int32)
         sizes = jnp.array(self.vocab_sizes, jnp.int32)
-        w = self.param("weights", nn.initializers.zeros, (int(sum(self.vocab_sizes)),))
+        # _stored_or_new: a row-sharded table may carry zero padding after the last id
+        w = _stored_or_new(self, "weights", nn.initializers.zeros, (int(sum(self.vocab_sizes)),))
         idx = jnp.where((cat >= 0) & (cat < sizes), cat, 0) + offsets
         b = self.param("bias", nn.initializers.zeros, ())
         out = w[idx].sum() + b

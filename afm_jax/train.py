@@ -117,13 +117,22 @@ def _state_manager(out_dir: Path) -> ocp.CheckpointManager:
 
 
 def train(model, dataset, config: TrainConfig = TrainConfig(), *, out_dir: str | None = None,
-          params: Any = None, progress: bool = True, extra_meta: dict | None = None) -> TrainResult:
+          params: Any = None, progress: bool = True, extra_meta: dict | None = None,
+          mesh=None, shard_embeddings: bool = False) -> TrainResult:
     """Train `model` on dataset.train, early-stopping on dataset.valid AUC.
 
     With `out_dir`, the training state is checkpointed after every epoch (orbax) and the best
     params with model.json/encoder.json are written, so the directory alone can be reloaded;
     a second call with the same `out_dir` resumes after the last finished epoch.
+
+    mesh: data-parallel over a `jax.sharding.Mesh` (`afm_jax.distributed.make_mesh`): each
+    global batch (the same rows as without a mesh) is sharded over "data", gradients are reduced
+    by the compiler; `shard_embeddings` row-shards the embedding tables over "model". In a
+    multi-process run each process reads only its devices' rows, and only process 0 writes
+    model.json and history (orbax writes the checkpoints from every process). The returned
+    params stay on the mesh (tables padded when sharded: `distributed.host_params` trims them).
     """
+    from afm_jax import distributed
     from afm_jax.checkpoint import save_model_dir
     from afm_jax.data import iterate_batches
 
@@ -132,10 +141,14 @@ def train(model, dataset, config: TrainConfig = TrainConfig(), *, out_dir: str |
         params = init_params(model, dataset.info, config.seed)
     else:  # the step donates its inputs' buffers: train a copy, keep the caller's params intact
         params = jax.tree.map(lambda x: jnp.array(x, copy=True), params)
+    if mesh is not None:
+        params = distributed.shard_params(params, mesh, shard_embeddings)
     tx = optax.adam(config.learning_rate)
     opt_state = tx.init(params)
+    if mesh is not None:
+        opt_state = distributed.place_like(opt_state, params)
     step_fn = _adam_step(model, config.learning_rate, config.embed_l2)
-    scorer = make_scorer(model)
+    scorer = make_scorer(model, mesh)
     # best_params needs buffers of its own: the step donates (frees) the params' buffers
     state = {"params": params, "opt_state": opt_state,
              "best_params": jax.tree.map(jnp.copy, params),
@@ -148,6 +161,10 @@ def train(model, dataset, config: TrainConfig = TrainConfig(), *, out_dir: str |
         manager = _state_manager(out)
         latest = manager.latest_step()
         if latest is not None:
+            if mesh is not None:  # orbax restores every array onto its mesh sharding
+                state = {k: v if k in ("params", "opt_state", "best_params")
+                         else distributed.from_host(v, distributed.replicated(mesh))
+                         for k, v in state.items()}
             abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
             try:
                 state = manager.restore(latest, args=ocp.args.StandardRestore(abstract))
@@ -171,7 +188,8 @@ def train(model, dataset, config: TrainConfig = TrainConfig(), *, out_dir: str |
             {"params": params, "opt_state": opt_state, "best_params": best_params,
              **_counters(epoch_done, step, best_auc, bad_epochs, batch_in_epoch)}), force=True)
         manager.wait_until_finished()
-        (Path(out_dir) / "history.json").write_text(json.dumps(history, indent=1))
+        if distributed.is_primary():
+            (Path(out_dir) / "history.json").write_text(json.dumps(history, indent=1))
 
     def check_finite(value: float, epoch: int) -> None:
         if not math.isfinite(value):
@@ -180,7 +198,7 @@ def train(model, dataset, config: TrainConfig = TrainConfig(), *, out_dir: str |
                            "checkpoint is kept" + (f" in {out_dir}." if out_dir else "."))
 
     def validate(tag: str) -> dict:
-        res = evaluate(scorer, params, dataset.valid)
+        res = evaluate(scorer, params, dataset.valid, mesh=mesh)
         res.update(tag=tag, step=step)
         return res
 
@@ -188,9 +206,13 @@ def train(model, dataset, config: TrainConfig = TrainConfig(), *, out_dir: str |
         if bad_epochs >= config.patience:
             break
         start = resume_batch if epoch == int(state["epoch"]) else 0
-        batches = iterate_batches(dataset.train, config.batch_size, shuffle=True,
-                                  seed=config.seed * 100_003 + epoch, start_batch=start,
-                                  pad_last=True)
+        seed = config.seed * 100_003 + epoch
+        if mesh is None:
+            batches = iterate_batches(dataset.train, config.batch_size, shuffle=True,
+                                      seed=seed, start_batch=start, pad_last=True)
+        else:  # the same rows, each process reading only its own devices' share
+            batches = distributed.global_batches(dataset.train, config.batch_size, mesh,
+                                                 shuffle=True, seed=seed, start_batch=start)
         bar = tqdm(batches, total=steps_per_epoch, initial=start,
                    desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
         loss_sum, loss_n = jnp.zeros(()), 0
@@ -210,7 +232,7 @@ def train(model, dataset, config: TrainConfig = TrainConfig(), *, out_dir: str |
         res = validate(f"epoch {epoch + 1}")
         res["train_loss"] = float(loss_sum) / max(loss_n, 1)
         history.append(res)
-        if progress:
+        if progress and distributed.is_primary():
             tqdm.write(f"epoch {epoch + 1}: train loss {res['train_loss']:.4f}  valid AUC "
                        f"{res['auc']:.4f}  logloss {res['logloss']:.4f}")
         if res["auc"] > best_auc:
@@ -226,7 +248,8 @@ def train(model, dataset, config: TrainConfig = TrainConfig(), *, out_dir: str |
     if out_dir is not None:
         meta = {"train_config": dataclasses.asdict(config), "best_valid": best_valid,
                 **(extra_meta or {})}
-        save_model_dir(out_dir, model, best_params, encoder=getattr(dataset, "encoder", None),
-                       extra=meta)
+        save_model_dir(out_dir, model, best_params if mesh is None else
+                       distributed.host_params(best_params, model.info),
+                       encoder=getattr(dataset, "encoder", None), extra=meta)
     return TrainResult(params=best_params, best_valid=best_valid, history=history,
                        seconds=seconds)

@@ -39,12 +39,24 @@ class Moments(NamedTuple):
     m2: jax.Array
 
 
-def batch_moments(y: jax.Array) -> Moments:
-    """Moments of a batch y: [B, d], centred on the batch mean before squaring."""
-    n = jnp.asarray(y.shape[0], jnp.float32)
-    mean = y.mean(0)
+def batch_moments(y: jax.Array, weight: jax.Array | None = None) -> Moments:
+    """Moments of a batch y: [B, d], centred on the batch mean before squaring.
+
+    weight: [B] row weights (0 for padding rows, which then count for nothing)."""
+    if weight is None:
+        n = jnp.asarray(y.shape[0], jnp.float32)
+        mean = y.mean(0)
+        c = y - mean
+        m2 = jnp.matmul(c.T, c, precision=jax.lax.Precision.HIGHEST)
+        return Moments(n, mean, m2)
+    w = weight.astype(jnp.float32)
+    n = w.sum()
+    mean = jnp.matmul(w, y, precision=jax.lax.Precision.HIGHEST) / jnp.maximum(n, 1.0)
+    # a second, centred pass corrects the mean's rounding (sums split across devices add up in
+    # another order than on one device; this keeps both within float32 rounding of the mean)
+    mean = mean + jnp.matmul(w, y - mean, precision=jax.lax.Precision.HIGHEST) / jnp.maximum(n, 1.0)
     c = y - mean
-    m2 = jnp.matmul(c.T, c, precision=jax.lax.Precision.HIGHEST)
+    m2 = jnp.matmul((c * w[:, None]).T, c, precision=jax.lax.Precision.HIGHEST)
     return Moments(n, mean, m2)
 
 
@@ -113,42 +125,67 @@ def _traced_sites(model, key, params, example_batch) -> tuple[tuple[str, tuple[i
     return _SITE_CACHE[full_key]
 
 
-def _update(model, sites: tuple[str, ...], carry: dict[str, Moments], params, batch):
+def _update(model, sites: tuple[str, ...], shards: int, carry: tuple[dict[str, Moments], jax.Array],
+            params, batch):
+    """Merge one batch into (per-site moments, rows seen). With `shards` devices on the batch
+    axis, the chunks of the CPU scan take rows from every device's part of the batch, so each
+    scan step stays sharded and the compiler reduces its moments across devices."""
+
     def merge(carry, part):
+        moments, rows = carry
         outs = site_outputs(model, params, part)
-        return {s: merge_moments(carry[s], batch_moments(outs[s].astype(jnp.float32)))
-                for s in sites}, None
+        w = part.get("weight")
+        new = {}
+        for s in sites:
+            y = outs[s].astype(jnp.float32)
+            ws = None if w is None else jnp.repeat(w, y.shape[0] // w.shape[0])
+            new[s] = merge_moments(moments[s], batch_moments(y, ws))
+        seen = part["cat"].shape[0] if w is None else jnp.round(w.sum()).astype(jnp.int32)
+        return (new, rows + seen), None
 
     n = batch["cat"].shape[0]
     chunk = default_chunk_rows()
-    if chunk is None or n <= chunk or n % chunk:
+    per = n // shards
+    if chunk is None or per <= chunk or per % chunk or n % shards:
         return merge(carry, batch)[0]
-    # on a CPU, cache-sized chunks merged one after another (as in the scorer)
-    parts = jax.tree.map(lambda x: x.reshape(n // chunk, chunk, *x.shape[1:]), batch)
-    return jax.lax.scan(merge, carry, parts)[0]
+    # on a CPU, cache-sized chunks merged one after another (as in the scorer); chunk j holds
+    # rows j*chunk.. of every device's block: [shards, m, chunk] -> [m, shards * chunk]
+    m = per // chunk
+
+    def split(x):
+        x = x.reshape(shards, m, chunk, *x.shape[1:])
+        return jnp.swapaxes(x, 0, 1).reshape(m, shards * chunk, *x.shape[3:])
+
+    return jax.lax.scan(merge, carry, jax.tree.map(split, batch))[0]
 
 
 @cache_per_model(32)
-def _update_fn(model, sites: tuple[str, ...]):
+def _update_fn(model, sites: tuple[str, ...], shards: int = 1):
     """The jitted per-batch update, cached so repeated passes over one model compile once."""
-    return jax.jit(partial(_update, model, sites), donate_argnums=(0,))
+    return jax.jit(partial(_update, model, sites, shards), donate_argnums=(0,))
 
 
 def collect_stats(model, params, batches: Iterable[Mapping[str, Any]],
                   sites: Sequence[str] | None = None, *, total: int | None = None,
-                  progress: bool = True) -> dict[str, SiteStats]:
+                  progress: bool = True, mesh=None) -> dict[str, SiteStats]:
     """One pass over `batches`; per site the count, mean and covariance of its output vectors.
 
-    batches: iterable of {"cat": int32[B, Fc], "num": float32[B, Fn], ...}; sites: names
+    batches: iterable of {"cat": int32[B, Fc], "num": float32[B, Fn], ...}, optionally with
+    "weight" [B] (rows of weight 0, e.g. padding, count for nothing); sites: names
     ("mlp/dense_0", "embed/C7"); None means every site. `total` sizes the progress bar.
+    mesh: a `jax.sharding.Mesh` (see `afm_jax.distributed`): host batches are sharded on their
+    batch axis over "data" (already-global arrays, e.g. from `distributed.global_batches`, are
+    used as they are), params should be placed with `shard_params`; the compiler reduces the
+    moments across devices and processes.
     """
+    from afm_jax import distributed
+
     it = iter(batches)
     try:
         first = next(it)
     except StopIteration:
         raise CompressionError("collect_stats got no batches: pass at least one row") from None
-    first = {"cat": first["cat"], "num": first["num"]}
-    found = list_sites(model, params, first)
+    found = list_sites(model, params, {"cat": first["cat"], "num": first["num"]})
     dims = {s: d for s, (d, _) in found.items()}
     per_example = {s: t for s, (_, t) in found.items()}
     if sites is None:
@@ -159,21 +196,28 @@ def collect_stats(model, params, batches: Iterable[Mapping[str, Any]],
             raise CompressionError(f"unknown site(s) {unknown}; this model's sites are "
                                    f"{sorted(dims)}")
         sites = tuple(sites)
-    carry = {s: Moments(jnp.zeros((), jnp.float32), jnp.zeros((dims[s],), jnp.float32),
-                        jnp.zeros((dims[s], dims[s]), jnp.float32)) for s in sites}
-    update = _update_fn(model, sites)
-    rows = 0
+    moments = {s: Moments(jnp.zeros((), jnp.float32), jnp.zeros((dims[s],), jnp.float32),
+                          jnp.zeros((dims[s], dims[s]), jnp.float32)) for s in sites}
+    carry = (moments, jnp.zeros((), jnp.int32))
+    if mesh is not None:
+        carry = jax.device_put(carry, distributed.replicated(mesh))
+    update = _update_fn(model, sites, distributed.data_size(mesh))
+    keys = ("cat", "num", "weight")
     bar = tqdm(total=total, desc="statistics", unit="batch", disable=not progress, leave=False)
     for b in itertools.chain([first], it):
-        carry = update(carry, params, {"cat": b["cat"], "num": b["num"]})
-        rows += int(np.shape(b["cat"])[0])
+        b = {k: b[k] for k in keys if k in b}
+        if mesh is not None:
+            if "weight" not in b:  # the weighted update's centred second pass keeps the mean
+                b["weight"] = np.ones(np.shape(b["cat"])[0], np.float32)  # exact across devices
+            b = distributed.shard_batch(b, mesh)
+        carry = update(carry, params, b)
         bar.update(1)
     bar.close()
+    moments, rows = jax.device_get(carry) if mesh is None else jax.tree.map(distributed.fetch, carry)
     # rows are examples; a site applied T times per example has T * rows output vectors
-    counts = {s: rows * per_example[s] for s in sites}
+    counts = {s: int(rows) * per_example[s] for s in sites}
     out = {}
-    for s, m in carry.items():
-        m = jax.device_get(m)
+    for s, m in moments.items():
         out[s] = SiteStats(count=counts[s], mean=np.asarray(m.mean, np.float64),
                            cov=np.asarray(m.m2, np.float64) / max(counts[s], 1))
     return out

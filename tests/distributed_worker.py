@@ -1,0 +1,167 @@
+"""Worker of tests/test_distributed.py, run in a subprocess (device count and distributed set-up
+must happen before JAX starts). Prints one JSON object on its last line.
+
+    XLA_FLAGS=--xla_force_host_platform_device_count=4 python tests/distributed_worker.py mesh
+    python tests/distributed_worker.py process PORT INDEX COUNT   (jax.distributed, gloo)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import tempfile
+
+import numpy as np
+
+
+def rel(a, b) -> float:
+    """Relative difference in the Frobenius norm."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+def stats_diff(got, ref) -> dict:
+    return {"cov": max(rel(got[s].cov, ref[s].cov) for s in ref),
+            "mean": max(rel(got[s].mean, ref[s].mean) for s in ref),
+            "counts_equal": all(got[s].count == ref[s].count for s in ref),
+            "sites": len(ref)}
+
+
+def small_setup():
+    import afm_jax
+    from afm_jax.train import init_params
+
+    ds = afm_jax.synthetic_dataset(4000, seed=3, n_categorical=6, n_numeric=2,
+                                   vocab_sizes=[10, 30, 50, 7, 100, 20])
+    model = afm_jax.build_model("deepfm", ds.info, embed_dim=4, mlp=(16, 8))
+    params = init_params(model, ds.info, 0)
+    return ds, model, params
+
+
+def mesh_checks() -> dict:
+    import jax
+    import optax
+
+    import afm_jax
+    from afm_jax import distributed as dist
+    from afm_jax.checkpoint import load_model_dir
+    from afm_jax.compress import collect_stats, compress, make_plan
+    from afm_jax.inference import make_scorer, predict
+    from afm_jax.train import TrainConfig, make_train_step, train
+
+    out: dict = {"devices": jax.device_count()}
+    ds, model, params = small_setup()
+    four = dist.make_mesh(4)
+
+    # statistics: 4-way sharded vs one device; 999 rows per batch does not divide over 4 devices
+    ref = collect_stats(model, params, afm_jax.iterate_batches(ds.train, 999), progress=False)
+    got = collect_stats(model, dist.shard_params(params, four),
+                        dist.global_batches(ds.train, 999, four), progress=False, mesh=four)
+    out["stats"] = stats_diff(got, ref)
+    # host batches handed to collect_stats(mesh=...) are sharded there
+    got = collect_stats(model, dist.shard_params(params, four),
+                        afm_jax.iterate_batches(ds.train, 1000), progress=False, mesh=four)
+    out["stats_host_batches"] = stats_diff(got, collect_stats(
+        model, params, afm_jax.iterate_batches(ds.train, 1000), progress=False))
+
+    # one data-parallel Adam step equals the single-device step on the same global batch
+    tx = optax.adam(1e-2)
+    step = make_train_step(model, tx)
+    batch = next(afm_jax.iterate_batches(ds.train, 1024, shuffle=True, seed=1, pad_last=True))
+    p1, _, loss1 = step(jax.tree.map(np.array, params), tx.init(params), batch)
+    sharded = dist.shard_params(params, four)
+    p4, s4, loss4 = step(sharded, dist.place_like(tx.init(sharded), sharded),
+                         dist.shard_batch(batch, four))
+    diffs = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()),
+                                         p1, p4))
+    out["step"] = {"loss_diff": abs(float(loss1) - float(loss4)), "param_max_diff": max(diffs),
+                   "params_replicated": all(x.sharding.is_fully_replicated for x in jax.tree.leaves(p4)),
+                   "batch_sharded": dist.shard_batch(batch, four)["cat"].sharding.spec[0] == "data"}
+
+    # a row-sharded embedding (tables padded to a multiple of the model axis) scores identically
+    scores = predict(make_scorer(model), params, ds.test, 512)
+    out["rowshard"] = {}
+    for data, model_axis in ((2, 2), (1, 4)):
+        mesh = dist.make_mesh(4, model_axis=model_axis)
+        p = dist.shard_params(params, mesh, shard_embeddings=True)
+        table = p["embed"]["c0"]["embedding"]
+        got_scores = predict(make_scorer(model, mesh), p, ds.test, 500, mesh=mesh)
+        out["rowshard"][f"{data}x{model_axis}"] = {
+            "max_diff": float(np.abs(got_scores - scores).max()),
+            "table_spec": str(table.sharding.spec), "table_rows": int(table.shape[0]),
+            "vocab_rows": int(ds.info.vocab_sizes[0]),
+            "shard_rows": sorted({int(s.data.shape[0]) for s in table.addressable_shards})}
+
+    # the compressed pytree goes back on the mesh with a valid sharding and scores the same
+    stats = collect_stats(model, params, afm_jax.iterate_batches(ds.train, 1000), progress=False)
+    small = compress(params, stats, make_plan(params, stats, "rank:2"), model=model)
+    small_scores = predict(make_scorer(model), small, ds.test, 512)
+    mesh = dist.make_mesh(4, model_axis=2)
+    placed = dist.shard_params(small, mesh, shard_embeddings=True)
+    leaves = jax.tree.leaves(placed)
+    out["compressed"] = {
+        "has_proj": "proj" in small["embed"]["c0"] or any("u" in v for v in small.get("mlp", {}).values()),
+        "all_named": all(isinstance(x.sharding, jax.sharding.NamedSharding) and x.sharding.mesh == mesh
+                         for x in leaves),
+        "shards_fit": all(x.sharding.shard_shape(x.shape) == x.addressable_shards[0].data.shape
+                          for x in leaves),
+        "max_diff": float(np.abs(predict(make_scorer(model, mesh), placed, ds.test, 500, mesh=mesh)
+                                 - small_scores).max()),
+        "round_trip": all(np.array_equal(a, b) for a, b in zip(
+            jax.tree.leaves(dist.host_params(placed, model.info)), jax.tree.leaves(small)))}
+
+    # train() over the mesh with sharded tables: the model directory holds unpadded params
+    with tempfile.TemporaryDirectory() as d:
+        cfg = TrainConfig(epochs=1, batch_size=512)
+        res = train(model, ds, cfg, out_dir=d, progress=False, mesh=mesh, shard_embeddings=True)
+        ref_res = train(model, ds, cfg, progress=False)
+        _, loaded, _ = load_model_dir(d)
+        out["train"] = {"valid_auc": res.best_valid["auc"], "ref_valid_auc": ref_res.best_valid["auc"],
+                        "loaded_rows": int(np.shape(loaded["embed"]["c0"]["embedding"])[0])}
+    return out
+
+
+def process_checks(port: int, index: int, count: int) -> dict:
+    from afm_jax import distributed as dist
+
+    dist.initialize_from_env(f"localhost:{port}", count, index)
+    import jax
+
+    import afm_jax
+    from afm_jax.compress import collect_stats
+
+    ds, model, params = small_setup()
+    ref = collect_stats(model, params, afm_jax.iterate_batches(ds.train, 1000), progress=False)
+    mesh = dist.make_mesh()  # every device of every process
+    local = dist.local_split(ds.train)
+    per_process = 250
+    largest = max(len(range(len(ds.train))[dist.process_rows(len(ds.train), i, count)])
+                  for i in range(count))
+    batches = dist.local_batches(local, per_process, mesh, num_batches=math.ceil(largest / per_process))
+    got = collect_stats(model, dist.shard_params(params, mesh), batches, progress=False, mesh=mesh)
+    # the single-process result over the same global batches: batch j = every block's rows j
+    blocks = [dist.local_split(ds.train, i, count) for i in range(count)]
+    same_batches = [{k: np.concatenate([getattr(b, k)[j * per_process:(j + 1) * per_process]
+                                        for b in blocks]) for k in ("cat", "num")}
+                    for j in range(math.ceil(largest / per_process))]
+    ref_same = collect_stats(model, params, same_batches, progress=False)
+    # global batches read through make_array_from_callback (each process its devices' rows)
+    got_global = collect_stats(model, dist.shard_params(params, mesh),
+                               dist.global_batches(ds.train, 1000, mesh), progress=False, mesh=mesh)
+    return {"process": jax.process_index(), "processes": jax.process_count(),
+            "global_devices": jax.device_count(), "local_devices": jax.local_device_count(),
+            "local_rows": len(local), "stats": stats_diff(got, ref_same),
+            "stats_vs_file_order": stats_diff(got, ref),
+            "stats_global_batches": stats_diff(got_global, ref)}
+
+
+if __name__ == "__main__":
+    mode = sys.argv[1]
+    if mode == "mesh":
+        result = mesh_checks()
+    elif mode == "process":
+        result = process_checks(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
+    else:
+        raise SystemExit(f"unknown mode {mode!r}")
+    print(json.dumps(result))
