@@ -373,9 +373,21 @@ def summarize(cells: list[dict], command: str = "") -> tuple[str, dict]:
     return "\n".join(lines) + "\n", summary
 
 
+def _panels(plt, n: int):
+    """A figure with n panels, at most 4 a row; unused panels hidden."""
+    cols = min(4, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.1 * rows), squeeze=False)
+    flat = list(axes.ravel())
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    return fig, flat[:n]
+
+
 def plot(cells: list[dict], out_dir: Path) -> list[Path]:
     """AUC against parameters per dataset (one panel per model), and eigen-spectra."""
     import matplotlib
+    import matplotlib.ticker
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -385,8 +397,8 @@ def plot(cells: list[dict], out_dir: Path) -> list[Path]:
         by_ds.setdefault(c["dataset"], []).append(c)
     for dname, dcells in by_ds.items():
         models = list(dict.fromkeys(c["model"] for c in dcells))
-        fig, axes = plt.subplots(1, len(models), figsize=(3.2 * len(models), 3.2), squeeze=False)
-        for ax, mname in zip(axes[0], models):
+        fig, axes = _panels(plt, len(models))
+        for ax, mname in zip(axes, models):
             mc = [c for c in dcells if c["model"] == mname]
             for method, style in (("AFM sweep", "o-"), ("SVD sweep", "s--")):
                 pts: dict[str, list] = {}
@@ -406,12 +418,25 @@ def plot(cells: list[dict], out_dir: Path) -> list[Path]:
                     ax.plot(np.mean([r["compressible"] for r in rs]),
                             np.mean([r["auc"] for r in rs]), marker, ms=8,
                             label=method if plan != "seed code config" else "seed config")
+            # zoom on the compressed forms; a point far below (TT-Rec) is named at the bottom
+            ys = [y for line in ax.get_lines() if line.get_label() != "TT-Rec"
+                  for y in line.get_ydata()]
+            lo, hi = min(ys), max(ys)
+            pad = max(0.25 * (hi - lo), 0.001)
+            ax.set_ylim(lo - pad, hi + pad)
+            for line in ax.get_lines():
+                if line.get_label() == "TT-Rec" and line.get_ydata()[0] < lo - pad:
+                    ax.annotate(f"TT-Rec {line.get_ydata()[0]:.4f} (below)",
+                                (line.get_xdata()[0], lo - pad), xytext=(0, 8),
+                                textcoords="offset points", ha="right", fontsize=7, color="r",
+                                arrowprops={"arrowstyle": "->", "color": "r"})
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
             ax.set_title(mname, fontsize=9)
             ax.set_xlabel("compressible params", fontsize=8)
+            ax.set_ylabel("test AUC (mean over seeds)", fontsize=8)
             ax.tick_params(labelsize=7)
-        axes[0][0].set_ylabel("test AUC (mean over seeds)")
-        axes[0][0].legend(fontsize=7)
+        axes[0].legend(fontsize=7)
         fig.suptitle(f"{dname}: test AUC against compressible parameters", fontsize=10)
         fig.tight_layout()
         path = out_dir / f"paper_auc_vs_params_{dname}.png"
@@ -419,8 +444,8 @@ def plot(cells: list[dict], out_dir: Path) -> list[Path]:
         plt.close(fig)
         paths.append(path)
 
-        fig, axes = plt.subplots(1, len(models), figsize=(3.2 * len(models), 3.2), squeeze=False)
-        for ax, mname in zip(axes[0], models):
+        fig, axes = _panels(plt, len(models))
+        for ax, mname in zip(axes, models):
             c = next((c for c in dcells if c["model"] == mname and c.get("spectra")), None)
             if c is None:
                 continue
@@ -432,9 +457,9 @@ def plot(cells: list[dict], out_dir: Path) -> list[Path]:
             ax.set_ylim(0, 1.01)
             ax.set_title(f"{mname} (grey: embedding tables)", fontsize=8)
             ax.set_xlabel("rank k", fontsize=8)
+            ax.set_ylabel("output variance kept", fontsize=8)
             ax.tick_params(labelsize=7)
             ax.legend(fontsize=5)
-        axes[0][0].set_ylabel("output variance kept")
         fig.suptitle(f"{dname}: eigen-spectrum of each site (seed 0)", fontsize=10)
         fig.tight_layout()
         path = out_dir / f"paper_spectra_{dname}.png"
