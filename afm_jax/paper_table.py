@@ -26,6 +26,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
+from afm_jax._cache import clear_compiled
 from afm_jax.compress import (collect_stats, compress, finetune, fixed_plan, make_plan,
                               svd_compress, variance_kept)
 from afm_jax.compress.afm import get_path
@@ -207,7 +208,11 @@ def run(data_dir: str | Path, out_dir: str | Path, *, datasets: tuple[str, ...] 
             if not (cells_dir / f"{d}__{m}__s{s}.json").exists()]
     bar = tqdm(total=len(todo), desc="paper table", disable=not progress)
     loaded: dict[str, Any] = {}
+    previous = None
     for d, m, s in todo:
+        if (d, m) != previous:  # seeds of one model share compiled code; other models do not
+            clear_compiled()
+            previous = (d, m)
         if d not in loaded:
             spec, opts = known[d]
             loaded = {d: load_dataset(spec, max_rows=max_rows.get(d), progress=False, **opts)}
