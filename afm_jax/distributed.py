@@ -258,7 +258,7 @@ def local_batches(local, local_batch_size: int, mesh: Mesh, num_batches: int | N
     largest block, agreed without communication when blocks come from `process_rows`) pads
     with all-weight-0 batches.
     """
-    from afm_jax.data.batching import batch_indices
+    from afm_jax.data.batching import iterate_batches
 
     if num_batches is None:
         num_batches = math.ceil(len(local) / local_batch_size) if jax.process_count() == 1 else None
@@ -266,14 +266,9 @@ def local_batches(local, local_batch_size: int, mesh: Mesh, num_batches: int | N
         raise AfmError("local_batches over several processes needs num_batches (the same in "
                        "every process), e.g. ceil(largest block / local batch size)")
     done = 0
-    for idx, real in batch_indices(len(local), local_batch_size, pad_to=local_batch_size):
+    for batch in iterate_batches(local, local_batch_size, pad_last=True):
         if done == num_batches:
             break
-        weight = np.zeros(local_batch_size, np.float32)
-        weight[:real] = 1.0
-        batch = {k: np.asarray(getattr(local, k)[int(idx[0]):int(idx[0]) + len(idx)])
-                 if real == len(idx) else np.asarray(getattr(local, k)[idx]) for k in ("cat", "num", "label")}
-        batch["weight"] = weight
         yield shard_local_batch(batch, mesh)
         done += 1
     while done < num_batches:
@@ -369,11 +364,3 @@ def place_like(tree: Any, params: Any) -> Any:
         return jax.device_put(x, replicated(mesh)) if isinstance(x, (jax.Array, np.ndarray)) else x
 
     return jax.tree.map(place, tree, is_leaf=like_params)
-
-
-def describe(mesh: Mesh | None) -> str:
-    """"4 devices (data 4 x model 1), 1 process" for logs and reports."""
-    if mesh is None:
-        return "1 device (no mesh)"
-    return (f"{mesh.size} device(s) (data {mesh.shape[DATA]} x model {mesh.shape[MODEL]}), "
-            f"{jax.process_count()} process(es)")

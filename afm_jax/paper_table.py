@@ -389,6 +389,14 @@ def _panels(plt, n: int):
     return fig, flat[:n]
 
 
+def _save(plt, fig, title: str, path: Path) -> Path:
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot(cells: list[dict], out_dir: Path) -> list[Path]:
     """AUC against parameters per dataset (one panel per model), and eigen-spectra."""
     import matplotlib
@@ -442,12 +450,8 @@ def plot(cells: list[dict], out_dir: Path) -> list[Path]:
             ax.set_ylabel("test AUC (mean over seeds)", fontsize=8)
             ax.tick_params(labelsize=7)
         axes[0].legend(fontsize=7)
-        fig.suptitle(f"{dname}: test AUC against compressible parameters", fontsize=10)
-        fig.tight_layout()
-        path = out_dir / f"paper_auc_vs_params_{dname}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(_save(plt, fig, f"{dname}: test AUC against compressible parameters",
+                           out_dir / f"paper_auc_vs_params_{dname}.png"))
 
         fig, axes = _panels(plt, len(models))
         for ax, mname in zip(axes, models):
@@ -465,12 +469,8 @@ def plot(cells: list[dict], out_dir: Path) -> list[Path]:
             ax.set_ylabel("output variance kept", fontsize=8)
             ax.tick_params(labelsize=7)
             ax.legend(fontsize=5)
-        fig.suptitle(f"{dname}: eigen-spectrum of each site (seed 0)", fontsize=10)
-        fig.tight_layout()
-        path = out_dir / f"paper_spectra_{dname}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(_save(plt, fig, f"{dname}: eigen-spectrum of each site (seed 0)",
+                           out_dir / f"paper_spectra_{dname}.png"))
     return paths
 
 
