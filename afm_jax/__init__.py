@@ -8,11 +8,29 @@
     scores = afm_jax.make_scorer(model)(small, batch)   # same scorer, both forms
 """
 
-from afm_jax.compress import (budget_plan, collect_stats, compress, energy_plan, finetune,
-                              fixed_plan, fold_projections, load_stats, make_plan, plan_report,
-                              save_stats, svd_compress)
-from afm_jax.data import (Dataset, Encoder, FeatureInfo, Schema, iterate_batches, load_dataset,
-                          synthetic_dataset)
+from afm_jax.compress import (
+                              budget_plan,
+                              collect_stats,
+                              compress,
+                              energy_plan,
+                              finetune,
+                              fixed_plan,
+                              fold_projections,
+                              load_stats,
+                              make_plan,
+                              plan_report,
+                              save_stats,
+                              svd_compress,
+)
+from afm_jax.data import (
+                              Dataset,
+                              Encoder,
+                              FeatureInfo,
+                              Schema,
+                              iterate_batches,
+                              load_dataset,
+                              synthetic_dataset,
+)
 from afm_jax.errors import AfmError, CheckpointError, CompressionError, DataError
 from afm_jax.inference import evaluate, make_scorer, predict
 from afm_jax.models import build_model

@@ -8,8 +8,9 @@ optional (`pip install torch==2.13.0`); without it those rows are left out and t
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -150,7 +151,7 @@ def run(models=("deepfm", "dcnv2"), batch_sizes=(1, 64, 1024, 8192), repeats: in
                             if torch_peer else None)
             for bs in batch_sizes:
                 batch = jax.device_put(random_batch(info, bs, seed=bs))
-                t = time_fn(lambda: scorer(p, batch).block_until_ready(), repeats)
+                t = time_fn(lambda s=scorer, p=p, b=batch: s(p, b).block_until_ready(), repeats)
                 flops, peak = compiled_cost(logits, p, batch, flop_fn=flat_logits)
                 row = {"model": name, "form": form, "batch": bs, "params": count_params(p),
                        "jax_rows_s": t.rows_per_s(bs), "jax_spread": t.spread,

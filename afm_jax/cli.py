@@ -10,10 +10,11 @@ import json
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from typing import Any, Sequence
 
 from afm_jax.errors import AfmError
 
@@ -85,8 +86,9 @@ def _device_args(p: argparse.ArgumentParser) -> None:
 
 def _mesh(args: argparse.Namespace):
     """The mesh of --devices/--model-axis (every local device of every process by default)."""
-    from afm_jax.distributed import make_mesh
     import jax
+
+    from afm_jax.distributed import make_mesh
 
     n_local = args.devices or len(jax.local_devices())
     model_axis = args.model_axis or (n_local if args.shard_embeddings else 1)
@@ -152,9 +154,8 @@ def _model_dir_data(args: argparse.Namespace, meta: dict, model_dir: str, progre
 
 def cmd_evaluate(args: argparse.Namespace) -> dict:
     from afm_jax.checkpoint import load_model_dir
-    from afm_jax.inference import count_params, evaluate, make_scorer
-
     from afm_jax.distributed import shard_params
+    from afm_jax.inference import count_params, evaluate, make_scorer
 
     model, params, meta = load_model_dir(args.model_dir)
     ds = _model_dir_data(args, meta, args.model_dir, not args.no_progress)
@@ -309,9 +310,8 @@ def cmd_score(args: argparse.Namespace) -> dict:
     from afm_jax.checkpoint import load_encoder, load_model_dir
     from afm_jax.data import EncodedSplit, parse_data_spec
     from afm_jax.data.dataset import make_source
-    from afm_jax.inference import make_scorer, predict
-
     from afm_jax.distributed import shard_params
+    from afm_jax.inference import make_scorer, predict
 
     progress = not args.no_progress
     if jax_process_count() > 1:

@@ -22,7 +22,7 @@ Each site sows its output vector (before any activation) into the "afm_outputs" 
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax

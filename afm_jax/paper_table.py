@@ -19,16 +19,24 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import numpy as np
 from tqdm.auto import tqdm
 
 from afm_jax._cache import clear_compiled
-from afm_jax.compress import (collect_stats, compress, finetune, fixed_plan, make_plan,
-                              svd_compress, variance_kept)
+from afm_jax.compress import (
+    collect_stats,
+    compress,
+    finetune,
+    fixed_plan,
+    make_plan,
+    svd_compress,
+    variance_kept,
+)
 from afm_jax.compress.afm import get_path
 from afm_jax.compress.ranks import site_shapes
 from afm_jax.compress.ttrec import tt_plan_like, tt_tables

@@ -18,8 +18,8 @@ import optax
 import orbax.checkpoint as ocp
 from tqdm.auto import tqdm
 
-from afm_jax.errors import AfmError
 from afm_jax._cache import cache_per_model
+from afm_jax.errors import AfmError
 from afm_jax.inference import evaluate, logits_fn, make_scorer
 
 
@@ -57,7 +57,7 @@ def embedding_l2(params: Any, cat: jax.Array) -> jax.Array:
     """Mean over the batch of the squared norm of the embedding rows it reads. cat: [B, Fc]."""
     tables = params.get("embed", {}) if isinstance(params, dict) else {}
     total = jnp.zeros(())
-    for i, (name, p) in enumerate(tables.items()):
+    for i, p in enumerate(tables.values()):
         if "embedding" in p and i < cat.shape[1]:
             rows = p["embedding"][jnp.clip(cat[:, i], 0, p["embedding"].shape[0] - 1)]
             total = total + (rows * rows).sum(-1).mean()

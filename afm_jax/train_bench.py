@@ -25,8 +25,8 @@ import tempfile
 import threading
 import time
 import types
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Callable
 
 import jax
 import numpy as np
@@ -170,8 +170,7 @@ def _fuxi_import():
             sys.modules[m] = mock.MagicMock()
     import fuxictr
     from fuxictr.features import FeatureMap
-    from fuxictr.pytorch.layers import (CrossNetV2, FactorizationMachine, FeatureEmbedding,
-                                        MLP_Block)
+    from fuxictr.pytorch.layers import CrossNetV2, FactorizationMachine, FeatureEmbedding, MLP_Block
     from fuxictr.pytorch.models import BaseModel
     return types.SimpleNamespace(version=getattr(fuxictr, "__version__", "2.3.10"),
                                  FeatureMap=FeatureMap, BaseModel=BaseModel,

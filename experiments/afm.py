@@ -15,14 +15,21 @@ import math
 import time
 
 import numpy as np
+from common import RESULTS, command_line, load, machine
 
-from afm_jax.compress import (collect_stats, compress, finetune, fixed_plan, make_plan,
-                              plan_report, svd_compress)
+from afm_jax.compress import (
+    collect_stats,
+    compress,
+    finetune,
+    fixed_plan,
+    make_plan,
+    plan_report,
+    svd_compress,
+)
 from afm_jax.data import iterate_batches
 from afm_jax.inference import count_params, evaluate, make_scorer, throughput
 from afm_jax.models import build_model
 from afm_jax.train import TrainConfig, train
-from common import RESULTS, command_line, load, machine
 
 SITES = ["mlp", "embed"]
 PLANS = {  # name -> (plan spec, sites)

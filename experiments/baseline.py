@@ -13,11 +13,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import RESULTS, command_line, load, machine
 
 from afm_jax.inference import count_params, evaluate, make_scorer
 from afm_jax.models import REGISTRY, build_model
 from afm_jax.train import TrainConfig, train
-from common import RESULTS, command_line, load, machine
 
 
 def main() -> None:

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from common import RESULTS, ROOT, command_line, machine
 
 from afm_jax.checkpoint import load_params
-from common import RESULTS, ROOT, command_line, machine
 
 TRAIN = [sys.executable, "-m", "afm_jax.cli", "train", "--data", "synthetic:30000", "--model",
          "deepfm", "--mlp", "64,32", "--epochs", "2", "--batch-size", "256", "--patience", "5",

@@ -16,14 +16,13 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from common import RESULTS, command_line, load, machine  # noqa: E402
 
-from afm_jax.compress import (collect_stats, compress, fixed_plan, plan_report,  # noqa: E402
-                              svd_compress, variance_kept)
+from afm_jax.compress import collect_stats, compress, fixed_plan, plan_report, svd_compress, variance_kept  # noqa: E402
 from afm_jax.data import iterate_batches  # noqa: E402
 from afm_jax.inference import evaluate, make_scorer  # noqa: E402
 from afm_jax.models import build_model  # noqa: E402
 from afm_jax.train import TrainConfig, train  # noqa: E402
-from common import RESULTS, command_line, load, machine  # noqa: E402
 
 RANKS = (1, 2, 4, 8, 16, 32, 64)
 

@@ -8,9 +8,21 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from afm_jax.compress import (afm_embedding, afm_linear, budget_plan, collect_stats, compress,
-                              energy_plan, fixed_plan, fold_projections, load_stats,
-                              plan_report, principal_directions, save_stats, svd_compress)
+from afm_jax.compress import (
+    afm_embedding,
+    afm_linear,
+    budget_plan,
+    collect_stats,
+    compress,
+    energy_plan,
+    fixed_plan,
+    fold_projections,
+    load_stats,
+    plan_report,
+    principal_directions,
+    save_stats,
+    svd_compress,
+)
 from afm_jax.compress.afm import get_path, set_path
 from afm_jax.compress.stats import batch_moments, merge_moments
 from afm_jax.errors import CompressionError

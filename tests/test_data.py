@@ -11,8 +11,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from afm_jax.data import (DATASET_DEFAULTS, Encoder, FeatureInfo, Schema, iterate_batches, load_dataset,
-                          parse_data_spec, synthetic_dataset)
+from afm_jax.data import (
+    DATASET_DEFAULTS,
+    Encoder,
+    FeatureInfo,
+    Schema,
+    iterate_batches,
+    load_dataset,
+    parse_data_spec,
+    synthetic_dataset,
+)
 from afm_jax.data.dataset import make_source
 from afm_jax.errors import DataError
 

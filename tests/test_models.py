@@ -7,10 +7,10 @@ import numpy as np
 import optax
 import pytest
 
+from afm_jax.errors import AfmError
 from afm_jax.inference import logits_fn, make_scorer
 from afm_jax.models import REGISTRY, build_model, model_from_json, model_to_json
 from afm_jax.train import init_params, make_train_step
-from afm_jax.errors import AfmError
 from tests.helpers import INFO, batches, random_batch, small_model
 
 

@@ -4,8 +4,14 @@ import jax
 import numpy as np
 import pytest
 
-from afm_jax.compress.ttrec import (tt_cores, tt_param_count, tt_plan_like, tt_rank_for_budget,
-                                    tt_shape, tt_tables)
+from afm_jax.compress.ttrec import (
+    tt_cores,
+    tt_param_count,
+    tt_plan_like,
+    tt_rank_for_budget,
+    tt_shape,
+    tt_tables,
+)
 from afm_jax.data import synthetic_dataset
 from afm_jax.errors import CompressionError
 from afm_jax.inference import count_params, evaluate, make_scorer

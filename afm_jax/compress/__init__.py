@@ -1,11 +1,16 @@
 """AFM compression: statistics, params -> params maps, rank plans, baselines, fine-tuning."""
 
-from afm_jax.compress.afm import (afm_embedding, afm_linear, compress, fold_projections,
-                                  principal_directions, variance_kept)
+from afm_jax.compress.afm import (
+                                  afm_embedding,
+                                  afm_linear,
+                                  compress,
+                                  fold_projections,
+                                  principal_directions,
+                                  variance_kept,
+)
 from afm_jax.compress.baselines import svd_compress, svd_embedding, svd_linear
 from afm_jax.compress.finetune import finetune
-from afm_jax.compress.ranks import (PlanReport, budget_plan, energy_plan, fixed_plan, make_plan,
-                                    plan_report)
+from afm_jax.compress.ranks import PlanReport, budget_plan, energy_plan, fixed_plan, make_plan, plan_report
 from afm_jax.compress.stats import SiteStats, collect_stats, load_stats, save_stats
 
 __all__ = [

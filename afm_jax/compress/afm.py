@@ -9,7 +9,8 @@ All math runs in float64 numpy on the small d x d covariance; results take the p
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 

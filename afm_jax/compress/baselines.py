@@ -7,7 +7,8 @@ the outputs the data actually produces -- the difference AFM is about.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 

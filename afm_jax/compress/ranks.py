@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import heapq
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 

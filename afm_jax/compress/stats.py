@@ -8,17 +8,18 @@ precision in float32, and memory does not depend on the number of rows.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any, Iterable, Mapping, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from afm_jax.errors import CompressionError
 from afm_jax._cache import cache_per_model
+from afm_jax.errors import CompressionError
 from afm_jax.inference import default_chunk_rows
 from afm_jax.nn import SOW_COLLECTION
 

@@ -10,7 +10,8 @@ of freshly initialized params, and the model is then trained like the original.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 

@@ -5,7 +5,7 @@ numeric, float32 labels), the fitted Encoder and a report; iterate_batches yield
 """
 
 from afm_jax.data.batching import iterate_batches
-from afm_jax.data.dataset import (DATASET_DEFAULTS, Dataset, EncodedSplit, load_dataset, parse_data_spec)
+from afm_jax.data.dataset import DATASET_DEFAULTS, Dataset, EncodedSplit, load_dataset, parse_data_spec
 from afm_jax.data.encoder import Encoder
 from afm_jax.data.readers import RawChunk
 from afm_jax.data.schema import FeatureInfo, Schema

@@ -16,8 +16,17 @@ import numpy as np
 import pyarrow.compute as pc
 
 from afm_jax.data.encoder import Encoder, numeric_transform
-from afm_jax.data.readers import (BadLine, RawChunk, Source, avazu_source, criteo_source, csv_source,
-                                  libfm_source, movielens_source, parquet_source)
+from afm_jax.data.readers import (
+    BadLine,
+    RawChunk,
+    Source,
+    avazu_source,
+    criteo_source,
+    csv_source,
+    libfm_source,
+    movielens_source,
+    parquet_source,
+)
 from afm_jax.data.schema import FeatureInfo, Schema
 from afm_jax.errors import DataError
 

@@ -109,7 +109,7 @@ class Encoder:
         }
 
     @classmethod
-    def from_json(cls, d: dict) -> "Encoder":
+    def from_json(cls, d: dict) -> Encoder:
         if not isinstance(d, dict) or d.get("format_version") != ENCODER_FORMAT_VERSION:
             raise DataError(f"not an encoder JSON of format version {ENCODER_FORMAT_VERSION}")
         try:
@@ -127,7 +127,7 @@ class Encoder:
         os.replace(tmp, path)
 
     @classmethod
-    def load(cls, path: str | Path) -> "Encoder":
+    def load(cls, path: str | Path) -> Encoder:
         try:
             with open(path, encoding="utf-8") as f:
                 d = json.load(f)

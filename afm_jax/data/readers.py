@@ -69,7 +69,7 @@ class RawChunk:
     def __len__(self) -> int:
         return len(self.label)
 
-    def head(self, k: int) -> "RawChunk":
+    def head(self, k: int) -> RawChunk:
         return RawChunk({n: c[:k] for n, c in self.columns.items()}, self.cat_names, self.num_names,
                         self.label[:k], self.lines[:k], self.path)
 

@@ -55,7 +55,7 @@ class Schema:
         return frozenset(self.categorical + self.numeric + self.bucketize)
 
     @classmethod
-    def from_json(cls, path: str | Path) -> "Schema":
+    def from_json(cls, path: str | Path) -> Schema:
         """Read {"label": col, "categorical": [...], "numeric": [...], "bucketize": [...]} from a file."""
         path = str(path)
         try:
@@ -66,7 +66,7 @@ class Schema:
         return cls.from_dict(raw, path=path)
 
     @classmethod
-    def from_dict(cls, raw: Any, *, path: str | None = None) -> "Schema":
+    def from_dict(cls, raw: Any, *, path: str | None = None) -> Schema:
         if not isinstance(raw, dict):
             raise DataError("schema must be a JSON object", path=path)
         for key in raw:
@@ -121,7 +121,7 @@ class FeatureInfo:
                 "num_names": list(self.num_names)}
 
     @classmethod
-    def from_json(cls, d: dict) -> "FeatureInfo":
+    def from_json(cls, d: dict) -> FeatureInfo:
         unknown = set(d) - {"cat_names", "vocab_sizes", "num_names"}
         if unknown:
             raise DataError(f"unknown FeatureInfo keys {sorted(unknown)}")

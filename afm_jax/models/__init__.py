@@ -6,10 +6,10 @@ import dataclasses
 from typing import Any
 
 from afm_jax.errors import AfmError
+from afm_jax.models.autoint import AutoInt, AutoIntConfig
 from afm_jax.models.base import CTRModel
 from afm_jax.models.dcn import DCN, DCNConfig
 from afm_jax.models.dcnv2 import DCNv2, DCNv2Config
-from afm_jax.models.autoint import AutoInt, AutoIntConfig
 from afm_jax.models.deepfm import DeepFM, DeepFMConfig
 from afm_jax.models.fibinet import FiBiNET, FiBiNETConfig
 from afm_jax.models.fm import FM, FMConfig
