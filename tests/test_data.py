@@ -212,8 +212,8 @@ def test_gz_reads_like_plain(tmp_path, cache):
     b = load_dataset(f"criteo:{gz}", cache_dir=cache, min_count=1, progress=False)
     assert not b.report["cache_hit"] and b.report["rows_read"] == 50
     for s in ("train", "valid", "test"):
-        np.testing.assert_array_equal(a.split(s).cat, b.split(s).cat)
-        np.testing.assert_array_equal(a.split(s).label, b.split(s).label)
+        np.testing.assert_array_equal(getattr(a, s).cat, getattr(b, s).cat)
+        np.testing.assert_array_equal(getattr(a, s).label, getattr(b, s).label)
 
 
 def test_progress_bar_path(tmp_path, cache):
@@ -295,7 +295,7 @@ def test_cache_hit_identical_and_memmapped(tmp_path, cache):
     assert isinstance(b.train.cat, np.memmap)
     for s in ("train", "valid", "test"):
         for k in ("cat", "num", "label"):
-            np.testing.assert_array_equal(getattr(a.split(s), k), getattr(b.split(s), k))
+            np.testing.assert_array_equal(getattr(getattr(a, s), k), getattr(getattr(b, s), k))
     assert a.info == b.info and a.encoder.to_json() == b.encoder.to_json()
     assert len([d for d in Path(cache).iterdir()]) == 1  # no temp dirs left
     c = load_dataset(f"criteo:{p}", cache_dir=cache, min_count=3, progress=False)
@@ -398,3 +398,40 @@ def test_iterate_batches_cover_every_row_once():
     e1 = np.concatenate([b["cat"][:, 0] for b in iterate_batches(tagged, 100, shuffle=True, seed=1)])
     e2 = np.concatenate([b["cat"][:, 0] for b in iterate_batches(tagged, 100, shuffle=True, seed=1)])
     np.testing.assert_array_equal(e1, e2)
+
+
+def test_padded_batches_still_yield_every_row_once():
+    """train() pads the last batch (weight 0) to keep one shape: real rows still appear once."""
+    from afm_jax.data.dataset import EncodedSplit
+
+    n = 1000
+    split = EncodedSplit(np.zeros((n, 1), np.int32), np.arange(n, dtype=np.float32)[:, None],
+                         np.zeros(n, np.float32))
+    seen = []
+    for b in iterate_batches(split, 96, shuffle=True, seed=3, pad_last=True):
+        assert b["cat"].shape[0] == 96
+        seen.append(b["num"][b["weight"] > 0, 0])
+    seen = np.concatenate(seen)
+    assert np.array_equal(np.sort(seen), np.arange(n))
+
+
+def test_encoder_fit_min_count_boundary_and_oov_id_0():
+    """Encoder.fit keeps values seen exactly min_count times, drops those seen once fewer, orders by
+    descending count then value; missing and out-of-vocabulary values get id 0."""
+    from afm_jax.data.encoder import NumericMoments
+
+    values, counts = [["a", "b", "c", "d", "e"]], [np.array([3, 2, 1, 2, 5])]
+    x = np.array([[0.0], [1.0], [np.nan], [3.0]])  # transformed numeric values, NaN = missing
+    moments = NumericMoments.of(x[:2]).merge(NumericMoments.of(x[2:]))
+    enc = Encoder.fit(("f",), values, counts, ("n",), moments, min_count=2)
+    assert enc.vocabs == [["e", "a", "b", "d"]] and enc.info.vocab_sizes == (5,)  # "c" seen 1 < 2 times
+    cat, _ = enc.encode({"f": ["e", "d", "c", None, "never"], "n": np.zeros(5)})
+    assert cat[:, 0].tolist() == [1, 4, 0, 0, 0]
+    present = np.array([0.0, 1.0, 3.0])
+    assert np.isclose(enc.num_mean[0], present.mean()) and np.isclose(enc.num_std[0], present.std())
+    assert Encoder.fit(("f",), values, counts, min_count=3).vocabs == [["e", "a"]]
+    assert Encoder.fit(("f",), values, counts, min_count=6).vocabs == [[]]
+    constant = Encoder.fit((), [], [], ("n",), NumericMoments.of(np.full((3, 1), 2.0)))
+    assert constant.num_mean.tolist() == [2.0] and constant.num_std.tolist() == [1.0]
+    with pytest.raises(DataError, match="min_count must be >= 1"):
+        Encoder.fit(("f",), values, counts, min_count=0)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.compute as pc
 
-from afm_jax.data.encoder import Encoder, numeric_transform
+from afm_jax.data.encoder import Encoder, NumericMoments, numeric_transform
 from afm_jax.data.readers import (
     BadLine,
     RawChunk,
@@ -81,11 +81,6 @@ class Dataset:
     test: EncodedSplit
     encoder: Encoder
     report: dict
-
-    def split(self, name: str) -> EncodedSplit:
-        if name not in SPLITS:
-            raise DataError(f"unknown split {name!r}; one of {SPLITS}")
-        return getattr(self, name)
 
 
 @dataclass(frozen=True)
@@ -224,159 +219,195 @@ def _alloc(directory: Path | None, name: str, shape: tuple[int, ...], dtype) -> 
     return np.lib.format.open_memmap(directory / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)
 
 
-def build_from_chunks(name: str, chunks: Iterable[tuple[RawChunk | None, list[BadLine]]], *, min_count: int,
-                      split: str = "sequential", seed: int = 0, on_bad_lines: str = "error",
-                      max_rows: int | None = None, out_dir: Path | None = None,
-                      encoder: Encoder | None = None, paths: tuple[str, ...] = ()) -> Dataset:
-    """With `encoder`, encode with that fitted encoder (e.g. a model directory's) instead of fitting one.
-    paths: the source files, named by the error raised when no valid row is found.
-
-    Stream chunks once into provisional ids (value -> first-seen id per field), then count the
-    training rows' ids, build the vocabularies (count >= min_count; by descending count, then value)
-    and remap into the final per-split arrays. Memory stays bounded by the vocabularies when out_dir
-    is given (arrays are written there as .npy); with out_dir=None everything stays in memory."""
-    t0 = time.perf_counter()
+def _check_build_options(min_count: int, max_rows: int | None, split: str) -> None:
+    """DataError for an option out of range, before any row is read."""
     if min_count < 1:
         raise DataError(f"min_count must be >= 1, got {min_count}", field="min_count")
     if max_rows is not None and max_rows < 1:
         raise DataError(f"max_rows must be >= 1, got {max_rows}", field="max_rows")
     if split not in ("sequential", "random"):
         raise DataError(f"split must be 'sequential' or 'random', got {split!r}", field="split")
-    tracker = _BadTracker(on_bad_lines)
-    cat_names: tuple[str, ...] | None = None
-    num_names: tuple[str, ...] = ()
-    maps: list[dict[str, int]] = []
+
+
+@dataclass
+class _Provisional:
+    """Every streamed row, with provisional ids: cat int32 [N, Fc] (0 = missing), transformed num
+    float32 [N, Fn] (numeric_transform, NaN = missing), label float32 [N]. ids[f] maps field f's
+    values to their provisional ids 1, 2, ... in first-seen order. Arrays may be memmaps in out_dir."""
+
+    cat_names: tuple[str, ...]
+    num_names: tuple[str, ...]
+    ids: list[dict[str, int]]
+    cat: np.ndarray
+    num: np.ndarray
+    label: np.ndarray
+    truncated: bool
+    files: list[str]
+
+    def __len__(self) -> int:
+        return len(self.label)
+
+
+def _first_rows(chunk: RawChunk, bad: list[BadLine], k: int) -> tuple[RawChunk, list[BadLine]]:
+    """The first k rows of chunk, and the bad lines that come before the last of them."""
+    cutoff = int(chunk.lines[k - 1])
+    return chunk.head(k), [b for b in bad if b.path != chunk.path or b.line < cutoff]
+
+
+def _provisional_ids(chunk: RawChunk, ids: list[dict[str, int]]) -> np.ndarray:
+    """Provisional ids int32 [N, Fc] of a chunk's categorical values; new values join ids[f]."""
+    out = np.empty((len(chunk), len(chunk.cat_names)), dtype=np.int32)
+    for j, fname in enumerate(chunk.cat_names):
+        enc = pc.dictionary_encode(chunk.columns[fname])
+        values = enc.dictionary.to_pylist()
+        m = ids[j]
+        value_ids = np.fromiter((m.setdefault(v, len(m) + 1) for v in values), dtype=np.int32, count=len(values))
+        idx = pc.fill_null(enc.indices, len(values)).to_numpy(zero_copy_only=False)
+        out[:, j] = np.append(value_ids, np.int32(0))[idx]
+    return out
+
+
+def _transformed(chunk: RawChunk) -> np.ndarray:
+    """A chunk's numeric fields through numeric_transform, float32 [N, Fn] (NaN = missing)."""
+    out = np.empty((len(chunk), len(chunk.num_names)), dtype=np.float32)
+    for j, fname in enumerate(chunk.num_names):
+        out[:, j] = numeric_transform(chunk.columns[fname])
+    return out
+
+
+def _stream(chunks: Iterable[tuple[RawChunk | None, list[BadLine]]], tracker: _BadTracker, max_rows: int | None,
+            out_dir: Path | None) -> _Provisional | None:
+    """Read chunks (up to max_rows rows) once into provisional arrays; None when no row is valid."""
+    names: tuple[tuple[str, ...], tuple[str, ...]] | None = None
+    ids: list[dict[str, int]] = []
     sink: _Sink | None = None
     rows_read, truncated, files = 0, False, []
     for chunk, bad in chunks:
         if chunk is not None and max_rows is not None and rows_read + len(chunk) >= max_rows:
-            k = max_rows - rows_read
-            cutoff = int(chunk.lines[k - 1])
-            bad = [b for b in bad if b.path != chunk.path or b.line < cutoff]
-            chunk, truncated = chunk.head(k), True
+            chunk, bad = _first_rows(chunk, bad, max_rows - rows_read)
+            truncated = True
         tracker.add(bad)
         if chunk is None:
             continue
         if chunk.path not in files:
             files.append(chunk.path)
-        if cat_names is None:
-            cat_names, num_names = chunk.cat_names, chunk.num_names
-            maps = [{} for _ in cat_names]
-            sink = _Sink(out_dir, len(cat_names), len(num_names))
-        elif (chunk.cat_names, chunk.num_names) != (cat_names, num_names):
+        if names is None:
+            names = (chunk.cat_names, chunk.num_names)
+            ids = [{} for _ in chunk.cat_names]
+            sink = _Sink(out_dir, len(chunk.cat_names), len(chunk.num_names))
+        elif (chunk.cat_names, chunk.num_names) != names:
             raise DataError("fields differ between chunks", path=chunk.path, line=int(chunk.lines[0]))
-        n = len(chunk)
-        prov = np.empty((n, len(cat_names)), dtype=np.int32)
-        for j, fname in enumerate(cat_names):
-            enc = pc.dictionary_encode(chunk.columns[fname])
-            values = enc.dictionary.to_pylist()
-            m = maps[j]
-            ids = np.fromiter((m.setdefault(v, len(m) + 1) for v in values), dtype=np.int32, count=len(values))
-            idx = pc.fill_null(enc.indices, len(values)).to_numpy(zero_copy_only=False)
-            prov[:, j] = np.append(ids, np.int32(0))[idx]
-        num = np.empty((n, len(num_names)), dtype=np.float32)
-        for j, fname in enumerate(num_names):
-            num[:, j] = numeric_transform(chunk.columns[fname])
-        sink.append(prov, num, chunk.label.astype(np.float32))
-        rows_read += n
+        sink.append(_provisional_ids(chunk, ids), _transformed(chunk), chunk.label.astype(np.float32))
+        rows_read += len(chunk)
         if truncated:
             break
     if sink is None or rows_read == 0:
-        raise DataError(f"no valid rows in {name} ({tracker.count} bad lines skipped)",
-                        path=", ".join(paths) if paths else None)
-    t_parse = time.perf_counter() - t0
-    prov_cat, prov_num, prov_label = sink.finish()
-    rows = split_rows(rows_read, split, seed)
+        return None
+    return _Provisional(*names, ids, *sink.finish(), truncated, files)
 
-    # Vocabulary from training counts.
-    counts = [np.zeros(len(m) + 1, dtype=np.int64) for m in maps]
-    n_num = len(num_names)
-    cnt, mean, m2 = np.zeros(n_num), np.zeros(n_num), np.zeros(n_num)
-    for _, r in _row_blocks(rows["train"]):
-        block = np.asarray(prov_cat[r])
-        for j in range(len(maps)):
-            counts[j] += np.bincount(block[:, j], minlength=len(counts[j]))
-        if n_num:
-            x = np.asarray(prov_num[r], dtype=np.float64)
-            valid = ~np.isnan(x)
-            c = valid.sum(axis=0).astype(np.float64)
-            bmean = np.where(c > 0, np.nansum(x, axis=0) / np.maximum(c, 1), 0.0)
-            bm2 = np.nansum((x - bmean) ** 2, axis=0)
-            tot = cnt + c
-            delta = bmean - mean
-            frac = np.where(tot > 0, c / np.maximum(tot, 1), 0.0)
-            mean = mean + delta * frac
-            m2 = m2 + bm2 + delta ** 2 * cnt * frac
-            cnt = tot
-    vocabs, remaps = [], []
-    if encoder is not None:
-        if (encoder.cat_names, encoder.num_names) != (cat_names, num_names):
-            raise DataError(f"the data's fields {list(cat_names) + list(num_names)} differ from the "
-                            f"encoder's {list(encoder.cat_names) + list(encoder.num_names)}",
-                            path=files[0] if files else None)
-        for m, vocab in zip(maps, encoder.vocabs):
-            ids = {v: i + 1 for i, v in enumerate(vocab)}
-            remap = np.zeros(len(m) + 1, dtype=np.int32)
-            remap[1:] = np.fromiter((ids.get(v, 0) for v in m), dtype=np.int32, count=len(m))
-            remaps.append(remap)
-    for m, cts in zip(maps if encoder is None else [], counts):
-        values = np.array(list(m.keys()), dtype=object)
-        c = cts[1:]
-        keep = np.flatnonzero(c >= min_count)
-        order = keep[np.lexsort((values[keep].astype(str), -c[keep]))] if len(keep) else keep
-        remap = np.zeros(len(m) + 1, dtype=np.int32)
-        remap[order + 1] = np.arange(1, len(order) + 1, dtype=np.int32)
-        vocabs.append(values[order].tolist())
-        remaps.append(remap)
-    std = np.sqrt(np.where(cnt > 0, m2 / np.maximum(cnt, 1), 1.0))
-    std = np.where(std > 1e-12, std, 1.0)
-    if encoder is None:
-        encoder = Encoder(cat_names, vocabs, num_names, np.where(cnt > 0, mean, 0.0), std, min_count)
 
-    # Remap into the final split arrays.
-    splits = {}
-    for s in SPLITS:
-        r_all = rows[s]
-        n = _n_rows(r_all)
-        cat = _alloc(out_dir, f"{s}_cat", (n, len(cat_names)), np.int32)
-        num = _alloc(out_dir, f"{s}_num", (n, n_num), np.float32)
-        label = _alloc(out_dir, f"{s}_label", (n,), np.float32)
-        for off, r in _row_blocks(r_all):
-            block = np.asarray(prov_cat[r])
-            k = len(block)
-            for j, remap in enumerate(remaps):
-                cat[off:off + k, j] = remap[block[:, j]]
-            if n_num:
-                x = np.asarray(prov_num[r])
-                for j in range(n_num):
-                    num[off:off + k, j] = encoder.standardize(x[:, j], j)
-            label[off:off + k] = prov_label[r]
-        for arr in (cat, num, label):
-            if isinstance(arr, np.memmap):
-                arr.flush()
-        splits[s] = EncodedSplit(cat, num, label)
-    del prov_cat, prov_num, prov_label
-    if out_dir is not None:
-        for p in out_dir.glob("_prov_*.bin"):
-            p.unlink()
-    report = {
+def _train_statistics(prov: _Provisional, train_rows: slice | np.ndarray) -> tuple[list[np.ndarray], NumericMoments]:
+    """What Encoder.fit needs of the training rows: per field, the count int64 [V_f] of each
+    provisional value (ids 1..V_f), and the moments of the transformed numeric fields."""
+    counts = [np.zeros(len(m) + 1, dtype=np.int64) for m in prov.ids]
+    moments = NumericMoments.zeros(len(prov.num_names))
+    for _, r in _row_blocks(train_rows):
+        block = np.asarray(prov.cat[r])
+        for j, c in enumerate(counts):
+            c += np.bincount(block[:, j], minlength=len(c))
+        moments = moments.merge(NumericMoments.of(np.asarray(prov.num[r], dtype=np.float64)))
+    return [c[1:] for c in counts], moments
+
+
+def _check_fields(encoder: Encoder, prov: _Provisional) -> None:
+    """DataError unless the data has the given encoder's fields, in its order."""
+    if (encoder.cat_names, encoder.num_names) != (prov.cat_names, prov.num_names):
+        raise DataError(f"the data's fields {list(prov.cat_names) + list(prov.num_names)} differ from the "
+                        f"encoder's {list(encoder.cat_names) + list(encoder.num_names)}",
+                        path=prov.files[0] if prov.files else None)
+
+
+def _remaps(prov: _Provisional, encoder: Encoder) -> list[np.ndarray]:
+    """Per field, the encoder's id int32 [V_f + 1] of each provisional id (missing, 0, stays 0)."""
+    return [np.append(np.int32(0), encoder.ids(j, list(m))) for j, m in enumerate(prov.ids)]
+
+
+def _encode_split(prov: _Provisional, rows: slice | np.ndarray, remaps: list[np.ndarray], encoder: Encoder,
+                  out_dir: Path | None, split_name: str) -> EncodedSplit:
+    """One split's final arrays (.npy files in out_dir, if given): ids remapped, numerics standardized."""
+    n, n_num = _n_rows(rows), len(prov.num_names)
+    cat = _alloc(out_dir, f"{split_name}_cat", (n, len(prov.cat_names)), np.int32)
+    num = _alloc(out_dir, f"{split_name}_num", (n, n_num), np.float32)
+    label = _alloc(out_dir, f"{split_name}_label", (n,), np.float32)
+    for off, r in _row_blocks(rows):
+        block = np.asarray(prov.cat[r])
+        k = len(block)
+        for j, remap in enumerate(remaps):
+            cat[off:off + k, j] = remap[block[:, j]]
+        x = np.asarray(prov.num[r])
+        for j in range(n_num):
+            num[off:off + k, j] = encoder.standardize(x[:, j], j)
+        label[off:off + k] = prov.label[r]
+    for arr in (cat, num, label):
+        if isinstance(arr, np.memmap):
+            arr.flush()
+    return EncodedSplit(cat, num, label)
+
+
+def _build_report(name: str, prov: _Provisional, tracker: _BadTracker, splits: dict[str, EncodedSplit],
+                  encoder: Encoder, options: dict, t0: float, t_parse: float) -> dict:
+    """What was read, skipped and built, for Dataset.report (and the cache's report.json)."""
+    return {
         "name": name,
-        "rows_read": rows_read,
+        "rows_read": len(prov),
         "rows_skipped": tracker.count,
         "first_skipped_lines": [e["line"] for e in tracker.examples],
         "skipped_examples": tracker.examples,
-        "truncated": truncated,
+        "truncated": prov.truncated,
         "splits": {s: len(splits[s]) for s in SPLITS},
-        "split": split,
-        "seed": seed,
-        "min_count": min_count,
+        **options,
         "vocab_sizes": list(encoder.info.vocab_sizes),
         "positive_rate": float(np.mean(splits["train"].label)) if len(splits["train"]) else float("nan"),
-        "files": files,
+        "files": prov.files,
         "parse_seconds": round(t_parse, 3),
         "seconds": round(time.perf_counter() - t0, 3),
         "cache_hit": False,
     }
+
+
+def build_from_chunks(name: str, chunks: Iterable[tuple[RawChunk | None, list[BadLine]]], *, min_count: int,
+                      split: str = "sequential", seed: int = 0, on_bad_lines: str = "error",
+                      max_rows: int | None = None, out_dir: Path | None = None,
+                      encoder: Encoder | None = None, paths: tuple[str, ...] = ()) -> Dataset:
+    """Stream chunks once into provisional ids, fit the Encoder on the training rows (or take the
+    given `encoder`, e.g. a model directory's) and remap every split with it.
+
+    Memory stays bounded by the vocabularies when out_dir is given (arrays are written there as
+    .npy); with out_dir=None everything stays in memory. paths: the source files, named by the
+    error raised when no valid row is found."""
+    t0 = time.perf_counter()
+    _check_build_options(min_count, max_rows, split)
+    tracker = _BadTracker(on_bad_lines)
+    prov = _stream(chunks, tracker, max_rows, out_dir)
+    if prov is None:
+        raise DataError(f"no valid rows in {name} ({tracker.count} bad lines skipped)",
+                        path=", ".join(paths) if paths else None)
+    t_parse = time.perf_counter() - t0
+    rows = split_rows(len(prov), split, seed)
+    if encoder is None:
+        counts, moments = _train_statistics(prov, rows["train"])
+        encoder = Encoder.fit(prov.cat_names, [list(m) for m in prov.ids], counts, prov.num_names, moments,
+                              min_count)
+    else:
+        _check_fields(encoder, prov)
+    remaps = _remaps(prov, encoder)
+    splits = {s: _encode_split(prov, rows[s], remaps, encoder, out_dir, s) for s in SPLITS}
+    options = {"split": split, "seed": seed, "min_count": min_count}
+    report = _build_report(name, prov, tracker, splits, encoder, options, t0, t_parse)
+    del prov  # closes the provisional memmaps before their files go
+    if out_dir is not None:
+        for p in out_dir.glob("_prov_*.bin"):
+            p.unlink()
     return Dataset(name, encoder.info, splits["train"], splits["valid"], splits["test"], encoder, report)
 
 
@@ -462,7 +493,7 @@ def load_dataset(spec: str, *, schema: Schema | str | None = None, min_count: in
         with open(tmp / "key.json", "w", encoding="utf-8") as f:
             json.dump(key, f, indent=1)
         for s in SPLITS:  # zero-size arrays were kept in memory: write them too
-            sp = dataset.split(s)
+            sp = getattr(dataset, s)
             for k in ("cat", "num", "label"):
                 if not (tmp / f"{s}_{k}.npy").exists():
                     np.save(tmp / f"{s}_{k}.npy", getattr(sp, k), allow_pickle=False)

@@ -6,7 +6,7 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -35,8 +35,45 @@ def _as_string_array(values: Any) -> pa.Array:
     return values
 
 
+def _vocabulary(values: Sequence[str], counts: np.ndarray, min_count: int) -> list[str]:
+    """The values seen >= min_count times, by descending count, then by value string."""
+    values = np.array(list(values), dtype=object)
+    counts = np.asarray(counts)
+    keep = np.flatnonzero(counts >= min_count)
+    order = keep[np.lexsort((values[keep].astype(str), -counts[keep]))] if len(keep) else keep
+    return values[order].tolist()
+
+
+class NumericMoments(NamedTuple):
+    """Count, mean and sum of squared deviations of each numeric field's present (non-NaN) values,
+    float64 [Fn] each; blocks of train rows merge as they stream through (Chan et al.)."""
+
+    count: np.ndarray
+    mean: np.ndarray
+    m2: np.ndarray
+
+    @classmethod
+    def zeros(cls, n_fields: int) -> NumericMoments:
+        """The moments of no rows."""
+        return cls(np.zeros(n_fields), np.zeros(n_fields), np.zeros(n_fields))
+
+    @classmethod
+    def of(cls, x: np.ndarray) -> NumericMoments:
+        """Moments of a block x float64 [N, Fn] with NaN for missing."""
+        c = (~np.isnan(x)).sum(axis=0).astype(np.float64)
+        mean = np.where(c > 0, np.nansum(x, axis=0) / np.maximum(c, 1), 0.0)
+        return cls(c, mean, np.nansum((x - mean) ** 2, axis=0))
+
+    def merge(self, other: NumericMoments) -> NumericMoments:
+        """Moments of the rows of both (shifted merge: accurate for large means in float64)."""
+        count = self.count + other.count
+        delta = other.mean - self.mean
+        frac = np.where(count > 0, other.count / np.maximum(count, 1), 0.0)
+        return NumericMoments(count, self.mean + delta * frac, self.m2 + other.m2 + delta ** 2 * self.count * frac)
+
+
 class Encoder:
-    """Fitted on training rows only.
+    """Fitted on training rows only (`Encoder.fit`).
 
     Per categorical field, ids 1..V-1 go to the values seen >= min_count times in train, ordered by
     descending count then by value string; id 0 is missing or out-of-vocabulary. Per dense numeric
@@ -59,6 +96,19 @@ class Encoder:
         self.min_count = int(min_count)
         self._value_sets = [pa.array(v, type=pa.string()) for v in self.vocabs]
 
+    @classmethod
+    def fit(cls, cat_names: Sequence[str], values: Sequence[Sequence[str]], counts: Sequence[np.ndarray],
+            num_names: Sequence[str] = (), moments: NumericMoments | None = None, min_count: int = 1) -> Encoder:
+        """The encoder of training statistics: field f's distinct values[f] seen counts[f] (int [V_f])
+        times in train, and the moments of the transformed numeric fields (numeric_transform)."""
+        if min_count < 1:
+            raise DataError(f"min_count must be >= 1, got {min_count}", field="min_count")
+        vocabs = [_vocabulary(v, c, min_count) for v, c in zip(values, counts)]
+        m = NumericMoments.zeros(len(num_names)) if moments is None else moments
+        std = np.sqrt(np.where(m.count > 0, m.m2 / np.maximum(m.count, 1), 1.0))
+        std = np.where(std > 1e-12, std, 1.0)  # constant (or absent) columns are only centered
+        return cls(cat_names, vocabs, num_names, np.where(m.count > 0, m.mean, 0.0), std, min_count)
+
     @property
     def info(self) -> FeatureInfo:
         return FeatureInfo(cat_names=self.cat_names, vocab_sizes=tuple(len(v) + 1 for v in self.vocabs),
@@ -77,12 +127,11 @@ class Encoder:
             raise DataError(f"columns to encode lack fields {missing}", field=missing[0])
         n = len(columns[self.cat_names[0]]) if self.cat_names else len(columns[self.num_names[0]])
         cat = np.zeros((n, len(self.cat_names)), dtype=np.int32)
-        for j, (name, value_set) in enumerate(zip(self.cat_names, self._value_sets)):
+        for j, name in enumerate(self.cat_names):
             values = _as_string_array(columns[name])
             if len(values) != n:
                 raise DataError(f"field has {len(values)} values, expected {n}", field=name)
-            idx = pc.index_in(values, value_set=value_set)
-            cat[:, j] = pc.fill_null(idx, -1).to_numpy(zero_copy_only=False).astype(np.int32) + 1
+            cat[:, j] = self.ids(j, values)
         num = np.zeros((n, len(self.num_names)), dtype=np.float32)
         for j, name in enumerate(self.num_names):
             col = columns[name]
@@ -90,6 +139,12 @@ class Encoder:
                 col = pc.fill_null(pc.cast(col, pa.float64()), np.nan).to_numpy(zero_copy_only=False)
             num[:, j] = self.standardize(numeric_transform(col), j)
         return cat, num
+
+    def ids(self, j: int, values: Any) -> np.ndarray:
+        """Ids int32 [N] of categorical field j's values (strings; None = missing): 1 + vocabulary
+        position, 0 for missing or out of vocabulary."""
+        idx = pc.index_in(_as_string_array(values), value_set=self._value_sets[j])
+        return pc.fill_null(idx, -1).to_numpy(zero_copy_only=False).astype(np.int32) + 1
 
     def standardize(self, transformed: np.ndarray, j: int) -> np.ndarray:
         """(t - mean_j) / std_j with missing (NaN) -> 0, as float32."""

@@ -1,0 +1,36 @@
+"""Streaming readers, one module per source: files -> RawChunk (validated rows as per-field columns)
++ BadLine records.
+
+Each `*_source(path, schema)` checks the file and resolves the schema up front and returns a Source
+whose `chunks(progress)` streams (RawChunk | None, [BadLine]) pairs. Shared pieces: `base` (the
+types, schema and file checks), `text` (delimited lines -> string tables), `fields` (label,
+numeric and UTF-8 validation -> RawChunk).
+
+What is a bad line (a BadLine naming the line and field; on_bad_lines decides skip or error):
+- text: an empty line, a wrong column count, a carriage return inside a line (only a CR right
+  before the LF is a line end), bytes that are not UTF-8 (the field holding them is named);
+- a label outside the format's label values (null/empty included);
+- numeric and bucketized fields: an empty value (text), an empty string or a null (Parquet) is
+  *missing*; anything else must be a finite decimal number: text that is not a number, NaN, inf
+  and values overflowing float64 (e.g. "1e400") are bad lines, in text and in typed (float)
+  Parquet columns alike. Huge finite values are valid (10**30 -> bucket "b4772", dense
+  log1p(10**30)); a bucketized value below -2**63 (its integer bucket would overflow int64) is a
+  bad line;
+- Parquet binary columns with bytes that are not UTF-8. Nested Parquet columns (list, struct,
+  map) are rejected up front (DataError naming the field).
+Quotes are plain characters (no quoting), so a stray quote in a categorical field is just data.
+"""
+
+from afm_jax.data.readers.avazu import avazu_source
+from afm_jax.data.readers.base import LABELS_01, LABELS_PM1, BadLine, ChunkStream, RawChunk, Source
+from afm_jax.data.readers.criteo import CRITEO_CAT, CRITEO_COLUMNS, CRITEO_INT, CRITEO_SCHEMA, criteo_source
+from afm_jax.data.readers.fields import bucketize, convert_table
+from afm_jax.data.readers.libfm import libfm_source
+from afm_jax.data.readers.movielens import MOVIELENS_FIELDS, movielens_source
+from afm_jax.data.readers.tabular import PARQUET_BATCH, csv_source, parquet_source
+from afm_jax.data.readers.text import BLOCK_SIZE, read_first_line
+
+__all__ = ["RawChunk", "BadLine", "ChunkStream", "Source", "LABELS_01", "LABELS_PM1",
+           "criteo_source", "avazu_source", "libfm_source", "csv_source", "parquet_source", "movielens_source",
+           "CRITEO_INT", "CRITEO_CAT", "CRITEO_COLUMNS", "CRITEO_SCHEMA", "MOVIELENS_FIELDS",
+           "bucketize", "convert_table", "read_first_line", "BLOCK_SIZE", "PARQUET_BATCH"]

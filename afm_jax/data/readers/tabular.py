@@ -1,0 +1,70 @@
+"""Generic tables with a user schema: CSV/TSV with a header, and Parquet (nested columns rejected)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from afm_jax.data.readers.base import LABELS_01, ChunkStream, Source, check_file, resolve_schema
+from afm_jax.data.readers.fields import convert_table
+from afm_jax.data.readers.text import delimited_chunks, read_first_line, split_header
+from afm_jax.data.schema import Schema
+from afm_jax.errors import DataError
+
+PARQUET_BATCH = 1 << 18  # rows of Parquet parsed at a time
+
+
+def csv_source(path: str, schema: Schema | str | None) -> Source:
+    """Generic CSV with a header (tab-separated if the name ends in .tsv/.tsv.gz) and a schema."""
+    path = check_file(path)
+    delimiter = "\t" if path.endswith((".tsv", ".tsv.gz")) else ","
+    sch = resolve_schema(schema, None, path)
+    header = split_header(read_first_line(path), delimiter, path)
+    for c in (sch.label,) + sch.categorical + sch.numeric + sch.bucketize:
+        if c not in header:
+            raise DataError(f"schema column {c!r} is not in the header", path=path, line=1, field=c)
+
+    def chunks(progress: bool) -> ChunkStream:
+        return delimited_chunks(path, delimiter=delimiter, column_names=header, header=True, progress=progress,
+                                 process=lambda t, ln: convert_table(t, ln, path, sch, LABELS_01))
+    return Source("csv", (path,), sch, chunks)
+
+
+def parquet_source(path: str, schema: Schema | str | None) -> Source:
+    """Generic Parquet with a schema; 'line' numbers are 1-based row numbers."""
+    path = check_file(path)
+    sch = resolve_schema(schema, None, path)
+    pf = pq.ParquetFile(path)
+    names = pf.schema_arrow.names
+    for c in (sch.label,) + sch.categorical + sch.numeric + sch.bucketize:
+        if c not in names:
+            raise DataError(f"schema column {c!r} is not in the Parquet file", path=path, field=c)
+    wanted = [c for c in names if c == sch.label or c in sch.features]
+    for c in wanted:
+        t = pf.schema_arrow.field(c).type
+        if pa.types.is_nested(t):
+            raise DataError(f"column type {t} is not supported (a field needs one scalar value per row)",
+                            path=path, field=c)
+
+    def chunks(progress: bool) -> ChunkStream:
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=pf.metadata.num_rows, unit="rows", desc=f"parse {Path(path).name}", leave=False)
+        row = 1
+        try:
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=PARQUET_BATCH, columns=wanted):
+                table = pa.Table.from_batches([batch])
+                lines = row + np.arange(table.num_rows, dtype=np.int64)
+                row += table.num_rows
+                if bar is not None:
+                    bar.update(table.num_rows)
+                yield convert_table(table, lines, path, sch, LABELS_01)
+        finally:
+            if bar is not None:
+                bar.close()
+    return Source("parquet", (path,), sch, chunks)
+
