@@ -8,6 +8,8 @@ Linear params (kernel layout `x @ W`):
   factor pair {"u": {"kernel": [in, k], "bias": [k]}, "v": {"kernel": [k, out], "bias": [out]}}
   activation  {"u_relu": {...}, "v": {...}}: relu between the factors (any name in ACTIVATIONS)
 
+(afm_jax/forms.py tells the forms apart; afm_jax/packing.py packs the tables.)
+
 FieldEmbedding params, one entry per field (categorical fields first, then numeric):
   full table      {"embedding": [V, d]}
   compressed      {"embedding": [V, k], "proj": {"kernel": [k, d], "bias": [d]}}
@@ -27,6 +29,8 @@ from collections.abc import Callable, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from afm_jax import forms
 
 SOW_COLLECTION = "afm_outputs"
 
@@ -64,13 +68,14 @@ class Linear(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        first = next((n for n in ("u", *(f"u_{a}" for a in ACTIVATIONS))
-                      if self.has_variable("params", n)), None)
-        if first is not None:
-            h = _affine(self.get_variable("params", first), x)
-            if first != "u":
-                h = ACTIVATIONS[first[2:]](h)
-            y = _affine(self.get_variable("params", "v"), h)
+        mine = self.variables.get("params", {})
+        if forms.linear_form(mine) == "factor":
+            first = forms.first_factor_key(mine)
+            h = _affine(mine[first], x)
+            act = forms.factor_activation(mine)
+            if act is not None:
+                h = ACTIVATIONS[act](h)
+            y = _affine(mine["v"], h)
         else:
             kernel = _stored_or_new(self, "kernel", nn.initializers.lecun_normal(),
                                     (x.shape[-1], self.features))
@@ -103,8 +108,8 @@ class _Table(nn.Module):
 
     @nn.compact
     def __call__(self, idx: jax.Array) -> jax.Array:
-        if self.has_variable("params", "tt_0"):
-            cores = [self.get_variable("params", f"tt_{i}") for i in range(3)]
+        if forms.table_form(self.variables.get("params", {})) == "tt":
+            cores = [self.get_variable("params", k) for k in forms.TT_KEYS]
             return tt_row(cores, jnp.where((idx >= 0) & (idx < self.vocab_size), idx, 0))
         table = _stored_or_new(self, "embedding", nn.initializers.normal(1e-2),
                                (self.vocab_size, self.features))
@@ -169,6 +174,9 @@ class FieldEmbedding(nn.Module):
 
     @nn.compact
     def __call__(self, cat: jax.Array, num: jax.Array) -> list[jax.Array]:
+        if forms.is_packed(self.variables.get("params", {})):  # afm_jax/packing.py; sows no sites
+            from afm_jax.packing import lookup
+            return lookup(self.variables["params"], cat, num)
         tables = [_Table(v, self.features, name=n)
                   for n, v in zip(self.cat_names, self.vocab_sizes)]
         out = project_fields([t(cat[i]) for i, t in enumerate(tables)],

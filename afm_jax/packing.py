@@ -1,0 +1,180 @@
+"""The packed layout of a model's field embeddings: `pack` and `unpack`, pure params -> params.
+
+Per-field params (one table per field, "embed/<field>") are what statistics, plans, compression
+and model directories speak. The packed form is what runs: every categorical table of one
+width sits in one table "table_<w>" [sum of its fields' rows, w] with static per-field offsets,
+and the projections of compressed fields of rank k are stacked in "proj_<k>" ({"kernel":
+[G, k, d], "bias": [G, d]}), so a batch costs one gather per width and one batched product per
+rank instead of one of each per field. Numeric fields' vectors are stacked in "numeric" [Fn, d];
+TT-Rec fields keep their cores under "tt/<field>". The static part (which field sits where) is a
+`forms.PackedLayout` stored at "embed/layout".
+
+    packed = pack(model, params)          # pure, jittable; idempotent on packed params
+    assert unpack(model, packed) == params   (exactly, leaf by leaf)
+
+References: jax-tpu-embedding's table stacking, TorchRec's fused embedding bag collection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from afm_jax.errors import CompressionError
+from afm_jax.forms import FieldSlot, PackedLayout, is_packed, table_form, table_width
+
+EMBED = "embed"
+
+
+def _xp(leaves: list[Any]):
+    """numpy for host arrays (stay on the host), jax.numpy as soon as one leaf is a jax array."""
+    return jnp if any(isinstance(x, jax.Array) for x in leaves) else np
+
+
+def _cat(xs: list[Any]) -> Any:
+    return xs[0] if len(xs) == 1 else _xp(xs).concatenate(xs)
+
+
+def _stack(xs: list[Any]) -> Any:
+    return _xp(xs).stack(xs)
+
+
+def layout_of(model, embed: Mapping[str, Any]) -> PackedLayout:
+    """The packed layout of per-field "embed" params of `model` (fields in the model's order)."""
+    info, dim = model.info, int(model.config.embed_dim)
+    slots, next_row, next_proj = [], {}, {}
+    for name, vocab in zip(info.cat_names, info.vocab_sizes):
+        if name not in embed:
+            raise CompressionError(f"params have no table for field {name!r} at embed/{name}")
+        node = embed[name]
+        form = table_form(node, dim)
+        if form is None or form == "numeric":
+            raise CompressionError(f"embed/{name}: not a field's table (keys {sorted(node)})")
+        width = table_width(node)
+        if form == "tt":
+            slots.append(FieldSlot(name, "tt", width, rows=int(vocab)))
+            continue
+        rows = int(np.shape(node["embedding"])[0])
+        if rows < vocab:
+            raise CompressionError(f"embed/{name}: table has {rows} rows, the field {vocab} ids")
+        proj = -1
+        if form == "compressed":
+            proj = next_proj.get(width, 0)
+            next_proj[width] = proj + 1
+        slots.append(FieldSlot(name, "table", width, next_row.get(width, 0), int(vocab), proj))
+        next_row[width] = next_row.get(width, 0) + int(vocab)
+    return PackedLayout(tuple(slots), len(info.num_names), dim)
+
+
+def pack(model, params: Mapping[str, Any]) -> dict:
+    """Per-field params -> packed params (other subtrees shared as they are).
+
+    Tables beyond the field's vocabulary (zero padding of a row-sharded table) are cut to it.
+    Packed params come back unchanged, and params without "embed" (LR) too.
+    """
+    embed = params.get(EMBED) if isinstance(params, Mapping) else None
+    if embed is None or is_packed(embed):
+        return dict(params) if isinstance(params, Mapping) else params
+    layout = layout_of(model, embed)
+    out: dict[str, Any] = {"layout": layout}
+    for w in layout.widths():
+        members = [layout.fields[i] for i in layout.members(w)]
+        out[f"table_{w}"] = _cat([embed[f.name]["embedding"][:f.rows] for f in members])
+        projected = [layout.fields[i] for i in layout.projected(w)]
+        if projected:
+            out[f"proj_{w}"] = {k: _stack([embed[f.name]["proj"][k] for f in projected])
+                                for k in ("kernel", "bias")}
+    tt = {f.name: dict(embed[f.name]) for f in layout.fields if f.kind == "tt"}
+    if tt:
+        out["tt"] = tt
+    if layout.num_fields:
+        out["numeric"] = _stack([embed[n]["vector"] for n in model.info.num_names])
+    new = dict(params)
+    new[EMBED] = out
+    return new
+
+
+def unpack(model, params: Mapping[str, Any]) -> dict:
+    """Packed params -> per-field params; the exact inverse of `pack` (per-field ones unchanged)."""
+    embed = params.get(EMBED) if isinstance(params, Mapping) else None
+    if embed is None or not is_packed(embed):
+        return dict(params) if isinstance(params, Mapping) else params
+    layout: PackedLayout = embed["layout"]
+    out: dict[str, Any] = {}
+    for f in layout.fields:
+        if f.kind == "tt":
+            out[f.name] = dict(embed["tt"][f.name])
+            continue
+        node = {"embedding": embed[f"table_{f.width}"][f.offset:f.offset + f.rows]}
+        if f.proj >= 0:
+            p = embed[f"proj_{f.width}"]
+            node["proj"] = {"kernel": p["kernel"][f.proj], "bias": p["bias"][f.proj]}
+        out[f.name] = node
+    for j, n in enumerate(model.info.num_names):
+        out[n] = {"vector": embed["numeric"][j]}
+    new = dict(params)
+    new[EMBED] = out
+    return new
+
+
+def _runs(positions: tuple[int, ...]) -> list[tuple[int, int]]:
+    """Contiguous runs [start, stop) of ascending positions: (0,1,2,5,6) -> [(0,3), (5,7)]."""
+    runs: list[tuple[int, int]] = []
+    for p in positions:
+        if runs and runs[-1][1] == p:
+            runs[-1] = (runs[-1][0], p + 1)
+        else:
+            runs.append((p, p + 1))
+    return runs
+
+
+def take_static(x: jax.Array, positions: tuple[int, ...], size: int) -> jax.Array:
+    """x[positions] along axis 0 for static positions, by slices (no gather op); `size` is
+    x.shape[0], so that taking all of x costs nothing."""
+    if positions == tuple(range(size)):
+        return x
+    parts = [x[a:b] for a, b in _runs(positions)]
+    return parts[0] if len(parts) == 1 else jnp.concatenate(parts)
+
+
+def lookup(embed: Mapping[str, Any], cat: jax.Array, num: jax.Array) -> list[jax.Array]:
+    """One example's field vectors from packed params: cat int32[Fc], num float32[Fn] -> F
+    vectors ([d], or [k] for folded fields), one gather per table width.
+
+    Ids outside a field's vocabulary map to its reserved id 0 before the offset (JAX clamps
+    out-of-range gathers silently, which would read another field's row).
+    """
+    from afm_jax.nn import tt_row
+
+    layout: PackedLayout = embed["layout"]
+    n_cat = len(layout.fields)
+    out: list[Any] = [None] * n_cat
+    if n_cat:
+        rows = np.array([f.rows for f in layout.fields], np.int32)
+        offsets = np.array([f.offset for f in layout.fields], np.int32)
+        ids = jnp.where((cat >= 0) & (cat < rows), cat, 0) + offsets
+    for w in layout.widths():
+        members = layout.members(w)
+        got = embed[f"table_{w}"][take_static(ids, members, n_cat)]          # [G_w, w]
+        projected = layout.projected(w)
+        if projected:
+            pos = tuple(members.index(i) for i in projected)
+            p = embed[f"proj_{w}"]
+            y = jnp.einsum("gk,gkd->gd", take_static(got, pos, len(members)), p["kernel"]) \
+                + p["bias"]
+            for n, i in enumerate(projected):
+                out[i] = y[n]
+        for n, i in enumerate(members):
+            if out[i] is None:
+                out[i] = got[n]
+    for i, f in enumerate(layout.fields):
+        if f.kind == "tt":
+            cores = [embed["tt"][f.name][f"tt_{j}"] for j in range(3)]
+            out[i] = tt_row(cores, jnp.where((cat[i] >= 0) & (cat[i] < f.rows), cat[i], 0))
+    if layout.num_fields:
+        out += list(num[:, None] * embed["numeric"])
+    return out
