@@ -9,24 +9,16 @@ from pathlib import Path
 
 import jax
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("AFM_JAX_DATA", ROOT.parent / "shared" / "data"))
-RESULTS = ROOT / "experiments" / "results"
+from afm_jax.lab.datasets import default_data_dir, load_real
 
-# name -> (data spec, load options)
-DATASETS = {
-    "criteo": (f"criteo:{DATA / 'criteo' / 'train.tsv'}", {"min_count": 10}),
-    "movielens": (f"movielens:{DATA / 'movielens100k'}", {}),
-    "frappe": (f"libfm:{DATA / 'frappe' / 'frappe.validation.libfm'},"
-               f"{DATA / 'frappe' / 'frappe.test.libfm'}", {"split": "random", "seed": 0}),
-    "avazu": (f"avazu:{DATA / 'avazu' / 'sample.csv'}", {"min_count": 2}),
-}
+ROOT = Path(__file__).resolve().parents[1]
+DATA = default_data_dir()  # $AFM_JAX_DATA, else ../shared/data beside the repository
+RESULTS = ROOT / "experiments" / "results"
 
 
 def load(name: str, progress: bool = True):
-    from afm_jax.data import load_dataset
-    spec, options = DATASETS[name]
-    return load_dataset(spec, progress=progress, **options)
+    """The named real sample (afm_jax.lab.datasets: the table the paper table uses too)."""
+    return load_real(name, DATA, progress=progress)
 
 
 def command_line() -> str:

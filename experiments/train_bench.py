@@ -1,5 +1,5 @@
 """Training-speed benchmark on the shared Criteo sample: a whole afm_jax epoch vs the bare jitted
-step, DeepCTR-Torch and FuxiCTR (see afm_jax/train_bench.py). Writes
+step, DeepCTR-Torch and FuxiCTR (see afm_jax/lab/train_bench.py). Writes
 experiments/results/train_bench.md and .json."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import json
 
 from common import RESULTS, command_line, load, machine
 
-from afm_jax import train_bench
+from afm_jax.lab import train_bench
 
 
 def main() -> None:

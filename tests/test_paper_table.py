@@ -1,14 +1,14 @@
 """`afm-jax experiment paper-table` end to end on the smallest real sample, and its resume."""
 
 import json
-from pathlib import Path
 
 import pytest
 
 from afm_jax.cli import main
-from afm_jax.paper_table import summarize
+from afm_jax.lab.datasets import default_data_dir, real_datasets
+from afm_jax.lab.paper_table import summarize
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHARED = default_data_dir()
 needs_data = pytest.mark.skipif(not (SHARED / "avazu" / "sample.csv").is_file(),
                                 reason=f"real data not found at {SHARED}")
 
@@ -70,3 +70,12 @@ def test_summary_marks_differences_beyond_the_spread():
     assert "-0.0003 |" in text and summary["meets"] == 1   # within noise, >= -0.0005
     text, summary = summarize([cell(0, -0.002), cell(1, -0.003), cell(2, -0.001)])
     assert summary["meets"] == 0
+
+
+def test_one_dataset_table_follows_the_data_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("AFM_JAX_DATA", str(tmp_path))
+    assert default_data_dir() == tmp_path
+    table = real_datasets()
+    assert set(table) == {"movielens", "frappe", "avazu", "avazu_partial", "criteo"}
+    assert all(str(tmp_path) in spec for spec, _ in table.values())
+    assert table["criteo"][1] == {"min_count": 10} and table["avazu"][1] == {"min_count": 2}

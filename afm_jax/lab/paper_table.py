@@ -43,6 +43,7 @@ from afm_jax.compress.ttrec import tt_plan_like, tt_tables
 from afm_jax.data import iterate_batches, load_dataset
 from afm_jax.errors import AfmError, CompressionError
 from afm_jax.inference import count_params, evaluate, make_scorer, throughput
+from afm_jax.lab.datasets import real_datasets
 from afm_jax.models import build_model
 from afm_jax.train import TrainConfig, init_params, train
 
@@ -52,19 +53,6 @@ SWEEP = (0.05, 0.1, 0.25, 0.5)       # budgets of the AUC-vs-params curves
 CALIBRATION_ROWS = (1_000, 10_000, 100_000)
 TT_MIN_ROWS = 500                    # TT-Rec replaces tables with at least this many rows
 STATS_BATCH = 4096
-
-
-def paper_datasets(data_dir: str | Path) -> dict[str, tuple[str, dict]]:
-    """name -> (data spec, load options) for the real samples under `data_dir`."""
-    d = Path(data_dir)
-    return {
-        "movielens": (f"movielens:{d / 'movielens100k'}", {}),
-        "frappe": (f"libfm:{d / 'frappe' / 'frappe.validation.libfm'},"
-                   f"{d / 'frappe' / 'frappe.test.libfm'}", {"split": "random", "seed": 0}),
-        "avazu": (f"avazu:{d / 'avazu' / 'sample.csv'}", {"min_count": 2}),
-        "avazu_partial": (f"avazu:{d / 'avazu' / 'random15k_partial.csv'}", {"min_count": 2}),
-        "criteo": (f"criteo:{d / 'criteo' / 'train.tsv'}", {"min_count": 10}),
-    }
 
 
 def _split_head(split, n: int):
@@ -198,15 +186,19 @@ def run_cell(ds, dname: str, mname: str, seed: int, *, epochs: int = 2,
             "spectra": spectra if seed == 0 else None}
 
 
-def run(data_dir: str | Path, out_dir: str | Path, *, datasets: tuple[str, ...] | None = None,
-        models: tuple[str, ...] = MODELS, seeds: tuple[int, ...] = (0, 1, 2),
-        max_rows: dict[str, int] | None = None, epochs: int = 2, command: str = "",
-        progress: bool = True, log: Callable[[str], None] = print) -> Path:
-    """Run every missing cell, then write paper_table.md/.json and the plots; returns the .md."""
+def run(data_dir: str | Path | None, out_dir: str | Path, *,
+        datasets: tuple[str, ...] | None = None, models: tuple[str, ...] = MODELS,
+        seeds: tuple[int, ...] = (0, 1, 2), max_rows: dict[str, int] | None = None,
+        epochs: int = 2, command: str = "", progress: bool = True,
+        log: Callable[[str], None] = print) -> Path:
+    """Run every missing cell, then write paper_table.md/.json and the plots; returns the .md.
+
+    data_dir: the folder of the real samples (None: `lab.datasets.default_data_dir()`).
+    """
     out = Path(out_dir)
     cells_dir = out / "paper_table_cells"
     cells_dir.mkdir(parents=True, exist_ok=True)
-    known = paper_datasets(data_dir)
+    known = real_datasets(data_dir)
     datasets = tuple(datasets or known)
     unknown = [d for d in datasets if d not in known]
     if unknown:

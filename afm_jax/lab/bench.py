@@ -2,7 +2,8 @@
 
 Everything runs in one process on the same random valid input (ids drawn uniformly from each
 field's vocabulary, never all zeros), so the figures are ratios measured side by side. PyTorch is
-optional (`pip install torch==2.13.0`); without it those rows are left out and the report says so.
+optional (`pip install afm-jax[bench]`); without it those columns are left out and the report says
+so.
 """
 
 from __future__ import annotations
@@ -99,17 +100,29 @@ def compiled_cost(fn, *args, flop_fn=None) -> tuple[float, int]:
     return flops, peak
 
 
+# the AFM forms benchmarked: name -> (rank of every MLP / cross layer, rank of every embedding
+# table or None to keep the tables full)
+AFM_FORMS: dict[str, tuple[int, int | None]] = {
+    "AFM dense r64": (64, None),
+    "AFM dense r32": (32, None),
+    "AFM dense r32 + emb r8": (32, 8),
+}
+
+
 def compressed_forms(model, params, info, calib_rows: int = 16_384) -> dict[str, Any]:
-    """The original and its AFM forms: every MLP (and cross) layer at rank 64 / 32, and rank 32
-    with every embedding at rank 8. Statistics come from random valid rows (speed, not AUC)."""
+    """{"original": params, **{name: params of each form in AFM_FORMS}}. Statistics come from
+    random valid rows (speed, not AUC)."""
     batches = [random_batch(info, 4096, seed=100 + i) for i in range(calib_rows // 4096)]
     stats = collect_stats(model, params, batches, progress=False)
     dense = [s for s in stats if s.startswith(("mlp/", "cross/"))]
     forms = {"original": params}
-    for r in (64, 32):
-        forms[f"AFM dense r{r}"] = compress(params, stats, fixed_plan(params, stats, r, dense))
-    plan = {**fixed_plan(params, stats, 32, dense), **fixed_plan(params, stats, 8, ["embed"])}
-    forms["AFM dense r32 + emb r8"] = compress(params, stats, plan, model=model)
+    for name, (dense_rank, embed_rank) in AFM_FORMS.items():
+        plan = fixed_plan(params, stats, dense_rank, dense)
+        if embed_rank is None:
+            forms[name] = compress(params, stats, plan)
+        else:  # with the model: the tables' projections fold into the first layer they feed
+            plan = {**plan, **fixed_plan(params, stats, embed_rank, ["embed"])}
+            forms[name] = compress(params, stats, plan, model=model)
     return forms
 
 
@@ -131,7 +144,7 @@ def run(models=("deepfm", "dcnv2"), batch_sizes=(1, 64, 1024, 8192), repeats: in
     torch_peer = None
     if use_torch:
         try:
-            from afm_jax import bench_torch
+            from afm_jax.lab import bench_torch
             torch_peer = bench_torch
         except ImportError:
             torch_peer = None

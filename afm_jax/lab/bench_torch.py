@@ -1,8 +1,8 @@
 """The PyTorch peer of the scoring benchmark: DeepFM and DCNv2 in plain torch, same params.
 
 Built from an afm_jax params pytree (original or AFM-compressed), so both frameworks compute the
-same function on the same numbers; `build` checks that their scores agree. Optional: imported
-only by `afm_jax.bench` when torch is installed.
+same function on the same numbers (`scores` gives the eager model's, for comparing). Optional: imported
+only by `afm_jax.lab.bench` when torch is installed.
 """
 
 from __future__ import annotations

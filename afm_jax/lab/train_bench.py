@@ -13,6 +13,9 @@ contenders over several rounds so machine noise hits them all alike:
 - ``FuxiCTR`` 2.3.10 ``BaseModel.fit`` with DeepFM / DCNv2 assembled from its own layers
   (optional; its fit validates at the end of the epoch, as ours does).
 
+The peers come with ``pip install afm-jax[bench]``; a peer that is not installed or fails is
+left out, and the result says why.
+
 Peak memory is the peak resident-set size of the process during a run minus the RSS just before
 it, sampled every 5 ms from /proc/self/statm (so it covers XLA's and torch's native buffers,
 which tracemalloc does not see).
@@ -158,16 +161,8 @@ def _deepctr(name: str, ds, bs: int, seed: int, embed_dim: int, mlp) -> dict:
 
 
 def _fuxi_import():
-    import sys
-    from unittest import mock
-    # FuxiCTR's pip package imports ray (parquet loader, preprocessing) and h5py (tokenizer) at
-    # module level; neither is used by BaseModel.fit on in-memory batches, so they are stubbed
-    for m in ("ray", "ray.data", "ray.data.datasource", "ray.data.datasource.filename_provider",
-              "h5py"):
-        try:
-            __import__(m)
-        except ImportError:
-            sys.modules[m] = mock.MagicMock()
+    """FuxiCTR's pieces; raises ImportError when it (or ray / h5py, which its pip package
+    declares and imports at module level) is missing, and run() then leaves it out."""
     import fuxictr
     from fuxictr.features import FeatureMap
     from fuxictr.pytorch.layers import CrossNetV2, FactorizationMachine, FeatureEmbedding, MLP_Block
