@@ -3,15 +3,25 @@
     ds = afm_jax.synthetic_dataset(200_000)
     model = afm_jax.build_model("deepfm", ds.info)
     params = afm_jax.train(model, ds).params
-    stats = afm_jax.collect_stats(model, params, afm_jax.iterate_batches(ds.train, 4096))
-    small = afm_jax.compress(params, stats, afm_jax.make_plan(params, stats, "budget:0.25"))
+    small = afm_jax.compress_model(model, params, ds, "budget:0.25").params
     scores = afm_jax.make_scorer(model)(small, batch)   # same scorer, both forms
+
+`afm_jax.compress` is the compression subpackage; its pieces compose by hand:
+
+    from afm_jax import compress
+    stats = compress.collect_stats(model, params, afm_jax.iterate_batches(ds.train, 4096))
+    plan = compress.make_plan(params, stats, "budget:0.25")        # site -> rank
+    small = compress.compress(params, stats, plan, model=model)    # params -> params
+
+Type aliases of the API (`Params`, `Stats`, `Plan`) live in `afm_jax.types`.
 """
 
+from afm_jax import compress  # the subpackage; the params -> params map is compress.compress
 from afm_jax.compress import (
+                              CompressionResult,
                               budget_plan,
                               collect_stats,
-                              compress,
+                              compress_model,
                               energy_plan,
                               finetune,
                               fixed_plan,
@@ -35,13 +45,16 @@ from afm_jax.errors import AfmError, CheckpointError, CompressionError, DataErro
 from afm_jax.inference import evaluate, make_scorer, predict
 from afm_jax.models import build_model
 from afm_jax.train import TrainConfig, train
+from afm_jax.types import Params, Plan, Stats
 
 __version__ = "0.1.0"
 
 __all__ = [
     "build_model", "train", "TrainConfig", "make_scorer", "evaluate", "predict",
     "Dataset", "Encoder", "FeatureInfo", "Schema", "load_dataset", "synthetic_dataset",
-    "iterate_batches", "collect_stats", "save_stats", "load_stats", "compress",
+    "iterate_batches", "compress", "compress_model", "CompressionResult",
+    "collect_stats", "save_stats", "load_stats",
     "fold_projections", "fixed_plan", "energy_plan", "budget_plan", "make_plan", "plan_report",
     "svd_compress", "finetune", "AfmError", "DataError", "CheckpointError", "CompressionError",
+    "Params", "Plan", "Stats",
 ]

@@ -1,6 +1,9 @@
-"""Caching of per-model compiled functions."""
+"""Caching of compiled code: per-model compiled functions in process, XLA executables on disk."""
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 _CACHES: list = []
 
@@ -41,3 +44,24 @@ def cache_per_model(maxsize: int = 32):
         return call
 
     return wrap
+
+
+def enable_compile_cache(cache_root: str | os.PathLike | None = None) -> Path:
+    """Keep XLA executables in JAX's persistent compilation cache under `cache_root/jax_compile`.
+
+    cache_root: the project's cache root (default ~/.cache/afm_jax, as for encoded data). A
+    second run of the same command then loads its jitted steps from disk instead of compiling
+    them. JAX by default only writes executables that took over a second to compile, which
+    leaves out most of a CLI run's CPU programs; this writes every one, and small ones are
+    cheap to read back. Returns the cache directory.
+    """
+    import jax
+
+    if cache_root is None:
+        from afm_jax.data.dataset import default_cache_root
+        cache_root = default_cache_root()
+    path = Path(cache_root).expanduser() / "jax_compile"
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+    return path

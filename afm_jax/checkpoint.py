@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +34,9 @@ def _info_to_json(info: Any) -> dict:
 def save_params(path: str | os.PathLike, params: Any) -> None:
     """Write a params pytree atomically (orbax writes to a temporary dir, then renames)."""
     path = Path(path).absolute()
-    ckptr = ocp.StandardCheckpointer()
-    ckptr.save(path, jax.tree.map(np.asarray, params), force=True)
-    ckptr.wait_until_finished()
+    with ocp.StandardCheckpointer() as ckptr:  # close() waits for the write and frees its threads
+        ckptr.save(path, jax.tree.map(np.asarray, params), force=True)
+        ckptr.wait_until_finished()
 
 
 def load_params(path: str | os.PathLike) -> Any:
@@ -43,10 +44,35 @@ def load_params(path: str | os.PathLike) -> Any:
     path = Path(path).absolute()
     if not path.is_dir():
         raise CheckpointError(f"{path}: no params checkpoint here")
-    try:
-        return ocp.StandardCheckpointer().restore(path)
-    except Exception as e:  # orbax raises many types for a damaged directory
-        raise CheckpointError(f"{path}: cannot restore params ({type(e).__name__}: {e})") from e
+    with ocp.StandardCheckpointer() as ckptr:
+        try:
+            return ckptr.restore(path)
+        except Exception as e:  # orbax raises many types for a damaged directory
+            _discard_reads_into_closed_loop()
+            raise CheckpointError(f"{path}: cannot restore params ({type(e).__name__}: {e})") from e
+
+
+def _discard_reads_into_closed_loop() -> None:
+    """Keep a failed restore from printing tracebacks after its error.
+
+    orbax runs a restore's reads in an event loop of its own and closes that loop as soon as one
+    read fails; the reads still in flight (tensorstore) then complete into the closed loop and
+    each reports `RuntimeError: Event loop is closed` through `sys.unraisablehook`, up to the
+    process's exit. Their results are discarded either way, so drop exactly those reports and
+    pass every other one to the hook that was there before.
+    """
+    previous = sys.unraisablehook
+    if getattr(previous, "afm_jax_discards_closed_loop", False):
+        return
+
+    def hook(unraisable: sys.UnraisableHookArgs) -> None:
+        exc = unraisable.exc_value
+        if not (unraisable.object is None and isinstance(exc, RuntimeError)
+                and str(exc) == "Event loop is closed"):
+            previous(unraisable)
+
+    hook.afm_jax_discards_closed_loop = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
 
 
 def save_model_dir(out_dir: str | os.PathLike, model: CTRModel, params: Any, *, encoder=None,

@@ -1,6 +1,19 @@
-"""The `afm-jax` command: demo, train, evaluate, compress.
+"""The `afm-jax` command: train CTR models, compress them with AFM, score and benchmark them.
 
-Every command that reports figures takes --json and then prints one JSON object on its last line.
+    demo        train LR and DeepFM on synthetic data, AFM-compress DeepFM (a first look)
+    train       train a model on a dataset into a model directory (resumable)
+    evaluate    AUC and logloss of a model directory on a split
+    compress    AFM-compress a model directory (collect -> plan -> map -> fine-tune)
+    score       score a file with a model directory into parquet, row by row
+    export      write a jax.export artifact of a model directory's scorer
+    bench       scoring (or, with --train, training) benchmark against PyTorch peers
+    experiment  regenerate a results table of experiments/
+
+`afm-jax COMMAND --help` lists a command's options and their defaults. Every command that
+reports figures takes --json and then prints one JSON object on its last line. Compiled code is
+kept in JAX's persistent compilation cache under the cache root (~/.cache/afm_jax/jax_compile,
+or --cache-dir's), so a second run skips most compilation; --no-compile-cache turns that off.
+This module parses flags and prints; the work is done by the library (`afm_jax.compress`, ...).
 """
 
 from __future__ import annotations
@@ -24,13 +37,15 @@ def _data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
                    help="criteo:PATH | avazu:PATH | libfm:PATH[,PATH] | movielens:DIR | "
                         "csv:PATH | parquet:PATH | synthetic[:ROWS]")
     p.add_argument("--schema", help="JSON schema file for csv:/parquet: data")
-    p.add_argument("--min-count", type=int, help="vocabulary min count (default per dataset)")
+    p.add_argument("--min-count", type=int, help="vocabulary min count (default: per dataset)")
     p.add_argument("--split-by", default="sequential", choices=["sequential", "random"],
                    help="8:1:1 train/valid/test split in file order or by a seeded shuffle")
-    p.add_argument("--split-seed", type=int, default=0)
-    p.add_argument("--on-bad-lines", default="error", choices=["error", "skip"])
+    p.add_argument("--split-seed", type=int, default=0, help="seed of --split-by random")
+    p.add_argument("--on-bad-lines", default="error", choices=["error", "skip"],
+                   help="a malformed line stops the run, or is skipped and counted")
     p.add_argument("--max-rows", type=int, help="read only the first N valid rows")
-    p.add_argument("--cache-dir", help="where encoded arrays are cached")
+    p.add_argument("--cache-dir", help="cache root: encoded arrays, and compiled code under "
+                   "jax_compile/ (default: ~/.cache/afm_jax)")
 
 
 def _data_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -75,7 +90,7 @@ def _device_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shard-embeddings", action="store_true",
                    help="row-shard the embedding tables over the mesh's model axis")
     p.add_argument("--model-axis", type=int,
-                   help="devices per model group (default 1; with --shard-embeddings: all)")
+                   help="devices per model group (default: 1; with --shard-embeddings: all)")
     p.add_argument("--coordinator", help="multi-process: HOST:PORT of process 0 "
                    "(or JAX_COORDINATOR_ADDRESS)")
     p.add_argument("--num-processes", type=int, help="multi-process: number of processes "
@@ -171,51 +186,9 @@ def cmd_evaluate(args: argparse.Namespace) -> dict:
     return out
 
 
-def compress_model(model, params, ds, plan_spec: str, *, sites=None, activation=None,
-                   finetune_steps: int = 0, stats_rows: int | None = None,
-                   batch_size: int = 2048, progress: bool = True, mesh=None,
-                   shard_embeddings: bool = False) -> dict:
-    """Statistics on the training split, a plan, the AFM map (and optional fine-tune).
-
-    mesh: statistics and fine-tuning run over it (params host-side in, host-side out); the
-    eigen-decompositions of the map run on the host.
-    """
-    import math
-
-    from afm_jax import distributed
-    from afm_jax.compress import collect_stats, compress, finetune, make_plan, plan_report
-    from afm_jax.data import iterate_batches
-
-    t0 = time.perf_counter()
-    train = ds.train
-    n = len(train) if stats_rows is None else min(stats_rows, len(train))
-    sub = type(train)(cat=train.cat[:n], num=train.num[:n], label=train.label[:n])
-    if mesh is None:
-        stats = collect_stats(model, params, iterate_batches(sub, batch_size),
-                              total=math.ceil(n / batch_size), progress=progress)
-    else:
-        stats = collect_stats(model, distributed.shard_params(params, mesh, shard_embeddings),
-                              distributed.global_batches(sub, batch_size, mesh),
-                              total=math.ceil(n / batch_size), progress=progress, mesh=mesh)
-    t_stats = time.perf_counter() - t0
-    plan = make_plan(params, stats, plan_spec, sites)
-    report = plan_report(params, stats, plan)
-    t1 = time.perf_counter()
-    new = compress(params, stats, plan, model=model, activation=activation)
-    t_compress = time.perf_counter() - t1
-    ft = None
-    if finetune_steps:
-        new, ft = finetune(model, new, ds, finetune_steps, progress=progress, mesh=mesh,
-                           shard_embeddings=shard_embeddings)
-        if mesh is not None:
-            new = distributed.host_params(new, model.info)
-    return {"params": new, "stats": stats, "plan": plan, "report": report,
-            "stats_seconds": t_stats, "compress_seconds": t_compress, "finetune": ft}
-
-
 def cmd_compress(args: argparse.Namespace) -> dict:
     from afm_jax.checkpoint import load_model_dir, save_model_dir
-    from afm_jax.compress import save_stats
+    from afm_jax.compress import compress_model, save_stats
     from afm_jax.inference import count_params, evaluate, make_scorer
 
     progress = not args.no_progress
@@ -229,34 +202,35 @@ def cmd_compress(args: argparse.Namespace) -> dict:
     from afm_jax.distributed import shard_params
     scorer = make_scorer(model, mesh)
     before, after = (evaluate(scorer, shard_params(p, mesh, args.shard_embeddings), ds.test,
-                              mesh=mesh) for p in (params, res["params"]))
-    report = res["report"]
+                              mesh=mesh) for p in (params, res.params))
+    report = res.report
     encoder = None
     if Path(args.model_dir, "encoder.json").is_file():
         from afm_jax.checkpoint import load_encoder
         encoder = load_encoder(args.model_dir)
     extra = {k: v for k, v in meta.items() if k not in ("model", "info")}
     extra["compression"] = {"from": str(args.model_dir), "plan": args.plan, "sites": sites,
-                            "activation": args.act, "finetune": res["finetune"],
+                            "activation": args.act, "finetune": res.finetune,
                             **report.to_json()}
-    out_dir = save_model_dir(args.out, model, res["params"], encoder=encoder, extra=extra)
+    out_dir = save_model_dir(args.out, model, res.params, encoder=encoder, extra=extra)
     if _primary():
-        save_stats(out_dir / "stats.npz", res["stats"])
+        save_stats(out_dir / "stats.npz", res.stats)
         (out_dir / "plan.md").write_text(report.to_markdown() + "\n")
     print(report.to_markdown())
     print(f"\ntest AUC {before['auc']:.4f} -> {after['auc']:.4f}   logloss {before['logloss']:.4f}"
           f" -> {after['logloss']:.4f}   params {count_params(params):,} -> "
-          f"{count_params(res['params']):,}   written to {out_dir}")
+          f"{count_params(res.params):,}   written to {out_dir}")
     return {"params_before": report.params_before, "params_after": report.params_after,
             "ratio": report.ratio, "total_params_before": count_params(params),
-            "total_params_after": count_params(res["params"]), "auc_before": before["auc"],
+            "total_params_after": count_params(res.params), "auc_before": before["auc"],
             "auc": after["auc"], "logloss_before": before["logloss"],
             "logloss": after["logloss"], "rows": after["rows"],
-            "params": count_params(res["params"]), "seconds": res["stats_seconds"]
-            + res["compress_seconds"], "out": str(out_dir)}
+            "params": count_params(res.params), "seconds": res.stats_seconds
+            + res.compress_seconds, "out": str(out_dir)}
 
 
 def cmd_demo(args: argparse.Namespace) -> dict:
+    from afm_jax.compress import compress_model
     from afm_jax.data import synthetic_dataset
     from afm_jax.inference import count_params, evaluate, make_scorer, throughput
     from afm_jax.models import build_model
@@ -283,15 +257,15 @@ def cmd_demo(args: argparse.Namespace) -> dict:
                                 "rows/s"]))
     model, params, scorer = trained["deepfm"]
     comp = compress_model(model, params, ds, args.plan, progress=progress)
-    cparams = comp["params"]
+    cparams = comp.params
     test = evaluate(scorer, cparams, ds.test)
     rows.append({"model": f"deepfm AFM {args.plan}", "test AUC": test["auc"],
                  "test logloss": test["logloss"], "params": count_params(cparams),
                  "rows/s": throughput(scorer, cparams, ds.test)})
-    print(f"\nAFM compression of DeepFM ({args.plan}; statistics {comp['stats_seconds']:.1f}s, "
-          f"map {comp['compress_seconds']:.2f}s): compressible params "
-          f"{comp['report'].params_before:,} -> {comp['report'].params_after:,} "
-          f"({comp['report'].ratio:.2f}x fewer)\n")
+    print(f"\nAFM compression of DeepFM ({args.plan}; statistics {comp.stats_seconds:.1f}s, "
+          f"map {comp.compress_seconds:.2f}s): compressible params "
+          f"{comp.report.params_before:,} -> {comp.report.params_after:,} "
+          f"({comp.report.ratio:.2f}x fewer)\n")
     print(_table(rows[1:], ["model", "params", "test AUC", "test logloss", "rows/s"]))
     lr_auc, deep_auc = rows[0]["test AUC"], rows[1]["test AUC"]
     print(f"\nDeepFM {'beats' if deep_auc > lr_auc else 'does NOT beat'} LR on test AUC "
@@ -299,7 +273,7 @@ def cmd_demo(args: argparse.Namespace) -> dict:
     return {"auc": test["auc"], "logloss": test["logloss"], "rows": test["rows"],
             "params": count_params(cparams), "seconds": time.perf_counter() - t0,
             "results": [{k: v for k, v in r.items()} for r in rows],
-            "ratio": comp["report"].ratio}
+            "ratio": comp.report.ratio}
 
 
 def cmd_score(args: argparse.Namespace) -> dict:
@@ -365,8 +339,8 @@ def cmd_export(args: argparse.Namespace) -> dict:
 def cmd_train_bench(args: argparse.Namespace) -> dict:
     import platform
 
-    from afm_jax import train_bench
     from afm_jax.data import load_dataset
+    from afm_jax.lab import train_bench
 
     if not args.data:
         raise AfmError("bench --train needs --data, e.g. criteo:../shared/data/criteo/train.tsv")
@@ -387,7 +361,7 @@ def cmd_train_bench(args: argparse.Namespace) -> dict:
 def cmd_bench(args: argparse.Namespace) -> dict:
     import jax
 
-    from afm_jax import bench
+    from afm_jax.lab import bench
 
     if args.train:
         return cmd_train_bench(args)
@@ -410,80 +384,110 @@ def cmd_bench(args: argparse.Namespace) -> dict:
             "out": str(out / f"bench_{platform}.md")}
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each option's default after its help, except for switches and options without one
+    (their help says what happens when they are left out)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or isinstance(action.default, bool):
+            return action.help or ""
+        return super()._get_help_string(action) or ""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="afm-jax", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    from afm_jax.models import REGISTRY
+
+    doc = __doc__ or "afm-jax"
+    parser = argparse.ArgumentParser(prog="afm-jax", description=doc.split("\n\n")[0],
+                                     epilog=doc.split("\n\n", 2)[2],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help, formatter_class=_HelpFormatter)
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--json", action="store_true", help="last line: one JSON object")
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
+        p.add_argument("--no-compile-cache", action="store_true",
+                       help="do not keep compiled code in JAX's persistent compilation cache")
 
-    p = sub.add_parser("demo", help="train LR and DeepFM on synthetic data, compress DeepFM")
-    p.add_argument("--rows", type=int, default=300_000)
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--plan", default="budget:0.25")
-    p.add_argument("--seed", type=int, default=0)
+    p = add("demo", "train LR and DeepFM on synthetic data, compress DeepFM")
+    p.add_argument("--rows", type=int, default=300_000, help="synthetic rows (8:1:1 split)")
+    p.add_argument("--epochs", type=int, default=2, help="training epochs per model")
+    p.add_argument("--plan", default="budget:0.25", help="rank:K | energy:E | budget:F")
+    p.add_argument("--seed", type=int, default=0, help="data and initialization seed")
     common(p)
     p.set_defaults(fn=cmd_demo)
 
-    p = sub.add_parser("train", help="train a model on a dataset")
+    p = add("train", "train a model on a dataset")
     _data_args(p)
-    p.add_argument("--model", default="deepfm")
-    p.add_argument("--out", help="model directory (resumes when it holds a checkpoint)")
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--batch-size", type=int, default=1024)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--embed-l2", type=float, default=0.0)
-    p.add_argument("--patience", type=int, default=1)
+    p.add_argument("--model", default="deepfm", choices=list(REGISTRY), help="the model")
+    p.add_argument("--out", help="model directory (resumes when it holds a checkpoint; "
+                   "default: none written)")
+    p.add_argument("--epochs", type=int, default=2, help="at most this many epochs")
+    p.add_argument("--batch-size", type=int, default=1024, help="rows per training step")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    p.add_argument("--embed-l2", type=float, default=0.0,
+                   help="L2 penalty on the embedding rows a batch reads")
+    p.add_argument("--patience", type=int, default=1,
+                   help="stop after this many epochs without a better validation AUC")
     p.add_argument("--checkpoint-every", type=int, default=0,
-                   help="with --out, also checkpoint every N steps (resume mid-epoch)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--embed-dim", type=int)
-    p.add_argument("--mlp", help="hidden sizes, e.g. 400,400,400")
+                   help="with --out, also checkpoint every N steps (resume mid-epoch; 0: "
+                        "once per epoch)")
+    p.add_argument("--seed", type=int, default=0, help="initialization and shuffling seed")
+    p.add_argument("--embed-dim", type=int, help="embedding width (default: the model's)")
+    p.add_argument("--mlp", help="hidden sizes, e.g. 400,400,400 (default: the model's)")
     _device_args(p)
     common(p)
     p.set_defaults(fn=cmd_train)
 
-    p = sub.add_parser("evaluate", help="score a split with a model directory")
-    p.add_argument("--model-dir", required=True)
+    p = add("evaluate", "AUC and logloss of a model directory on a split")
+    p.add_argument("--model-dir", required=True, help="written by train or compress")
     _data_args(p, required=False)
-    p.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    p.add_argument("--split", default="test", choices=["train", "valid", "test"],
+                   help="the split to score (--data defaults to the model's own data)")
     _device_args(p)
     common(p)
     p.set_defaults(fn=cmd_evaluate)
 
-    p = sub.add_parser("compress", help="AFM-compress a model directory")
-    p.add_argument("--model-dir", required=True)
+    p = add("compress", "AFM-compress a model directory")
+    p.add_argument("--model-dir", required=True, help="written by train")
     _data_args(p, required=False)
     p.add_argument("--plan", default="budget:0.25", help="rank:K | energy:E | budget:F")
-    p.add_argument("--sites", help="comma-separated site prefixes, e.g. mlp,embed (default all)")
-    p.add_argument("--act", help="activation between the factors (relu, gelu, silu, tanh)")
-    p.add_argument("--finetune-steps", type=int, default=0)
-    p.add_argument("--stats-rows", type=int, help="calibrate on the first N training rows")
-    p.add_argument("--out", required=True)
+    p.add_argument("--sites", help="comma-separated site prefixes, e.g. mlp,embed (default: all)")
+    p.add_argument("--act", help="activation between the factors: relu, gelu, silu, tanh "
+                   "(default: none, linear AFM)")
+    p.add_argument("--finetune-steps", type=int, default=0,
+                   help="fine-tune the factors this many steps after the map")
+    p.add_argument("--stats-rows", type=int,
+                   help="calibrate on the first N training rows (default: all)")
+    p.add_argument("--out", required=True, help="model directory of the compressed model")
     _device_args(p)
     common(p)
     p.set_defaults(fn=cmd_compress)
 
-    p = sub.add_parser("score", help="score a file with a model directory, write parquet")
-    p.add_argument("--model-dir", required=True)
+    p = add("score", "score a file with a model directory, write parquet")
+    p.add_argument("--model-dir", required=True, help="written by train or compress")
     p.add_argument("--data", required=True, help="criteo:PATH | avazu:PATH | ... (as in train)")
     p.add_argument("--schema", help="JSON schema file for csv:/parquet: data")
-    p.add_argument("--on-bad-lines", default="error", choices=["error", "skip"])
-    p.add_argument("--batch-size", type=int, default=8192)
+    p.add_argument("--on-bad-lines", default="error", choices=["error", "skip"],
+                   help="a malformed line stops the run, or is skipped and counted")
+    p.add_argument("--batch-size", type=int, default=8192, help="rows per scoring call")
     p.add_argument("--out", required=True, help="output .parquet: file, line, score per row")
     _device_args(p)
     common(p)
     p.set_defaults(fn=cmd_score)
 
-    p = sub.add_parser("bench", help="scoring benchmark: original vs AFM vs PyTorch")
-    p.add_argument("--models", default="deepfm,dcnv2")
+    p = add("bench", "scoring benchmark: original vs AFM vs PyTorch")
+    p.add_argument("--models", default="deepfm,dcnv2", help="comma-separated model names")
     p.add_argument("--batch-sizes", help="default 1,64,1024,8192 (scoring) / 1024,4096 (--train)")
-    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--repeats", type=int, default=20, help="timed calls per cell")
     p.add_argument("--no-torch", action="store_true", help="leave out the PyTorch peer")
     p.add_argument("--no-torch-compile", action="store_true",
                    help="PyTorch eager only (torch.compile takes minutes per shape)")
-    p.add_argument("--out-dir", default="experiments/results")
+    p.add_argument("--out-dir", default="experiments/results",
+                   help="where bench_<platform>.md and .json go")
     p.add_argument("--train", action="store_true",
                    help="training benchmark instead (epoch vs bare step vs torch peers)")
     p.add_argument("--data", help="with --train: the data, e.g. criteo:PATH")
@@ -492,33 +496,35 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.set_defaults(fn=cmd_bench)
 
-    p = sub.add_parser("export", help="write a jax.export artifact of the scorer")
-    p.add_argument("--model-dir", required=True)
+    p = add("export", "write a jax.export artifact of a model directory's scorer")
+    p.add_argument("--model-dir", required=True, help="written by train or compress")
     p.add_argument("--batch-size", type=int, help="fixed batch size (default: symbolic)")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="artifact directory")
     common(p)
     p.set_defaults(fn=cmd_export)
 
-    p = sub.add_parser("experiment", help="regenerate a results table (see experiments/)")
-    p.add_argument("name", choices=["paper-table"])
-    p.add_argument("--data", default="../shared/data", help="folder of the real data samples")
+    p = add("experiment", "regenerate a results table (see experiments/)")
+    p.add_argument("name", choices=["paper-table"], help="the table")
+    p.add_argument("--data", help="folder of the real data samples (default: $AFM_JAX_DATA, "
+                   "else ../shared/data beside the repository)")
     p.add_argument("--out", default="experiments/results",
                    help="where paper_table.md, plots and per-cell JSON (resumable) go")
     p.add_argument("--datasets", help="comma-separated (default: all real samples)")
     p.add_argument("--models", help="comma-separated (default: the paper's seven)")
-    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
     p.add_argument("--max-rows", default="criteo=40000",
                    help="per-dataset row caps (first N rows of the file), e.g. criteo=40000")
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--json", action="store_true", help="last line: one JSON object")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--epochs", type=int, default=2, help="training epochs per cell")
+    common(p)
     p.set_defaults(fn=cmd_experiment)
     return parser
 
 
 def cmd_experiment(args: argparse.Namespace) -> dict:
-    from afm_jax import paper_table
+    from afm_jax.lab import paper_table
+    from afm_jax.lab.datasets import default_data_dir
 
+    args.data = args.data or str(default_data_dir())
     if not Path(args.data).is_dir():
         raise AfmError(f"--data {args.data}: not a folder (it should hold criteo/, avazu/, "
                        "frappe/, movielens100k/)")
@@ -553,6 +559,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    if not args.no_compile_cache:
+        from afm_jax._cache import enable_compile_cache
+        enable_compile_cache(getattr(args, "cache_dir", None))
     try:
         if hasattr(args, "coordinator"):
             from afm_jax.distributed import initialize_from_env

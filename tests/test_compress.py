@@ -255,6 +255,42 @@ def test_svd_baseline_full_rank_is_exact_and_truncation_is_worse_than_afm_on_out
     test = random_batch(512, seed=11)
     _close(logits(model, params, test), logits(model, svd_compress(params, full), test), 1e-4)
 
+    # truncated: on the rows the statistics came from, AFM reconstructs each site's outputs
+    # at least as well as weight SVD at the same rank -- by construction, as AFM keeps the
+    # best rank-k affine subspace of the outputs, and SVD's outputs lie in some rank-k one
+    from afm_jax.compress import SiteStats, svd_embedding, svd_linear
+
+    def site_stats(y):
+        c = y - y.mean(0)
+        return SiteStats(len(y), y.mean(0), c.T @ c / len(y))
+
+    def affine(p, x):
+        return x @ np.asarray(p["kernel"], np.float64) + np.asarray(p["bias"], np.float64)
+
+    def error(y, y_hat):
+        return float(np.mean(np.sum((y - y_hat) ** 2, axis=1)))
+
+    rng = np.random.default_rng(5)
+    rank = 3
+    # a Linear whose inputs are correlated, so that W's top singular directions are not the
+    # outputs' top principal directions
+    x = rng.normal(size=(4000, 12)) @ rng.normal(size=(12, 12)) * np.linspace(3.0, 0.1, 12)
+    layer = {"kernel": rng.normal(size=(12, 10)).astype(np.float32),
+             "bias": rng.normal(size=10).astype(np.float32)}
+    y = affine(layer, x)
+    afm, svd = afm_linear(layer, site_stats(y), rank), svd_linear(layer, rank)
+    afm_err = error(y, affine(afm["v"], affine(afm["u"], x)))
+    svd_err = error(y, affine(svd["v"], affine(svd["u"], x)))
+    assert afm_err < 0.9 * svd_err, (afm_err, svd_err)
+    # an embedding table read with skewed row frequencies
+    table = {"embedding": rng.normal(size=(50, 10)).astype(np.float32)}
+    ids = rng.zipf(1.5, 4000) % 50
+    y = np.asarray(table["embedding"], np.float64)[ids]
+    afm, svd = afm_embedding(table, site_stats(y), rank), svd_embedding(table, rank)
+    afm_err = error(y, affine(afm["proj"], np.asarray(afm["embedding"], np.float64)[ids]))
+    svd_err = error(y, affine(svd["proj"], np.asarray(svd["embedding"], np.float64)[ids]))
+    assert afm_err < 0.9 * svd_err, (afm_err, svd_err)
+
 
 def test_compress_is_pure_and_jittable_scorer_works_on_every_form():
     model = small_model("dcnv2")
@@ -307,3 +343,28 @@ def test_degenerate_sites_ranks_and_budgets_are_defined():
     assert fixed_plan({"s": layer}, {"s": const}, 99)["s"] is None
     with pytest.raises(CompressionError, match="cannot be met"):
         budget_plan({"s": layer}, {"s": const}, 0.01)
+
+
+def test_compress_model_is_collect_plan_map_in_one_call():
+    """`compress_model` gives what its pieces give by hand, in a CompressionResult."""
+    from afm_jax.compress import CompressionResult, compress_model, make_plan
+    from afm_jax.data import iterate_batches, synthetic_dataset
+    from afm_jax.models import build_model
+
+    ds = synthetic_dataset(3000, seed=1)
+    model = build_model("deepfm", ds.info, embed_dim=8, mlp=(16, 8))
+    params = lively_params(model, info=ds.info)
+    res = compress_model(model, params, ds, "rank:3", sites=["mlp"], stats_rows=1000,
+                         batch_size=500, progress=False)
+    assert isinstance(res, CompressionResult) and res.finetune is None
+    first = ds.train
+    sub = type(first)(cat=first.cat[:1000], num=first.num[:1000], label=first.label[:1000])
+    stats = collect_stats(model, params, iterate_batches(sub, 500), progress=False)
+    plan = make_plan(params, stats, "rank:3", ["mlp"])
+    assert res.plan == plan and set(plan) == {"mlp/dense_0", "mlp/dense_1"}
+    jax.tree.map(_close, compress(params, stats, plan, model=model), res.params)
+    assert res.report.params_after < res.report.params_before
+    # a ready plan works as the spec does
+    again = compress_model(model, params, ds, plan, stats_rows=1000, batch_size=500,
+                           progress=False)
+    jax.tree.map(_close, res.params, again.params)

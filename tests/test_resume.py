@@ -35,19 +35,29 @@ def _steps(out: Path) -> list[int]:
 
 
 def test_sigkill_at_a_random_step_then_resume_is_bit_identical(tmp_path):
+    """Kill the run (SIGKILL, no chance to clean up) right after a random one of its first-epoch
+    checkpoints, with steps still to go; the same command then resumes and ends bit-identical."""
     reference = tmp_path / "ref"
     _run(reference)
     killed = tmp_path / "killed"
     rng = random.Random(int(os.environ.get("AFM_JAX_KILL_SEED", "0")))
+    # 16,000 training rows / 256 = 63 steps an epoch, 2 epochs, a checkpoint every 7 steps:
+    # stopping at one of steps 7..42 leaves 84 steps or more still to run when the kill lands
+    target = rng.choice(range(7, 43, 7))
     proc = subprocess.Popen(TRAIN + ["--out", str(killed)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                            stderr=subprocess.PIPE)
     deadline = time.time() + 240
-    while not _steps(killed) and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    time.sleep(rng.uniform(0.0, 1.5))  # somewhere after the first checkpoint
+    while max(_steps(killed), default=0) < target and time.time() < deadline \
+            and proc.poll() is None:
+        time.sleep(0.01)
+    time.sleep(rng.uniform(0.0, 0.05))  # somewhere between that checkpoint and the next
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, (
+        f"the run was not killed: it exited with {proc.returncode} before the kill "
+        f"(checkpoints {_steps(killed)}); stderr: {err.decode()[-2000:]}")
     assert _steps(killed), "the run never checkpointed before the kill"
+    assert not (killed / "params").exists(), "the killed run got to write its final params"
     _run(killed)  # the same command resumes from the last checkpoint
     a, b = load_params(reference / "params"), load_params(killed / "params")
     jax.tree.map(np.testing.assert_array_equal, a, b)

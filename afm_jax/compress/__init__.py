@@ -1,4 +1,12 @@
-"""AFM compression: statistics, params -> params maps, rank plans, baselines, fine-tuning."""
+"""AFM compression: statistics, params -> params maps, rank plans, baselines, fine-tuning.
+
+`compress_model` runs the whole pipeline (collect -> plan -> map -> fine-tune); the pieces below
+it are pure functions to compose by hand:
+
+    stats = collect_stats(model, params, batches)      # site -> SiteStats (mean, cov)
+    plan = make_plan(params, stats, "budget:0.25")     # site -> rank
+    small = compress(params, stats, plan, model=model) # params -> params, same scorer
+"""
 
 from afm_jax.compress.afm import (
                                   afm_embedding,
@@ -10,6 +18,7 @@ from afm_jax.compress.afm import (
 )
 from afm_jax.compress.baselines import svd_compress, svd_embedding, svd_linear
 from afm_jax.compress.finetune import finetune
+from afm_jax.compress.pipeline import CompressionResult, compress_model
 from afm_jax.compress.ranks import PlanReport, budget_plan, energy_plan, fixed_plan, make_plan, plan_report
 from afm_jax.compress.stats import SiteStats, collect_stats, load_stats, save_stats
 
@@ -18,4 +27,5 @@ __all__ = [
     "afm_linear", "afm_embedding", "fold_projections", "compress", "principal_directions",
     "variance_kept", "svd_linear", "svd_embedding", "svd_compress", "finetune",
     "fixed_plan", "energy_plan", "budget_plan", "make_plan", "plan_report", "PlanReport",
+    "compress_model", "CompressionResult",
 ]

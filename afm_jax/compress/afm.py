@@ -17,6 +17,7 @@ import numpy as np
 from afm_jax.compress.stats import SiteStats
 from afm_jax.errors import CompressionError
 from afm_jax.nn import ACTIVATIONS
+from afm_jax.types import Params, Plan, Stats
 
 
 def principal_directions(cov: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
@@ -50,7 +51,7 @@ def _like(x: np.ndarray, ref: Any) -> np.ndarray:
 
 
 def afm_linear(layer: Mapping[str, Any], stats: SiteStats, rank: int, *,
-               activation: str | None = None, shift_std: float = 4.0) -> dict:
+               activation: str | None = None, shift_std: float = 4.0) -> Params:
     """`{kernel W [in, out], bias b}` -> factor pair `{"u": {W U, b U}, "v": {U^T, mu - mu U U^T}}`.
 
     With `activation` (e.g. "relu"), the first factor becomes "u_<activation>" and its bias is
@@ -81,7 +82,7 @@ def afm_linear(layer: Mapping[str, Any], stats: SiteStats, rank: int, *,
             "v": {"kernel": _like(u.T, layer["kernel"]), "bias": _like(b2, layer["bias"])}}
 
 
-def afm_embedding(table: Mapping[str, Any], stats: SiteStats, rank: int) -> dict:
+def afm_embedding(table: Mapping[str, Any], stats: SiteStats, rank: int) -> Params:
     """`{embedding E [V, d]}` -> `{embedding (E - mu) U [V, k], proj {U^T [k, d], mu [d]}}`."""
     if "embedding" not in table or "proj" in table:
         raise CompressionError(f"afm_embedding needs a full table, got keys {sorted(table)}")
@@ -102,7 +103,7 @@ def get_path(tree: Mapping[str, Any], site: str) -> Any:
     return node
 
 
-def set_path(tree: Mapping[str, Any], site: str, value: Any) -> dict:
+def set_path(tree: Mapping[str, Any], site: str, value: Any) -> Params:
     """A copy of `tree` with the subtree at `site` replaced (other subtrees shared, not copied)."""
     head, _, rest = site.partition("/")
     new = dict(tree)
@@ -110,7 +111,7 @@ def set_path(tree: Mapping[str, Any], site: str, value: Any) -> dict:
     return new
 
 
-def fold_projections(model, params: Mapping[str, Any]) -> dict:
+def fold_projections(model: Any, params: Params) -> Params:
     """Fold each compressed field's projection into the Linear that reads the embeddings.
 
     Only for models whose concatenated field embeddings feed one Linear directly and nothing
@@ -155,9 +156,8 @@ def fold_projections(model, params: Mapping[str, Any]) -> dict:
     return out
 
 
-def compress(params: Mapping[str, Any], stats: Mapping[str, SiteStats],
-             plan: Mapping[str, int | None], *, model=None, activation: str | None = None,
-             shift_std: float = 4.0) -> dict:
+def compress(params: Params, stats: Stats, plan: Plan, *, model: Any = None,
+             activation: str | None = None, shift_std: float = 4.0) -> Params:
     """The whole model in one call: every site with a rank in `plan` gets its AFM map.
 
     plan: site -> rank (None: keep full). Linear sites become factor pairs (with `activation`

@@ -14,6 +14,7 @@ import numpy as np
 
 from afm_jax.compress.afm import _like, get_path, set_path
 from afm_jax.errors import CompressionError
+from afm_jax.types import Params, Plan
 
 
 def _truncated_svd(w: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
@@ -27,7 +28,7 @@ def _truncated_svd(w: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
     return a * (s * signs), bt * signs[:, None]
 
 
-def svd_linear(layer: Mapping[str, Any], rank: int) -> dict:
+def svd_linear(layer: Mapping[str, Any], rank: int) -> Params:
     """`{kernel W, bias b}` -> `{"u": {A S, 0}, "v": {B^T, b}}` (rank-k truncated SVD of W)."""
     left, right = _truncated_svd(layer["kernel"], rank)
     return {"u": {"kernel": _like(left, layer["kernel"]),
@@ -35,7 +36,7 @@ def svd_linear(layer: Mapping[str, Any], rank: int) -> dict:
             "v": {"kernel": _like(right, layer["kernel"]), "bias": np.asarray(layer["bias"])}}
 
 
-def svd_embedding(table: Mapping[str, Any], rank: int) -> dict:
+def svd_embedding(table: Mapping[str, Any], rank: int) -> Params:
     """`{embedding E}` -> `{embedding A S, proj {B^T, 0}}`."""
     e = table["embedding"]
     left, right = _truncated_svd(e, rank)
@@ -44,7 +45,7 @@ def svd_embedding(table: Mapping[str, Any], rank: int) -> dict:
                                                                  np.asarray(e).dtype)}}
 
 
-def svd_compress(params: Mapping[str, Any], plan: Mapping[str, int | None]) -> dict:
+def svd_compress(params: Params, plan: Plan) -> Params:
     """Weight SVD at the ranks of an AFM plan (site -> rank; None keeps the site full)."""
     out: dict = dict(params)
     for site, rank in plan.items():

@@ -10,13 +10,12 @@ import heapq
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from afm_jax.compress.afm import get_path, variance_kept
-from afm_jax.compress.stats import SiteStats
 from afm_jax.errors import CompressionError
+from afm_jax.types import Params, Plan, Stats
 
 
 @dataclass(frozen=True)
@@ -49,7 +48,7 @@ class SiteShape:
         return k
 
 
-def site_shapes(params: Mapping[str, Any], stats: Mapping[str, SiteStats],
+def site_shapes(params: Params, stats: Stats,
                 sites: Sequence[str] | None = None) -> dict[str, SiteShape]:
     """Shapes of the sites that have statistics and full params, optionally filtered by prefix.
 
@@ -77,7 +76,8 @@ def _clip(shape: SiteShape, rank: int | None) -> int | None:
     return rank
 
 
-def fixed_plan(params, stats, rank: int | Mapping[str, int], sites=None) -> dict[str, int | None]:
+def fixed_plan(params: Params, stats: Stats, rank: int | Mapping[str, int | None],
+               sites: Sequence[str] | None = None) -> Plan:
     """The same rank for every site (or a rank per site name); full where it would not save."""
     shapes = site_shapes(params, stats, sites)
     if isinstance(rank, Mapping):
@@ -91,7 +91,8 @@ def fixed_plan(params, stats, rank: int | Mapping[str, int], sites=None) -> dict
     return {s: _clip(sh, min(rank, sh.outputs)) for s, sh in shapes.items()}
 
 
-def energy_plan(params, stats, energy: float, sites=None) -> dict[str, int | None]:
+def energy_plan(params: Params, stats: Stats, energy: float,
+                sites: Sequence[str] | None = None) -> Plan:
     """Per site the smallest rank keeping >= `energy` of its output variance."""
     if not 0.0 < energy <= 1.0:
         raise CompressionError(f"energy must be in (0, 1], got {energy}")
@@ -103,7 +104,8 @@ def energy_plan(params, stats, energy: float, sites=None) -> dict[str, int | Non
     return plan
 
 
-def budget_plan(params, stats, fraction: float, sites=None) -> dict[str, int | None]:
+def budget_plan(params: Params, stats: Stats, fraction: float,
+                sites: Sequence[str] | None = None) -> Plan:
     """Ranks within `fraction` of the sites' full parameter count, by variance bought per param.
 
     Every factorizable site starts at rank 1; each further rank goes to the site whose next
@@ -116,35 +118,34 @@ def budget_plan(params, stats, fraction: float, sites=None) -> dict[str, int | N
     total = sum(sh.full_params() for sh in shapes.values())
     budget = fraction * total
     factorizable = {s: sh for s, sh in shapes.items() if sh.max_saving_rank() >= 1}
-    ranks: dict[str, int | None] = {s: None for s in shapes}
+    factored = {s: 1 for s in factorizable}  # every factorizable site starts at rank 1
     used = sum(sh.full_params() for s, sh in shapes.items() if s not in factorizable)
-    for s, sh in factorizable.items():
-        ranks[s] = 1
-        used += sh.factored_params(1)
+    used += sum(sh.factored_params(1) for sh in factorizable.values())
     if used > budget:
         raise CompressionError(
             f"budget {fraction} ({budget:.0f} params) cannot be met: rank 1 at every site "
             f"already needs {used} of {total} params")
     gains = {s: np.diff(variance_kept(stats[s].cov)) for s in factorizable}
-    heap = []
+    heap: list[tuple[float, str]] = []
     for s, sh in factorizable.items():
         cost = sh.factored_params(2) - sh.factored_params(1)
         if sh.max_saving_rank() >= 2:
             heapq.heappush(heap, (-gains[s][1] / cost, s))
     while heap:
         _, s = heapq.heappop(heap)
-        sh, k = factorizable[s], ranks[s]
+        sh, k = factorizable[s], factored[s]
         cost = sh.factored_params(k + 1) - sh.factored_params(k)
         if used + cost > budget:
             continue
-        ranks[s], used = k + 1, used + cost
+        factored[s], used = k + 1, used + cost
         if k + 2 <= sh.max_saving_rank():
             nxt = sh.factored_params(k + 2) - sh.factored_params(k + 1)
             heapq.heappush(heap, (-gains[s][k + 1] / nxt, s))
-    return ranks
+    return {s: factored.get(s) for s in shapes}
 
 
-def make_plan(params, stats, spec: str, sites=None) -> dict[str, int | None]:
+def make_plan(params: Params, stats: Stats, spec: str,
+              sites: Sequence[str] | None = None) -> Plan:
     """A plan from a string: "rank:64", "energy:0.99" or "budget:0.25"."""
     kind, _, value = spec.partition(":")
     try:
@@ -189,7 +190,7 @@ class PlanReport:
         return json.dumps(self.to_json())
 
 
-def plan_report(params, stats, plan: Mapping[str, int | None]) -> PlanReport:
+def plan_report(params: Params, stats: Stats, plan: Plan) -> PlanReport:
     """Per site its shape, rank, params before and after and variance kept; totals.
 
     Counts embedding projections that a fold would remove as kept (an upper bound).
