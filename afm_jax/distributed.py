@@ -8,20 +8,18 @@ statistics and gradients (and the masked gather + all-reduce of a row-sharded ta
 
 Multi-host: `initialize_from_env()` calls `jax.distributed.initialize`; a mesh then spans every
 process's devices, and each process reads only the rows of a batch that land on its own devices
-(`global_batches`, `make_array_from_callback`) or its own block of a split (`process_rows`,
-`local_batches`, `make_array_from_process_local_data`).
+(`afm_jax.data.iterate_batches(..., mesh=mesh)`, through `make_array_from_callback`).
 
     mesh = make_mesh()                               # every device, all on "data"
     params = shard_params(params, mesh)              # replicated
-    for batch in global_batches(ds.train, 4096, mesh):
+    for batch in iterate_batches(ds.train, 4096, mesh=mesh):
         ...                                          # sharded on "data"
 """
 
 from __future__ import annotations
 
-import math
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -142,145 +140,6 @@ def padded_size(rows: int, mesh: Mesh | None) -> int:
     return -(-rows // n) * n
 
 
-def pad_batch(batch: Mapping[str, Any], rows: int) -> dict[str, np.ndarray]:
-    """Pad a host batch to `rows` rows with repeats of its first row at weight 0 (a "weight"
-    key, 1 for real rows, is added), so the padding changes no loss and no statistic."""
-    b = int(np.shape(batch["cat"])[0])
-    out = {k: np.asarray(v) for k, v in batch.items()}
-    if "weight" not in out:
-        out["weight"] = np.ones(b, np.float32)
-    if rows == b:
-        return out
-    if b == 0:
-        raise AfmError("cannot pad an empty batch")
-    take = np.concatenate([np.arange(b), np.zeros(rows - b, np.int64)])
-    out = {k: v[take] for k, v in out.items()}
-    out["weight"][b:] = 0.0
-    return out
-
-
-def shard_batch(batch: Mapping[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
-    """A global host batch {"cat": [B, Fc], ...} as arrays sharded on axis 0 over "data".
-
-    A batch size that the data axis does not divide is padded with weight-0 rows (see
-    `pad_batch`); training and statistics read "weight". Every process passes the same batch
-    and copies only its own devices' rows.
-    """
-    b = int(np.shape(batch["cat"])[0])
-    rows = padded_size(b, mesh)
-    if rows != b:
-        batch = pad_batch(batch, rows)
-    out = {}
-    for k, v in batch.items():
-        if isinstance(v, jax.Array) and v.sharding == batch_sharding(mesh, v.ndim):
-            out[k] = v
-        else:
-            out[k] = from_host(v, batch_sharding(mesh, np.ndim(v)))
-    return out
-
-
-def shard_local_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-    """This process's rows of a global batch -> global arrays (`make_array_from_process_local_data`).
-
-    Every process must pass the same number of rows, a multiple of its devices on "data".
-    """
-    local_data = data_size(mesh) // jax.process_count()
-    b = int(np.shape(batch["cat"])[0])
-    if b % max(local_data, 1):
-        raise AfmError(f"a process-local batch of {b} rows does not split over this process's "
-                       f"{local_data} data devices; use a multiple of {local_data}")
-    return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, np.ndim(v)), np.asarray(v))
-            for k, v in batch.items()}
-
-
-def _rows_array(arr: np.ndarray, idx: np.ndarray, sharding: NamedSharding) -> jax.Array:
-    """The global array arr[idx] with `sharding`, each process reading only its devices' rows.
-
-    arr may be a read-only memmap: a contiguous `idx` is read as a slice (no fancy-index copy
-    of the whole batch)."""
-    contiguous = len(idx) > 0 and idx[-1] - idx[0] == len(idx) - 1 and bool(np.all(np.diff(idx) == 1))
-
-    def rows(index: tuple) -> np.ndarray:
-        r = index[0]
-        sel = idx[r]
-        if contiguous:
-            part = arr[int(sel[0]):int(sel[-1]) + 1] if len(sel) else arr[:0]
-        else:
-            part = arr[sel]
-        return np.ascontiguousarray(part[(slice(None),) + tuple(index[1:])])
-
-    shape = (len(idx),) + tuple(arr.shape[1:])
-    if jax.process_count() == 1 and len(sharding.device_set) == 1:
-        return jax.device_put(rows((slice(None),)), sharding)
-    return jax.make_array_from_callback(shape, sharding, rows)
-
-
-def global_batches(split, batch_size: int, mesh: Mesh, *, shuffle: bool = False, seed: int = 0,
-                   start_batch: int = 0, with_sizes: bool = False) -> Iterator:
-    """The batches of `iterate_batches(split, batch_size, shuffle=..., seed=..., pad_last=True)`
-    as global arrays sharded over "data" (the same rows in the same order for any mesh).
-
-    Each process reads from `split` (memory-mapped arrays) only the rows of its own devices. A
-    batch size the data axis does not divide is padded with weight-0 rows. with_sizes: yield
-    (batch, real rows) pairs.
-    """
-    from afm_jax.data.batching import batch_indices
-
-    rows = padded_size(batch_size, mesh)
-    for idx, real in batch_indices(len(split), batch_size, shuffle=shuffle, seed=seed,
-                                   start_batch=start_batch, pad_to=rows):
-        weight = np.zeros(rows, np.float32)
-        weight[:real] = 1.0
-        batch = {k: _rows_array(getattr(split, k), idx, batch_sharding(mesh, getattr(split, k).ndim))
-                 for k in ("cat", "num", "label")}
-        batch["weight"] = from_host(weight, batch_sharding(mesh, 1))
-        yield (batch, real) if with_sizes else batch
-
-
-def process_rows(n: int, process_index: int | None = None, process_count: int | None = None) -> slice:
-    """This process's contiguous block of `n` rows (blocks differ in size by at most one row)."""
-    i = jax.process_index() if process_index is None else process_index
-    p = jax.process_count() if process_count is None else process_count
-    return slice(i * n // p, (i + 1) * n // p)
-
-
-def local_split(split, process_index: int | None = None, process_count: int | None = None):
-    """This process's block of an EncodedSplit (views of the memory-mapped arrays, no copy)."""
-    r = process_rows(len(split), process_index, process_count)
-    return type(split)(cat=split.cat[r], num=split.num[r], label=split.label[r])
-
-
-def local_batches(local, local_batch_size: int, mesh: Mesh, num_batches: int | None = None
-                  ) -> Iterator[dict[str, jax.Array]]:
-    """Global batches made of every process's own rows: this process contributes batches of
-    `local_batch_size` rows of `local` (its block, e.g. `local_split(ds.train)`), in order.
-
-    All processes must yield the same number of batches: `num_batches` (default: from the
-    largest block, agreed without communication when blocks come from `process_rows`) pads
-    with all-weight-0 batches.
-    """
-    from afm_jax.data.batching import iterate_batches
-
-    if num_batches is None:
-        num_batches = math.ceil(len(local) / local_batch_size) if jax.process_count() == 1 else None
-    if num_batches is None:
-        raise AfmError("local_batches over several processes needs num_batches (the same in "
-                       "every process), e.g. ceil(largest block / local batch size)")
-    done = 0
-    for batch in iterate_batches(local, local_batch_size, pad_last=True):
-        if done == num_batches:
-            break
-        yield shard_local_batch(batch, mesh)
-        done += 1
-    while done < num_batches:
-        empty = {"cat": np.zeros((local_batch_size, local.cat.shape[1]), local.cat.dtype),
-                 "num": np.zeros((local_batch_size, local.num.shape[1]), local.num.dtype),
-                 "label": np.zeros(local_batch_size, np.float32),
-                 "weight": np.zeros(local_batch_size, np.float32)}
-        yield shard_local_batch(empty, mesh)
-        done += 1
-
-
 def fetch(x: jax.Array) -> np.ndarray:
     """A global array as one host array in every process (all-gathered across processes)."""
     if getattr(x, "is_fully_addressable", True):
@@ -296,17 +155,19 @@ def _keys(path) -> list[str]:
 
 
 def is_table(keys: Sequence[str], leaf: Any) -> bool:
-    """Embedding tables whose rows are ids: "embed/<field>/embedding" (full or compressed) and
-    the first-order weights "linear/weights"."""
-    nd = np.ndim(leaf)
-    return (keys[-1:] == ["embedding"] and nd == 2) or (keys[-2:] == ["linear", "weights"] and nd == 1)
+    """Embedding tables whose rows are ids: "embed/<field>/embedding" (full or compressed), the
+    packed "embed/table_<w>" and the first-order weights "linear/weights" (see `forms`)."""
+    from afm_jax.forms import is_table_leaf
+    return is_table_leaf(list(keys), leaf)
 
 
-def shard_params(params: Any, mesh: Mesh, shard_embeddings: bool = False) -> Any:
+def shard_params(params: Any, mesh: Mesh | None, shard_embeddings: bool = False) -> Any:
     """Params placed on `mesh`: replicated, or with `shard_embeddings` every embedding table's
     rows sharded over "model" (tables padded with zero rows to a multiple of the model axis; ids
     never reach the padding, and `host_params` trims it). Works on original and compressed
-    pytrees alike."""
+    pytrees alike. Without a mesh, `params` as they are."""
+    if mesh is None:
+        return params
     m = int(mesh.shape[MODEL])
 
     def place(path, x):
@@ -328,15 +189,26 @@ def shard_params(params: Any, mesh: Mesh, shard_embeddings: bool = False) -> Any
 def host_params(params: Any, info: Any = None) -> Any:
     """Params as host numpy arrays (gathered across processes), embedding tables trimmed back to
     the model's vocabulary sizes (undoes the padding of `shard_params`); for saving, compressing."""
-    vocab = {}
+    from afm_jax.forms import is_packed
+
+    vocab, packed_rows = {}, {}
     if info is not None:
         vocab = {n: int(v) for n, v in zip(info.cat_names, info.vocab_sizes)}
+    embed = params.get("embed") if isinstance(params, Mapping) else None
+    if is_packed(embed):
+        layout = embed["layout"]
+        packed_rows = {f"table_{w}": sum(layout.fields[i].rows for i in layout.members(w))
+                       for w in layout.widths()}
 
     def get(path, x):
         keys = _keys(path)
         x = fetch(x) if isinstance(x, jax.Array) else np.asarray(x)
-        if info is not None and is_table(keys, x):
-            if keys[-1] == "embedding" and len(keys) >= 2 and keys[-2] in vocab:
+        if is_table(keys, x):
+            if keys[-1] in packed_rows:
+                x = x[:packed_rows[keys[-1]]]
+            elif info is None:
+                pass
+            elif keys[-1] == "embedding" and len(keys) >= 2 and keys[-2] in vocab:
                 x = x[:vocab[keys[-2]]]
             elif keys[-2:] == ["linear", "weights"]:
                 x = x[:sum(vocab.values())]

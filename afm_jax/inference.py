@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,39 @@ def default_chunk_rows() -> int | None:
     chunks measured 1.5-1.6x faster at batch 8192 (experiments/results/bench_cpu.md); none on
     accelerators, where a whole batch at once is fastest."""
     return 1024 if jax.default_backend() == "cpu" else None
+
+
+def chunked(n: Any, shards: int, chunk_rows: int | None) -> bool:
+    """Whether a batch of `n` rows (split in `shards` equal device blocks) runs in chunks of
+    `chunk_rows` rows per block: only when a block holds more than that (and n is a number that
+    `shards` divides, not a symbolic export dimension)."""
+    return (chunk_rows is not None and isinstance(n, int) and n % shards == 0
+            and n // shards > chunk_rows)
+
+
+def to_chunks(x: jax.Array, shards: int, chunk_rows: int) -> jax.Array:
+    """[n, ...] -> [chunks, shards * chunk_rows, ...] for `jax.lax.map` / `jax.lax.scan`.
+
+    x is `shards` equal blocks of rows (one per device when sharded on axis 0), each zero-padded
+    to a multiple of chunk_rows; chunk j holds rows j*chunk_rows.. of every block, so each step
+    stays sharded. Padded rows are zeros: callers drop them (`from_chunks`) or weight them 0.
+    """
+    per = x.shape[0] // shards
+    pad = -per % chunk_rows
+    chunks = (per + pad) // chunk_rows
+    x = x.reshape(shards, per, *x.shape[1:])
+    if pad:
+        x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
+    x = x.reshape(shards, chunks, chunk_rows, *x.shape[2:])
+    return jnp.swapaxes(x, 0, 1).reshape(chunks, shards * chunk_rows, *x.shape[3:])
+
+
+def from_chunks(y: jax.Array, n: int, shards: int) -> jax.Array:
+    """The inverse of `to_chunks` for per-row outputs: [chunks, shards * chunk_rows, ...] ->
+    [n, ...], the padding dropped."""
+    chunks, chunk_rows = y.shape[0], y.shape[1] // shards
+    y = jnp.swapaxes(y.reshape(chunks, shards, chunk_rows, *y.shape[2:]), 0, 1)
+    return y.reshape(shards, chunks * chunk_rows, *y.shape[3:])[:, :n // shards].reshape(n, *y.shape[3:])
 
 
 def logits_fn(model, chunk_rows: int | None = None, shards: int = 1) -> Callable[[Any, Batch], jax.Array]:
@@ -47,20 +81,10 @@ def logits_fn(model, chunk_rows: int | None = None, shards: int = 1) -> Callable
         chex.assert_type(cat, int)
         chex.assert_equal_shape_prefix([cat, num], 1)
         n = cat.shape[0]
-        if chunk_rows is None or not isinstance(n, int) or n % shards or n // shards <= chunk_rows:
+        if not chunked(n, shards, chunk_rows):
             return rows(params, cat, num)
-        per = n // shards
-        pad = -per % chunk_rows
-        chunks = (per + pad) // chunk_rows
-
-        def split(x):  # [n, f] -> [chunks, shards * chunk_rows, f]
-            x = jnp.pad(x.reshape(shards, per, x.shape[1]), ((0, 0), (0, pad), (0, 0)))
-            x = x.reshape(shards, chunks, chunk_rows, x.shape[2])
-            return jnp.swapaxes(x, 0, 1).reshape(chunks, shards * chunk_rows, x.shape[3])
-
-        out = jax.lax.map(lambda xs: rows(params, *xs), (split(cat), split(num)))
-        out = jnp.swapaxes(out.reshape(chunks, shards, chunk_rows), 0, 1)
-        return out.reshape(shards, chunks * chunk_rows)[:, :per].reshape(n)
+        parts = (to_chunks(cat, shards, chunk_rows), to_chunks(num, shards, chunk_rows))
+        return from_chunks(jax.lax.map(lambda xs: rows(params, *xs), parts), n, shards)
 
     return batched
 
@@ -70,16 +94,30 @@ def _scorer(model, shards: int) -> Scorer:
     logits = logits_fn(model, default_chunk_rows(), shards)
 
     @jax.jit
-    def score(params, batch: Batch) -> jax.Array:
+    def jitted(params, batch: Batch) -> jax.Array:
         return jax.nn.sigmoid(logits(params, batch))
 
+    def score(params, batch: Batch) -> jax.Array:
+        return jitted(params, batch)
+
+    score.model = model   # lets predict/evaluate pack per-field params once per call
     return score
+
+
+def packed_for(scorer: Scorer, params):
+    """`params` in the packed layout the scorer's model runs fastest with (packed once here,
+    not per batch); params of a scorer without a model pass through."""
+    from afm_jax.packing import pack
+
+    model = getattr(scorer, "model", None)
+    return params if model is None else pack(model, params)
 
 
 def make_scorer(model, mesh=None) -> Scorer:
     """`score(params, batch) -> probabilities [B]`, jitted; takes every params form of `model`.
 
-    The same function scores the original params and any AFM-compressed pytree: the layers read
+    The same function scores the original params and any AFM-compressed pytree, per-field or
+    packed (`packing.pack`, what `predict`, `evaluate` and `bind_scorer` run): the layers read
     the structure of the params they are given (a new structure compiles once more). Cached per
     model, so every evaluation of one model (each epoch's validation, each train() call) reuses
     the compiled scorer. mesh: score batches sharded over its "data" axis (`predict`,
@@ -87,13 +125,6 @@ def make_scorer(model, mesh=None) -> Scorer:
     """
     from afm_jax.distributed import data_size
     return _scorer(model, data_size(mesh))
-
-
-def _fixed_shape_batches(split, batch_size: int) -> Iterator[tuple[dict, int]]:
-    """Batches in order, the last padded to full size (one compile), and their true sizes."""
-    from afm_jax.data import iterate_batches
-    for batch in iterate_batches(split, batch_size, pad_last=True):
-        yield {"cat": batch["cat"], "num": batch["num"]}, int(batch["weight"].sum())
 
 
 def predict(scorer: Scorer, params, split, batch_size: int = 8192, *, mesh=None,
@@ -104,15 +135,14 @@ def predict(scorer: Scorer, params, split, batch_size: int = 8192, *, mesh=None,
     scores are gathered to every process). out: write into this [N] array (e.g. a memory-mapped
     .npy) instead of collecting the scores in memory.
     """
-    if mesh is not None:
-        from afm_jax import distributed
-        batches = distributed.global_batches(split, batch_size, mesh, with_sizes=True)
-        to_host = distributed.fetch
-    else:
-        batches, to_host = _fixed_shape_batches(split, batch_size), np.asarray
+    from afm_jax.data import iterate_batches
+    from afm_jax.distributed import fetch
+
+    params = packed_for(scorer, params)
     parts, pos = [], 0
-    for batch, size in batches:
-        scores = to_host(scorer(params, {"cat": batch["cat"], "num": batch["num"]}))[:size]
+    for batch in iterate_batches(split, batch_size, pad_last=True, mesh=mesh):
+        size = min(batch_size, len(split) - pos)  # the last batch is padded: drop its padding
+        scores = fetch(scorer(params, {"cat": batch["cat"], "num": batch["num"]}))[:size]
         if out is None:
             parts.append(scores)
         else:
@@ -135,8 +165,11 @@ def evaluate(scorer: Scorer, params, split, batch_size: int = 8192, *, mesh=None
 
 def throughput(scorer: Scorer, params, split, batch_size: int = 8192, repeats: int = 5) -> float:
     """Rows/s of the jitted scorer on one fixed batch of real rows (median of repeats, warm)."""
-    batch, _ = next(_fixed_shape_batches(split, batch_size))
-    batch = jax.device_put(batch)
+    from afm_jax.data import iterate_batches
+
+    first = next(iterate_batches(split, batch_size, pad_last=True))
+    batch = jax.device_put({"cat": first["cat"], "num": first["num"]})
+    params = jax.device_put(packed_for(scorer, params))
     scorer(params, batch).block_until_ready()
     times = []
     for _ in range(repeats):
@@ -150,36 +183,98 @@ def count_params(params) -> int:
     return int(sum(np.size(x) for x in jax.tree_util.tree_leaves(params)))
 
 
-def export(model, params, path, *, batch_size: int | None = None) -> Path:
+SIGNATURE_FILE = "signature.json"
+EXPORT_FORMAT = "afm_jax.export/2"
+
+
+def bind_scorer(model, params, mesh=None) -> Callable[[Batch], jax.Array]:
+    """`score(batch) -> probabilities [B]` with `params` packed and placed on the device(s) once,
+    so a serving loop pays no per-call copy of the params (host params, e.g. from
+    `checkpoint.load_model_dir`, would otherwise be transferred on every call)."""
+    from afm_jax.distributed import shard_params
+    from afm_jax.packing import pack
+
+    scorer = make_scorer(model, mesh)
+    placed = jax.device_put(pack(model, params)) if mesh is None else \
+        shard_params(pack(model, params), mesh)
+
+    def score(batch: Batch) -> jax.Array:
+        return scorer(placed, batch)
+
+    score.params = placed
+    return score
+
+
+def signature(model, n_leaves: int, batch_size: int | None, platforms) -> dict:
+    """What a client in any language needs to feed an exported scorer: inputs in order with
+    dtypes, shapes, field names and vocabulary sizes, and the output."""
+    from afm_jax.models import model_to_json
+
+    info = model.info
+    batch = "batch" if batch_size is None else int(batch_size)
+    return {
+        "format": EXPORT_FORMAT,
+        "inputs": [
+            {"name": "cat", "dtype": "int32", "shape": [batch, len(info.cat_names)],
+             "fields": list(info.cat_names), "vocab_sizes": [int(v) for v in info.vocab_sizes],
+             "ids": "the encoder's ids (encoder.json); 0 is missing or out of vocabulary, and "
+                    "ids outside [0, vocab_size) score as 0"},
+            {"name": "num", "dtype": "float32", "shape": [batch, len(info.num_names)],
+             "fields": list(info.num_names), "values": "transformed as encoder.json says"}],
+        "output": {"name": "score", "dtype": "float32", "shape": [batch],
+                   "meaning": "click probability"},
+        "params": {"file": "params.npz", "leaves": n_leaves,
+                   "order": "leaf_00000, leaf_00001, ... are the scorer's first inputs"},
+        "platforms": list(platforms),
+        "model": model_to_json(model),
+    }
+
+
+def export(model, params, path, *, encoder=None, batch_size: int | None = None,
+           platforms: tuple[str, ...] | None = None) -> Path:
     """Write the scorer as a serialized `jax.export` artifact that runs with jax alone.
 
-    path/ gets `scorer.jaxexport` (StableHLO; the batch dimension is symbolic unless
-    `batch_size` is given) and `params.npz` (the params leaves, loaded with allow_pickle=False).
-    Load with `load_exported(path)`; no model code is needed there.
+    path/ gets `scorer.jaxexport` (StableHLO of the packed scorer; the batch dimension is
+    symbolic unless `batch_size` is given), `params.npz` (its params leaves, loaded with
+    allow_pickle=False), `signature.json` (inputs, dtypes, field names and order, vocabulary
+    sizes, output) and, with `encoder`, `encoder.json`. platforms: lowering platforms ("cpu",
+    "cuda", "tpu"); default the current backend. Load with `load_exported(path)`.
     """
     from jax import export as jex
+
+    from afm_jax.packing import pack
 
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     n_cat, n_num = len(model.info.cat_names), len(model.info.num_names)
     b = jex.symbolic_shape("b")[0] if batch_size is None else batch_size
+    leaves, treedef = jax.tree_util.tree_flatten(pack(model, params))
     logits = logits_fn(model)
 
-    def score(p, cat, num):
+    def score(flat, cat, num):  # flat leaves: the layout stays in the code, not the inputs
+        p = jax.tree_util.tree_unflatten(treedef, flat)
         return jax.nn.sigmoid(logits(p, {"cat": cat, "num": num}))
 
-    spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), params)
-    exported = jex.export(jax.jit(score))(spec, jax.ShapeDtypeStruct((b, n_cat), jnp.int32),
-                                          jax.ShapeDtypeStruct((b, n_num), jnp.float32))
+    spec = [jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype) for x in leaves]
+    exported = jex.export(jax.jit(score), platforms=platforms)(
+        spec, jax.ShapeDtypeStruct((b, n_cat), jnp.int32),
+        jax.ShapeDtypeStruct((b, n_num), jnp.float32))
     (out / "scorer.jaxexport").write_bytes(exported.serialize())
-    leaves = jax.tree_util.tree_leaves(params)
     with open(out / "params.npz", "wb") as f:
         np.savez(f, **{f"leaf_{i:05d}": np.asarray(x) for i, x in enumerate(leaves)})
+    if encoder is not None:
+        encoder.save(out / "encoder.json")
+    sig = signature(model, len(leaves), batch_size, exported.platforms)
+    (out / SIGNATURE_FILE).write_text(json.dumps(sig, indent=1) + "\n")
     return out
 
 
 def load_exported(path) -> Callable[[np.ndarray, np.ndarray], jax.Array]:
-    """`score(cat int32[B, Fc], num float32[B, Fn]) -> probabilities [B]` from `export`."""
+    """`score(cat int32[B, Fc], num float32[B, Fn]) -> probabilities [B]` from `export`.
+
+    The params go to the device once, here; each call runs one jitted function. The returned
+    function carries `.signature` (the export's signature.json, {} for older exports).
+    """
     from jax import export as jex
 
     from afm_jax.errors import CheckpointError
@@ -189,12 +284,24 @@ def load_exported(path) -> Callable[[np.ndarray, np.ndarray], jax.Array]:
         exported = jex.deserialize(bytearray((d / "scorer.jaxexport").read_bytes()))
         with np.load(d / "params.npz", allow_pickle=False) as z:
             leaves = [z[k] for k in sorted(z.files)]
+        sig_path = d / SIGNATURE_FILE
+        sig = json.loads(sig_path.read_text()) if sig_path.is_file() else {}
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{d}: not a loadable exported scorer ({e})") from e
+    if len(leaves) + 2 != len(exported.in_avals):
+        raise CheckpointError(f"{d}: params.npz holds {len(leaves)} arrays, the scorer takes "
+                              f"{len(exported.in_avals) - 2}; the export is damaged")
+    placed = jax.device_put(leaves)
 
-    def score(cat, num):
-        args, kwargs = jax.tree_util.tree_unflatten(
-            exported.in_tree, [*leaves, np.asarray(cat, np.int32), np.asarray(num, np.float32)])
+    @jax.jit
+    def call(flat, cat, num):
+        args, kwargs = jax.tree_util.tree_unflatten(exported.in_tree, [*flat, cat, num])
         return exported.call(*args, **kwargs)
 
+    def score(cat, num):
+        cat = cat if getattr(cat, "dtype", None) == np.int32 else np.asarray(cat, np.int32)
+        num = num if getattr(num, "dtype", None) == np.float32 else np.asarray(num, np.float32)
+        return call(placed, cat, num)
+
+    score.signature = sig
     return score

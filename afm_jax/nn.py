@@ -201,7 +201,10 @@ class FirstOrder(nn.Module):
         sizes = jnp.array(self.vocab_sizes, jnp.int32)
         # _stored_or_new: a row-sharded table may carry zero padding after the last id
         w = _stored_or_new(self, "weights", nn.initializers.zeros, (int(sum(self.vocab_sizes)),))
-        idx = jnp.where((cat >= 0) & (cat < sizes), cat, 0) + offsets
+        if isinstance(cat, dict):   # rows resolved by the caller (row-wise training)
+            idx = cat["linear"]
+        else:
+            idx = jnp.where((cat >= 0) & (cat < sizes), cat, 0) + offsets
         b = self.param("bias", nn.initializers.zeros, ())
         out = w[idx].sum() + b
         if self.num_fields:  # no zero-size params: checkpoints cannot hold them

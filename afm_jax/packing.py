@@ -141,9 +141,29 @@ def take_static(x: jax.Array, positions: tuple[int, ...], size: int) -> jax.Arra
     return parts[0] if len(parts) == 1 else jnp.concatenate(parts)
 
 
+def _ids(layout: PackedLayout, cat: jax.Array) -> jax.Array:
+    """Row of each field's id in its width's table: [..., Fc]; ids outside a field's vocabulary
+    map to its reserved id 0 before the offset (JAX clamps out-of-range gathers silently, which
+    would read another field's row)."""
+    rows = np.array([f.rows for f in layout.fields], np.int32)
+    offsets = np.array([f.offset for f in layout.fields], np.int32)
+    return jnp.where((cat >= 0) & (cat < rows), cat, 0) + offsets
+
+
+def gathered_rows(embed: Mapping[str, Any], cat: jax.Array) -> dict[int, jax.Array]:
+    """The table rows a batch reads, per width: cat [B, Fc] -> {w: [B, G_w, w]}."""
+    layout: PackedLayout = embed["layout"]
+    ids = _ids(layout, cat)
+    return {w: embed[f"table_{w}"][jnp.moveaxis(take_static(jnp.moveaxis(ids, -1, 0),
+                                                             layout.members(w), ids.shape[-1]),
+                                                0, -1)]
+            for w in layout.widths()}
+
+
 def lookup(embed: Mapping[str, Any], cat: jax.Array, num: jax.Array) -> list[jax.Array]:
     """One example's field vectors from packed params: cat int32[Fc], num float32[Fn] -> F
-    vectors ([d], or [k] for folded fields), one gather per table width.
+    vectors ([d], or [k] for folded fields), one gather per table width. cat may instead be
+    {"raw": ids [Fc], "embed": rows [Fc]} with each field's row in its width's table resolved.
 
     Ids outside a field's vocabulary map to its reserved id 0 before the offset (JAX clamps
     out-of-range gathers silently, which would read another field's row).
@@ -153,10 +173,10 @@ def lookup(embed: Mapping[str, Any], cat: jax.Array, num: jax.Array) -> list[jax
     layout: PackedLayout = embed["layout"]
     n_cat = len(layout.fields)
     out: list[Any] = [None] * n_cat
-    if n_cat:
-        rows = np.array([f.rows for f in layout.fields], np.int32)
-        offsets = np.array([f.offset for f in layout.fields], np.int32)
-        ids = jnp.where((cat >= 0) & (cat < rows), cat, 0) + offsets
+    if isinstance(cat, Mapping):   # rows resolved by the caller (row-wise training, rowwise.py)
+        ids, cat = cat["embed"], cat["raw"]
+    elif n_cat:
+        ids = _ids(layout, cat)
     for w in layout.widths():
         members = layout.members(w)
         got = embed[f"table_{w}"][take_static(ids, members, n_cat)]          # [G_w, w]

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from afm_jax._cache import cache_per_model
 from afm_jax.errors import AfmError
 from afm_jax.inference import evaluate, logits_fn, make_scorer
+from afm_jax.packing import pack, unpack
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,13 @@ def init_params(model, info, seed: int = 0) -> Any:
 
 def embedding_l2(params: Any, cat: jax.Array) -> jax.Array:
     """Mean over the batch of the squared norm of the embedding rows it reads. cat: [B, Fc]."""
+    from afm_jax.forms import is_packed
+    from afm_jax.packing import gathered_rows
+
     tables = params.get("embed", {}) if isinstance(params, dict) else {}
+    if is_packed(tables):
+        return sum(((r * r).sum((-2, -1)).mean() for r in gathered_rows(tables, cat).values()),
+                   jnp.zeros(()))
     total = jnp.zeros(())
     for i, p in enumerate(tables.values()):
         if "embedding" in p and i < cat.shape[1]:
@@ -116,6 +123,181 @@ def _state_manager(out_dir: Path) -> ocp.CheckpointManager:
         options=ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False))
 
 
+@dataclass
+class _Loop:
+    """What the training loop carries from step to step; a checkpoint holds all but history."""
+
+    params: Any
+    opt_state: Any
+    best_params: Any             # own buffers: the step donates (frees) the params' buffers
+    best_auc: float = -1.0
+    step: int = 0
+    bad_epochs: int = 0
+    epoch: int = 0               # epochs finished
+    batch_in_epoch: int = 0      # batches of the next epoch already trained
+    history: list[dict] = field(default_factory=list)
+
+    def checkpoint(self, epoch_done: int, batch_in_epoch: int) -> dict[str, Any]:
+        return {"params": self.params, "opt_state": self.opt_state, "best_params": self.best_params,
+                **_counters(epoch_done, self.step, self.best_auc, self.bad_epochs, batch_in_epoch)}
+
+    @classmethod
+    def from_checkpoint(cls, state: dict[str, Any], history: list[dict]) -> _Loop:
+        return cls(params=state["params"], opt_state=state["opt_state"],
+                   best_params=state["best_params"], best_auc=float(state["best_auc"]),
+                   step=int(state["step"]), bad_epochs=int(state["bad_epochs"]),
+                   epoch=int(state["epoch"]), batch_in_epoch=int(state["batch_in_epoch"]),
+                   history=history)
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What stays fixed while the loop runs."""
+
+    model: Any
+    dataset: Any
+    config: TrainConfig
+    mesh: Any
+    out_dir: Path | None
+    manager: ocp.CheckpointManager | None  # with an out_dir
+    progress: bool
+    step_fn: Any                           # the jitted Adam step (`_adam_step`)
+    scorer: Any                            # the jitted validation scorer (`make_scorer`)
+
+
+def _start(model, info, config: TrainConfig, params: Any, mesh, shard_embeddings: bool) -> _Loop:
+    """Fresh params (or a copy of the given ones) and Adam state, placed on the mesh."""
+    from afm_jax import distributed
+
+    if params is None:
+        params = init_params(model, info, config.seed)
+    else:  # the step donates its inputs' buffers: train a copy, keep the caller's params intact
+        params = jax.tree.map(lambda x: jnp.array(x, copy=True), params)
+    params = pack(model, params)  # train in the packed layout: one gather per table width
+    if mesh is not None:
+        params = distributed.shard_params(params, mesh, shard_embeddings)
+    opt_state = optax.adam(config.learning_rate).init(params)
+    if mesh is not None:
+        opt_state = distributed.place_like(opt_state, params)
+    return _Loop(params=params, opt_state=opt_state, best_params=jax.tree.map(jnp.copy, params))
+
+
+def _restore(run: _Run, loop: _Loop) -> _Loop:
+    """The loop as the last checkpoint in run.out_dir left it, or `loop` when there is none."""
+    from afm_jax import distributed
+
+    latest = run.manager.latest_step()
+    if latest is None:
+        return loop
+    target = loop.checkpoint(loop.epoch, loop.batch_in_epoch)
+    if run.mesh is not None:  # orbax restores every array onto its mesh sharding
+        target = {k: v if k in ("params", "opt_state", "best_params")
+                  else distributed.from_host(v, distributed.replicated(run.mesh))
+                  for k, v in target.items()}
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    try:
+        state = run.manager.restore(latest, args=ocp.args.StandardRestore(abstract))
+    except Exception as e:
+        raise AfmError(f"{run.out_dir / 'state'}: cannot resume from epoch {latest} "
+                       f"({type(e).__name__}: {e}); was it written for another model "
+                       "or config? Use a new --out directory.") from e
+    hist_path = run.out_dir / "history.json"
+    history = json.loads(hist_path.read_text()) if hist_path.exists() else []
+    if run.progress:
+        tqdm.write(f"resuming {run.out_dir} after epoch {int(state['epoch'])}")
+    return _Loop.from_checkpoint(state, history)
+
+
+def _save(run: _Run, loop: _Loop, epoch_done: int, batch_in_epoch: int) -> None:
+    """Checkpoint the loop (orbax, every process) and its history (process 0)."""
+    from afm_jax import distributed
+
+    run.manager.save(loop.step, args=ocp.args.StandardSave(loop.checkpoint(epoch_done, batch_in_epoch)),
+                     force=True)
+    run.manager.wait_until_finished()
+    if distributed.is_primary():
+        (run.out_dir / "history.json").write_text(json.dumps(loop.history, indent=1))
+
+
+def _check_finite(run: _Run, loop: _Loop, value: float, epoch: int) -> None:
+    if not math.isfinite(value):
+        raise AfmError(f"training loss became {value} in epoch {epoch + 1} (step {loop.step}); "
+                       "lower the learning rate or check the inputs. The last good "
+                       "checkpoint is kept" + (f" in {run.out_dir}." if run.out_dir else "."))
+
+
+def _validate(run: _Run, loop: _Loop, tag: str) -> dict:
+    res = evaluate(run.scorer, loop.params, run.dataset.valid, mesh=run.mesh)
+    res.update(tag=tag, step=loop.step)
+    return res
+
+
+def _train_epoch(run: _Run, loop: _Loop, epoch: int, start: int) -> float:
+    """Train epoch `epoch` from its batch `start` on; returns its mean training loss."""
+    from afm_jax.data import iterate_batches
+
+    config = run.config
+    steps_per_epoch = math.ceil(len(run.dataset.train) / config.batch_size)
+    batches = iterate_batches(run.dataset.train, config.batch_size, shuffle=True,
+                              seed=config.seed * 100_003 + epoch, start_batch=start,
+                              pad_last=True, mesh=run.mesh)
+    bar = tqdm(batches, total=steps_per_epoch, initial=start,
+               desc=f"epoch {epoch + 1}/{config.epochs}", disable=not run.progress, leave=False)
+    loss_sum, loss_n = jnp.zeros(()), 0
+    for i, batch in enumerate(bar, start=start):
+        loop.params, loop.opt_state, loss = run.step_fn(loop.params, loop.opt_state, batch)
+        loss_sum, loss_n, loop.step = loss_sum + loss, loss_n + 1, loop.step + 1
+        if loop.step % config.log_every == 0:
+            _check_finite(run, loop, float(loss_sum), epoch)
+            bar.set_postfix(loss=f"{float(loss_sum) / loss_n:.4f}")
+        if config.eval_every and loop.step % config.eval_every == 0:
+            loop.history.append(_validate(run, loop, f"step {loop.step}"))
+        if (run.manager is not None and config.checkpoint_every
+                and loop.step % config.checkpoint_every == 0 and i + 1 < steps_per_epoch):
+            _check_finite(run, loop, float(loss_sum), epoch)
+            _save(run, loop, epoch, i + 1)
+    _check_finite(run, loop, float(loss_sum), epoch)
+    return float(loss_sum) / max(loss_n, 1)
+
+
+def _run_epochs(run: _Run, loop: _Loop) -> None:
+    """The remaining epochs (the first from where a resumed run stopped), each validated, the
+    best params kept, a checkpoint after each; stops early after `patience` bad epochs."""
+    from afm_jax import distributed
+
+    first = loop.epoch
+    for epoch in range(first, run.config.epochs):
+        if loop.bad_epochs >= run.config.patience:
+            break
+        train_loss = _train_epoch(run, loop, epoch, loop.batch_in_epoch if epoch == first else 0)
+        res = _validate(run, loop, f"epoch {epoch + 1}")
+        res["train_loss"] = train_loss
+        loop.history.append(res)
+        if run.progress and distributed.is_primary():
+            tqdm.write(f"epoch {epoch + 1}: train loss {res['train_loss']:.4f}  valid AUC "
+                       f"{res['auc']:.4f}  logloss {res['logloss']:.4f}")
+        if res["auc"] > loop.best_auc:
+            loop.best_auc, loop.bad_epochs = res["auc"], 0
+            loop.best_params = jax.tree.map(jnp.copy, loop.params)  # params are donated next step
+        else:
+            loop.bad_epochs += 1
+        if run.manager is not None:
+            _save(run, loop, epoch + 1, 0)
+
+
+def _finish(run: _Run, loop: _Loop, best_valid: dict, extra_meta: dict | None) -> None:
+    """Write the model directory: the best params (trimmed to host) with model.json/encoder.json."""
+    from afm_jax import distributed
+    from afm_jax.checkpoint import save_model_dir
+
+    meta = {"train_config": dataclasses.asdict(run.config), "best_valid": best_valid,
+            **(extra_meta or {})}
+    best = loop.best_params if run.mesh is None else distributed.host_params(loop.best_params,
+                                                                           run.model.info)
+    save_model_dir(run.out_dir, run.model, unpack(run.model, best),
+                   encoder=getattr(run.dataset, "encoder", None), extra=meta)
+
+
 def train(model, dataset, config: TrainConfig = TrainConfig(), *, out_dir: str | None = None,
           params: Any = None, progress: bool = True, extra_meta: dict | None = None,
           mesh=None, shard_embeddings: bool = False) -> TrainResult:
@@ -130,126 +312,24 @@ def train(model, dataset, config: TrainConfig = TrainConfig(), *, out_dir: str |
     by the compiler; `shard_embeddings` row-shards the embedding tables over "model". In a
     multi-process run each process reads only its devices' rows, and only process 0 writes
     model.json and history (orbax writes the checkpoints from every process). The returned
-    params stay on the mesh (tables padded when sharded: `distributed.host_params` trims them).
+    params stay on the mesh. Training runs in the packed layout (`packing.pack`) and so do its
+    checkpoints; the returned params and the model directory are per-field.
     """
-    from afm_jax import distributed
-    from afm_jax.checkpoint import save_model_dir
-    from afm_jax.data import iterate_batches
-
     t_start = time.perf_counter()
-    if params is None:
-        params = init_params(model, dataset.info, config.seed)
-    else:  # the step donates its inputs' buffers: train a copy, keep the caller's params intact
-        params = jax.tree.map(lambda x: jnp.array(x, copy=True), params)
-    if mesh is not None:
-        params = distributed.shard_params(params, mesh, shard_embeddings)
-    tx = optax.adam(config.learning_rate)
-    opt_state = tx.init(params)
-    if mesh is not None:
-        opt_state = distributed.place_like(opt_state, params)
-    step_fn = _adam_step(model, config.learning_rate, config.embed_l2)
-    scorer = make_scorer(model, mesh)
-    # best_params needs buffers of its own: the step donates (frees) the params' buffers
-    state = {"params": params, "opt_state": opt_state,
-             "best_params": jax.tree.map(jnp.copy, params),
-             **_counters(epoch=0, step=0, best_auc=-1.0, bad_epochs=0)}
-    history: list[dict] = []
-    manager = None
-    if out_dir is not None:
-        out = Path(out_dir)
+    loop = _start(model, dataset.info, config, params, mesh, shard_embeddings)
+    out = None if out_dir is None else Path(out_dir)
+    if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        manager = _state_manager(out)
-        latest = manager.latest_step()
-        if latest is not None:
-            if mesh is not None:  # orbax restores every array onto its mesh sharding
-                state = {k: v if k in ("params", "opt_state", "best_params")
-                         else distributed.from_host(v, distributed.replicated(mesh))
-                         for k, v in state.items()}
-            abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-            try:
-                state = manager.restore(latest, args=ocp.args.StandardRestore(abstract))
-            except Exception as e:
-                raise AfmError(f"{out / 'state'}: cannot resume from epoch {latest} "
-                               f"({type(e).__name__}: {e}); was it written for another model "
-                               "or config? Use a new --out directory.") from e
-            hist_path = out / "history.json"
-            history = json.loads(hist_path.read_text()) if hist_path.exists() else []
-            if progress:
-                tqdm.write(f"resuming {out} after epoch {int(state['epoch'])}")
-
-    params, opt_state = state["params"], state["opt_state"]
-    best_params, best_auc = state["best_params"], float(state["best_auc"])
-    step, bad_epochs = int(state["step"]), int(state["bad_epochs"])
-    resume_batch = int(state["batch_in_epoch"])
-    steps_per_epoch = math.ceil(len(dataset.train) / config.batch_size)
-
-    def save(epoch_done: int, batch_in_epoch: int) -> None:
-        manager.save(step, args=ocp.args.StandardSave(
-            {"params": params, "opt_state": opt_state, "best_params": best_params,
-             **_counters(epoch_done, step, best_auc, bad_epochs, batch_in_epoch)}), force=True)
-        manager.wait_until_finished()
-        if distributed.is_primary():
-            (Path(out_dir) / "history.json").write_text(json.dumps(history, indent=1))
-
-    def check_finite(value: float, epoch: int) -> None:
-        if not math.isfinite(value):
-            raise AfmError(f"training loss became {value} in epoch {epoch + 1} (step {step}); "
-                           "lower the learning rate or check the inputs. The last good "
-                           "checkpoint is kept" + (f" in {out_dir}." if out_dir else "."))
-
-    def validate(tag: str) -> dict:
-        res = evaluate(scorer, params, dataset.valid, mesh=mesh)
-        res.update(tag=tag, step=step)
-        return res
-
-    for epoch in range(int(state["epoch"]), config.epochs):
-        if bad_epochs >= config.patience:
-            break
-        start = resume_batch if epoch == int(state["epoch"]) else 0
-        seed = config.seed * 100_003 + epoch
-        if mesh is None:
-            batches = iterate_batches(dataset.train, config.batch_size, shuffle=True,
-                                      seed=seed, start_batch=start, pad_last=True)
-        else:  # the same rows, each process reading only its own devices' share
-            batches = distributed.global_batches(dataset.train, config.batch_size, mesh,
-                                                 shuffle=True, seed=seed, start_batch=start)
-        bar = tqdm(batches, total=steps_per_epoch, initial=start,
-                   desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
-        loss_sum, loss_n = jnp.zeros(()), 0
-        for i, batch in enumerate(bar, start=start):
-            params, opt_state, loss = step_fn(params, opt_state, batch)
-            loss_sum, loss_n, step = loss_sum + loss, loss_n + 1, step + 1
-            if step % config.log_every == 0:
-                check_finite(float(loss_sum), epoch)
-                bar.set_postfix(loss=f"{float(loss_sum) / loss_n:.4f}")
-            if config.eval_every and step % config.eval_every == 0:
-                history.append(validate(f"step {step}"))
-            if (manager is not None and config.checkpoint_every
-                    and step % config.checkpoint_every == 0 and i + 1 < steps_per_epoch):
-                check_finite(float(loss_sum), epoch)
-                save(epoch, i + 1)
-        check_finite(float(loss_sum), epoch)
-        res = validate(f"epoch {epoch + 1}")
-        res["train_loss"] = float(loss_sum) / max(loss_n, 1)
-        history.append(res)
-        if progress and distributed.is_primary():
-            tqdm.write(f"epoch {epoch + 1}: train loss {res['train_loss']:.4f}  valid AUC "
-                       f"{res['auc']:.4f}  logloss {res['logloss']:.4f}")
-        if res["auc"] > best_auc:
-            best_auc, bad_epochs = res["auc"], 0
-            best_params = jax.tree.map(jnp.copy, params)  # params buffers are donated next step
-        else:
-            bad_epochs += 1
-        if manager is not None:
-            save(epoch + 1, 0)
-
+    run = _Run(model, dataset, config, mesh, out, None if out is None else _state_manager(out),
+               progress, _adam_step(model, config.learning_rate, config.embed_l2),
+               make_scorer(model, mesh))
+    if run.manager is not None:
+        loop = _restore(run, loop)
+    _run_epochs(run, loop)
     seconds = time.perf_counter() - t_start
-    best_valid = next((h for h in history if h["auc"] == best_auc), {"auc": best_auc})
-    if out_dir is not None:
-        meta = {"train_config": dataclasses.asdict(config), "best_valid": best_valid,
-                **(extra_meta or {})}
-        save_model_dir(out_dir, model, best_params if mesh is None else
-                       distributed.host_params(best_params, model.info),
-                       encoder=getattr(dataset, "encoder", None), extra=meta)
-    return TrainResult(params=best_params, best_valid=best_valid, history=history,
+    best_valid = next((h for h in loop.history if h["auc"] == loop.best_auc), {"auc": loop.best_auc})
+    if out is not None:
+        _finish(run, loop, best_valid, extra_meta)
+    return TrainResult(params=unpack(model, loop.best_params), best_valid=best_valid,
+                       history=loop.history,
                        seconds=seconds)

@@ -1,7 +1,7 @@
 """Scaling over devices and processes, and data larger than a memory limit.
 
 1. rows/s of the statistics pass (`collect_stats`) and of training (the jitted Adam step fed by
-   `distributed.global_batches`) on 1, 2 and 4 host-platform devices, each in its own subprocess
+   `iterate_batches(..., mesh=mesh)`) on 1, 2 and 4 host-platform devices, each in its own subprocess
    with XLA_FLAGS=--xla_force_host_platform_device_count=N, and in a two-process run
    (`jax.distributed` on localhost, gloo CPU collectives, one device per process);
 2. a synthetic encoded dataset written to disk in chunks, ten times larger than a memory limit,
@@ -53,6 +53,7 @@ def worker_throughput(args) -> dict:
     import optax
 
     from afm_jax.compress import collect_stats
+    from afm_jax.data import iterate_batches
     from afm_jax.train import make_train_step
 
     ds, model, params = _setup(args.rows)
@@ -63,7 +64,7 @@ def worker_throughput(args) -> dict:
     def stats_pass(rows: int) -> float:
         sub = type(split)(split.cat[:rows], split.num[:rows], split.label[:rows])
         t0 = time.perf_counter()
-        collect_stats(model, sharded, dist.global_batches(sub, args.stats_batch, mesh),
+        collect_stats(model, sharded, iterate_batches(sub, args.stats_batch, mesh=mesh),
                       progress=False, mesh=mesh)
         return time.perf_counter() - t0
 
@@ -74,7 +75,7 @@ def worker_throughput(args) -> dict:
     tx = optax.adam(1e-3)
     step = make_train_step(model, tx)
     p, s = sharded, dist.place_like(tx.init(sharded), sharded)
-    batches = dist.global_batches(split, args.train_batch, mesh, shuffle=True, seed=1)
+    batches = iterate_batches(split, args.train_batch, shuffle=True, seed=1, mesh=mesh)
     p, s, loss = step(p, s, next(batches))  # compile
     loss.block_until_ready()
     n_steps = max(1, args.timed_rows // args.train_batch)

@@ -8,7 +8,6 @@ must happen before JAX starts). Prints one JSON object on its last line.
 from __future__ import annotations
 
 import json
-import math
 import sys
 import tempfile
 
@@ -47,6 +46,7 @@ def mesh_checks() -> dict:
     from afm_jax import distributed as dist
     from afm_jax.checkpoint import load_model_dir
     from afm_jax.compress import collect_stats, compress, make_plan
+    from afm_jax.data.batching import shard_batch
     from afm_jax.inference import make_scorer, predict
     from afm_jax.train import TrainConfig, make_train_step, train
 
@@ -54,10 +54,13 @@ def mesh_checks() -> dict:
     ds, model, params = small_setup()
     four = dist.make_mesh(4)
 
+    # the one batch path: over a mesh the same rows as on the host, padded to 1000 at weight 0
+    out["batches"] = same_batches(ds.train, 999, four)
+
     # statistics: 4-way sharded vs one device; 999 rows per batch does not divide over 4 devices
     ref = collect_stats(model, params, afm_jax.iterate_batches(ds.train, 999), progress=False)
     got = collect_stats(model, dist.shard_params(params, four),
-                        dist.global_batches(ds.train, 999, four), progress=False, mesh=four)
+                        afm_jax.iterate_batches(ds.train, 999, mesh=four), progress=False, mesh=four)
     out["stats"] = stats_diff(got, ref)
     # host batches handed to collect_stats(mesh=...) are sharded there
     got = collect_stats(model, dist.shard_params(params, four),
@@ -72,12 +75,15 @@ def mesh_checks() -> dict:
     p1, _, loss1 = step(jax.tree.map(np.array, params), tx.init(params), batch)
     sharded = dist.shard_params(params, four)
     p4, s4, loss4 = step(sharded, dist.place_like(tx.init(sharded), sharded),
-                         dist.shard_batch(batch, four))
+                         shard_batch(batch, four))
     diffs = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()),
                                          p1, p4))
     out["step"] = {"loss_diff": abs(float(loss1) - float(loss4)), "param_max_diff": max(diffs),
                    "params_replicated": all(x.sharding.is_fully_replicated for x in jax.tree.leaves(p4)),
-                   "batch_sharded": dist.shard_batch(batch, four)["cat"].sharding.spec[0] == "data"}
+                   "batch_sharded": shard_batch(batch, four)["cat"].sharding.spec[0] == "data",
+                   # a host batch of 3 rows over 4 devices: one padding row at weight 0
+                   "shard_pads": dist.fetch(shard_batch({k: v[:3] for k, v in batch.items()},
+                                                        four)["weight"]).tolist() == [1, 1, 1, 0]}
 
     # a row-sharded embedding (tables padded to a multiple of the model axis) scores identically
     scores = predict(make_scorer(model), params, ds.test, 512)
@@ -122,6 +128,40 @@ def mesh_checks() -> dict:
     return out
 
 
+def same_batches(split, batch_size: int, mesh) -> dict:
+    """Shuffled batches over `mesh` against host batches (pad_last): same rows, same weights."""
+    import afm_jax
+    from afm_jax import distributed as dist
+
+    host = afm_jax.iterate_batches(split, batch_size, shuffle=True, seed=1, pad_last=True)
+    sharded = afm_jax.iterate_batches(split, batch_size, shuffle=True, seed=1, mesh=mesh)
+    rows_equal, pad_weight_zero, count, specs = True, True, 0, set()
+    for h, g in zip(host, sharded, strict=True):
+        specs.add(g["cat"].sharding.spec[0])
+        g = {k: dist.fetch(v) for k, v in g.items()}
+        real = int(h["weight"].sum())
+        rows_equal &= all(np.array_equal(g[k][:real], h[k][:real]) for k in h)
+        pad_weight_zero &= bool(np.all(g["weight"][real:] == 0) and np.all(g["weight"][:real] == 1))
+        count += 1
+    return {"rows_equal": bool(rows_equal), "pad_weight_zero": pad_weight_zero, "batches": count,
+            "sharded_on_data": specs == {"data"}}
+
+
+class RecordingRows:
+    """An array that records which rows are read from it (to see what a process reads)."""
+
+    def __init__(self, array: np.ndarray):
+        self.array, self.read = array, set()
+        self.shape, self.ndim, self.dtype = array.shape, array.ndim, array.dtype
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def __getitem__(self, key):
+        self.read.update(np.arange(len(self.array))[key].tolist())
+        return self.array[key]
+
+
 def process_checks(port: int, index: int, count: int) -> dict:
     from afm_jax import distributed as dist
 
@@ -130,30 +170,29 @@ def process_checks(port: int, index: int, count: int) -> dict:
 
     import afm_jax
     from afm_jax.compress import collect_stats
+    from afm_jax.data.batching import batch_indices
 
     ds, model, params = small_setup()
     ref = collect_stats(model, params, afm_jax.iterate_batches(ds.train, 1000), progress=False)
     mesh = dist.make_mesh()  # every device of every process
-    local = dist.local_split(ds.train)
-    per_process = 250
-    largest = max(len(range(len(ds.train))[dist.process_rows(len(ds.train), i, count)])
-                  for i in range(count))
-    batches = dist.local_batches(local, per_process, mesh, num_batches=math.ceil(largest / per_process))
-    got = collect_stats(model, dist.shard_params(params, mesh), batches, progress=False, mesh=mesh)
-    # the single-process result over the same global batches: batch j = every block's rows j
-    blocks = [dist.local_split(ds.train, i, count) for i in range(count)]
-    same_batches = [{k: np.concatenate([getattr(b, k)[j * per_process:(j + 1) * per_process]
-                                        for b in blocks]) for k in ("cat", "num")}
-                    for j in range(math.ceil(largest / per_process))]
-    ref_same = collect_stats(model, params, same_batches, progress=False)
     # global batches read through make_array_from_callback (each process its devices' rows)
-    got_global = collect_stats(model, dist.shard_params(params, mesh),
-                               dist.global_batches(ds.train, 1000, mesh), progress=False, mesh=mesh)
+    got = collect_stats(model, dist.shard_params(params, mesh),
+                        afm_jax.iterate_batches(ds.train, 1000, mesh=mesh), progress=False, mesh=mesh)
+    # shuffled: the same rows and weights as one process's host batches (999 rows: padded)
+    batches = same_batches(ds.train, 999, mesh)
+    # each process reads only the rows of its own devices: its half of every batch's indices
+    split = type(ds.train)(*(RecordingRows(getattr(ds.train, k)) for k in ("cat", "num", "label")))
+    for _ in afm_jax.iterate_batches(split, 999, shuffle=True, seed=1, mesh=mesh):
+        pass
+    own, share = set(), 1000 // count  # 999 rows padded to 1000, split evenly over processes
+    for idx, _ in batch_indices(len(split), 999, shuffle=True, seed=1, pad_to=1000):
+        own.update(idx[index * share:(index + 1) * share].tolist())
+    read = [getattr(split, k).read for k in ("cat", "num", "label")]
     return {"process": jax.process_index(), "processes": jax.process_count(),
             "global_devices": jax.device_count(), "local_devices": jax.local_device_count(),
-            "local_rows": len(local), "stats": stats_diff(got, ref_same),
-            "stats_vs_file_order": stats_diff(got, ref),
-            "stats_global_batches": stats_diff(got_global, ref)}
+            "stats_global_batches": stats_diff(got, ref), "batches": batches,
+            "reads_own_rows_only": all(r == own for r in read), "rows_read": len(read[0]),
+            "rows": len(split)}
 
 
 if __name__ == "__main__":

@@ -14,11 +14,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
 from afm_jax import distributed as dist
-from afm_jax.data.batching import batch_indices, keyed_permutation
+from afm_jax.data import EncodedSplit, iterate_batches
+from afm_jax.data.batching import batch_indices, keyed_permutation, shard_batch
 from afm_jax.errors import AfmError
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
@@ -49,6 +51,12 @@ def test_four_devices_seen(mesh_result):
     assert mesh_result["devices"] == 4
 
 
+def test_mesh_batches_hold_the_host_batches_rows(mesh_result):
+    st = mesh_result["batches"]
+    assert st["batches"] == 4 and st["sharded_on_data"], st  # 3200 rows in batches of 999
+    assert st["rows_equal"] and st["pad_weight_zero"], st
+
+
 def test_sharded_statistics_equal_single_device(mesh_result):
     # 999-row batches over 4 devices: padded with weight-0 rows, which must count for nothing
     for key in ("stats", "stats_host_batches"):
@@ -59,7 +67,7 @@ def test_sharded_statistics_equal_single_device(mesh_result):
 
 def test_data_parallel_step_equals_single_device_step(mesh_result):
     st = mesh_result["step"]
-    assert st["batch_sharded"] and st["params_replicated"]
+    assert st["batch_sharded"] and st["params_replicated"] and st["shard_pads"]
     assert st["loss_diff"] < 1e-6 and st["param_max_diff"] < 1e-6, st
 
 
@@ -108,12 +116,11 @@ def test_two_processes_collect_statistics_across_both():
     assert sorted(o["process"] for o in outs) == [0, 1]
     for o in outs:
         assert o["processes"] == 2 and o["global_devices"] == 4 and o["local_devices"] == 2
-        assert o["local_rows"] == 1600  # each process holds its half of the 3200 training rows
-        for key in ("stats", "stats_global_batches"):
-            st = o[key]
-            assert st["counts_equal"] and st["cov"] < 1e-6 and st["mean"] < 1e-6, (key, st)
-        # another row order than the file's (rows of both halves in each batch): rounding only
-        assert o["stats_vs_file_order"]["counts_equal"] and o["stats_vs_file_order"]["cov"] < 1e-5
+        st = o["stats_global_batches"]
+        assert st["counts_equal"] and st["cov"] < 1e-6 and st["mean"] < 1e-6, st
+        assert o["batches"]["rows_equal"] and o["batches"]["pad_weight_zero"], o["batches"]
+        # each process reads only its devices' half of every batch, not the whole split
+        assert o["reads_own_rows_only"] and o["rows_read"] < o["rows"], o
 
 
 # ---------------------------------------------------------------------- in-process, one device
@@ -133,17 +140,37 @@ def test_large_split_shuffle_needs_no_permutation(monkeypatch):
     assert sorted(seen.tolist()) == list(range(103))
 
 
-def test_pad_batch_marks_padding_with_weight_zero():
-    batch = {"cat": np.arange(6, dtype=np.int32).reshape(3, 2), "num": np.ones((3, 1), np.float32),
-             "label": np.array([1, 0, 1], np.float32)}
-    out = dist.pad_batch(batch, 4)
-    assert out["cat"].shape == (4, 2) and out["weight"].tolist() == [1, 1, 1, 0]
+def _split(n: int) -> EncodedSplit:
+    return EncodedSplit(cat=np.arange(2 * n, dtype=np.int32).reshape(n, 2),
+                        num=np.ones((n, 1), np.float32), label=(np.arange(n) % 2).astype(np.float32))
+
+
+def test_last_batch_padded_with_weight_zero():
+    last = list(iterate_batches(_split(7), 4, pad_last=True))[-1]
+    assert last["cat"].shape == (4, 2) and last["weight"].tolist() == [1, 1, 1, 0]
+    assert last["cat"][3].tolist() == last["cat"][0].tolist()  # a repeat of the first row
     assert dist.padded_size(999, None) == 999
 
 
-def test_process_rows_cover_every_row_once():
-    rows = [dist.process_rows(10, i, 3) for i in range(3)]
-    assert [(r.start, r.stop) for r in rows] == [(0, 3), (3, 6), (6, 10)]
+def test_one_device_mesh_batches_equal_host_batches():
+    mesh = dist.make_mesh(1)
+    split = _split(10)
+    for shuffle in (False, True):
+        host = list(iterate_batches(split, 4, shuffle=shuffle, seed=2, pad_last=True))
+        sharded = list(iterate_batches(split, 4, shuffle=shuffle, seed=2, mesh=mesh))
+        assert len(host) == len(sharded) == 3
+        for h, g in zip(host, sharded):
+            assert set(g) == set(h) and all(isinstance(v, jax.Array) for v in g.values())
+            assert all(np.array_equal(np.asarray(g[k]), h[k]) for k in h)
+
+
+def test_shard_batch_keeps_the_batch_weights():
+    mesh = dist.make_mesh(1)
+    out = shard_batch(next(iterate_batches(_split(3), 4, pad_last=True)), mesh)
+    assert np.asarray(out["weight"]).tolist() == [1, 1, 1, 0]
+    again = shard_batch(out, mesh)  # already sharded: used as it is
+    assert set(again) == set(out) and all(again[k] is out[k] for k in out)
+    assert np.asarray(shard_batch({"cat": np.zeros((2, 1), np.int32)}, mesh)["weight"]).tolist() == [1, 1]
 
 
 def test_clear_errors():

@@ -8,23 +8,16 @@ import jax
 import optax
 from tqdm.auto import tqdm
 
+from afm_jax.forms import trainable_labels
 from afm_jax.inference import evaluate, make_scorer
+from afm_jax.packing import pack, unpack
 from afm_jax.train import make_train_step
 
-_FACTOR_KEYS = ("u", "v", "proj")
 
-
-def factor_labels(params: Any) -> Any:
-    """A pytree of "train"/"freeze" labels: "train" inside factor pairs and compressed tables."""
-
-    def label(node: Any, inside: bool) -> Any:
-        if isinstance(node, dict):
-            compressed_table = "proj" in node
-            return {k: label(v, inside or compressed_table or k in _FACTOR_KEYS
-                             or k.startswith("u_")) for k, v in node.items()}
-        return "train" if inside else "freeze"
-
-    return label(params, False)
+def factor_labels(params: Any, embed_dim: int | None = None) -> Any:
+    """A pytree of "train"/"freeze" labels: "train" inside factor pairs and compressed or folded
+    tables (`forms.trainable_labels`; embed_dim tells a folded table from a full one)."""
+    return trainable_labels(params, embed_dim)
 
 
 def finetune(model, params: Any, dataset, steps: int, *, learning_rate: float = 1e-4,
@@ -36,15 +29,18 @@ def finetune(model, params: Any, dataset, steps: int, *, learning_rate: float = 
     holds validation AUC and logloss before and after, so a variant is judged against the same
     fine-tuning given to the original. mesh: data-parallel over a `jax.sharding.Mesh` as in
     `train` (the returned params stay on the mesh; `distributed.host_params` fetches them).
+    Steps run on packed tables; the returned params are per-field.
     """
     from afm_jax import distributed
     from afm_jax.data import iterate_batches
 
+    params = pack(model, params)   # train in the packed layout, as `train` does
     if trainable == "all":
         tx = optax.adam(learning_rate)
     elif trainable == "factors":
+        labels = factor_labels(params, getattr(model.config, "embed_dim", None))
         tx = optax.multi_transform({"train": optax.adam(learning_rate),
-                                    "freeze": optax.set_to_zero()}, factor_labels(params))
+                                    "freeze": optax.set_to_zero()}, labels)
     else:
         raise ValueError(f"trainable must be 'factors' or 'all', got {trainable!r}")
     scorer = make_scorer(model, mesh)
@@ -60,11 +56,8 @@ def finetune(model, params: Any, dataset, steps: int, *, learning_rate: float = 
     done, epoch = 0, 0
     bar = tqdm(total=steps, desc="fine-tune", disable=not progress, leave=False)
     while done < steps:
-        batches = (iterate_batches(dataset.train, batch_size, shuffle=True, seed=seed * 7919 + epoch)
-                   if mesh is None else
-                   distributed.global_batches(dataset.train, batch_size, mesh, shuffle=True,
-                                              seed=seed * 7919 + epoch))
-        for batch in batches:
+        for batch in iterate_batches(dataset.train, batch_size, shuffle=True,
+                                     seed=seed * 7919 + epoch, mesh=mesh):
             params, opt_state, _ = step_fn(params, opt_state, batch)
             done += 1
             bar.update(1)
@@ -73,6 +66,6 @@ def finetune(model, params: Any, dataset, steps: int, *, learning_rate: float = 
         epoch += 1
     bar.close()
     after = evaluate(scorer, params, dataset.valid, mesh=mesh)
-    return params, {"steps": steps, "trainable": trainable,
+    return unpack(model, params), {"steps": steps, "trainable": trainable,
                     "valid_before": {"auc": before["auc"], "logloss": before["logloss"]},
                     "valid_after": {"auc": after["auc"], "logloss": after["logloss"]}}

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from afm_jax._cache import cache_per_model
 from afm_jax.errors import CompressionError
-from afm_jax.inference import default_chunk_rows
+from afm_jax.inference import chunked, default_chunk_rows, to_chunks
 from afm_jax.nn import SOW_COLLECTION
 
 
@@ -129,8 +129,9 @@ def _traced_sites(model, key, params, example_batch) -> tuple[tuple[str, tuple[i
 def _update(model, sites: tuple[str, ...], shards: int, carry: tuple[dict[str, Moments], jax.Array],
             params, batch):
     """Merge one batch into (per-site moments, rows seen). With `shards` devices on the batch
-    axis, the chunks of the CPU scan take rows from every device's part of the batch, so each
-    scan step stays sharded and the compiler reduces its moments across devices."""
+    axis, the chunks of the CPU scan (`inference.to_chunks`) take rows from every device's part
+    of the batch, so each scan step stays sharded and the compiler reduces its moments across
+    devices."""
 
     def merge(carry, part):
         moments, rows = carry
@@ -146,18 +147,13 @@ def _update(model, sites: tuple[str, ...], shards: int, carry: tuple[dict[str, M
 
     n = batch["cat"].shape[0]
     chunk = default_chunk_rows()
-    per = n // shards
-    if chunk is None or per <= chunk or per % chunk or n % shards:
+    if not chunked(n, shards, chunk):
         return merge(carry, batch)[0]
-    # on a CPU, cache-sized chunks merged one after another (as in the scorer); chunk j holds
-    # rows j*chunk.. of every device's block: [shards, m, chunk] -> [m, shards * chunk]
-    m = per // chunk
-
-    def split(x):
-        x = x.reshape(shards, m, chunk, *x.shape[1:])
-        return jnp.swapaxes(x, 0, 1).reshape(m, shards * chunk, *x.shape[3:])
-
-    return jax.lax.scan(merge, carry, jax.tree.map(split, batch))[0]
+    # on a CPU, cache-sized chunks merged one after another (as in the scorer), each with rows
+    # from every device's block; rows padded into the last chunk get weight 0
+    if (n // shards) % chunk and "weight" not in batch:
+        batch = {**batch, "weight": jnp.ones((n,), jnp.float32)}
+    return jax.lax.scan(merge, carry, jax.tree.map(lambda x: to_chunks(x, shards, chunk), batch))[0]
 
 
 @cache_per_model(32)
@@ -175,12 +171,15 @@ def collect_stats(model, params, batches: Iterable[Mapping[str, Any]],
     "weight" [B] (rows of weight 0, e.g. padding, count for nothing); sites: names
     ("mlp/dense_0", "embed/C7"); None means every site. `total` sizes the progress bar.
     mesh: a `jax.sharding.Mesh` (see `afm_jax.distributed`): host batches are sharded on their
-    batch axis over "data" (already-global arrays, e.g. from `distributed.global_batches`, are
-    used as they are), params should be placed with `shard_params`; the compiler reduces the
-    moments across devices and processes.
+    batch axis over "data" (`data.batching.shard_batch`; batches from
+    `iterate_batches(..., mesh=mesh)` are used as they are), params should be placed with
+    `shard_params`; the compiler reduces the moments across devices and processes.
     """
     from afm_jax import distributed
+    from afm_jax.data.batching import shard_batch
+    from afm_jax.packing import unpack
 
+    params = unpack(model, params)   # sites are per-field paths: statistics run per field
     it = iter(batches)
     try:
         first = next(it)
@@ -207,10 +206,8 @@ def collect_stats(model, params, batches: Iterable[Mapping[str, Any]],
     bar = tqdm(total=total, desc="statistics", unit="batch", disable=not progress, leave=False)
     for b in itertools.chain([first], it):
         b = {k: b[k] for k in keys if k in b}
-        if mesh is not None:
-            if "weight" not in b:  # the weighted update's centred second pass keeps the mean
-                b["weight"] = np.ones(np.shape(b["cat"])[0], np.float32)  # exact across devices
-            b = distributed.shard_batch(b, mesh)
+        if mesh is not None:  # always weighted: the weighted update's centred second pass
+            b = shard_batch(b, mesh)  # keeps the mean exact across devices
         carry = update(carry, params, b)
         bar.update(1)
     bar.close()

@@ -1,12 +1,17 @@
-"""Batches over encoded splits: one fancy-index per array per batch, no per-row Python."""
+"""Batches over encoded splits, on the host or sharded over a mesh: one fancy-index (or slice)
+per array per batch, no per-row Python."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any
 
+import jax
 import numpy as np
+from jax.sharding import Mesh
 
 from afm_jax.data.dataset import EncodedSplit
+from afm_jax.distributed import batch_sharding, data_size, padded_size
 from afm_jax.errors import DataError
 
 # Splits larger than this are shuffled with a keyed permutation computed batch by batch (memory
@@ -45,11 +50,20 @@ def keyed_permutation(positions: np.ndarray, n: int, seed: int, rounds: int = 4)
     return y.astype(np.int64)
 
 
+def pad_indices(idx: np.ndarray, rows: int) -> np.ndarray:
+    """`idx` padded to `rows` entries with repeats of its first row (rows that get weight 0)."""
+    if len(idx) >= rows:
+        return idx
+    if len(idx) == 0:
+        raise DataError("cannot pad an empty batch", field="batch_size")
+    return np.concatenate([idx, np.full(rows - len(idx), idx[0])])
+
+
 def batch_indices(n: int, batch_size: int, *, shuffle: bool = False, seed: int = 0,
                   drop_remainder: bool = False, start_batch: int = 0,
                   pad_to: int | None = None) -> Iterator[tuple[np.ndarray, int]]:
     """(row indices, real rows) of each batch of `iterate_batches`; pad_to: pad the index list
-    to that many with repeats of its first row (those rows get weight 0)."""
+    to that many with `pad_indices`."""
     if batch_size < 1:
         raise DataError(f"batch_size must be >= 1, got {batch_size}", field="batch_size")
     order = None
@@ -64,16 +78,50 @@ def batch_indices(n: int, batch_size: int, *, shuffle: bool = False, seed: int =
             idx = np.sort(order[s:e])
         else:
             idx = np.sort(keyed_permutation(np.arange(s, e), n, seed))
-        real = e - s
-        if pad_to is not None and real < pad_to:
-            idx = np.concatenate([idx, np.full(pad_to - real, idx[0])])
-        yield idx, real
+        yield (idx if pad_to is None else pad_indices(idx, pad_to)), e - s
+
+
+def _host_rows(arr: Any, idx: np.ndarray) -> np.ndarray:
+    """arr[idx] as a new host array. A run of consecutive indices is read as a slice, so a
+    memory-mapped `arr` is not copied through a fancy index."""
+    if len(idx) and idx[-1] - idx[0] == len(idx) - 1 and bool(np.all(np.diff(idx) == 1)):
+        return np.ascontiguousarray(arr[int(idx[0]):int(idx[-1]) + 1])
+    return np.ascontiguousarray(arr[idx])
+
+
+def _rows(arr: Any, idx: np.ndarray, mesh: Mesh | None) -> np.ndarray | jax.Array:
+    """arr[idx]: a host array without a mesh; with one, a global array sharded on axis 0 over
+    "data", for which each process reads only the rows of its own devices."""
+    if mesh is None:
+        return _host_rows(arr, idx)
+    sharding = batch_sharding(mesh, np.ndim(arr))
+    if jax.process_count() == 1 and len(sharding.device_set) == 1:
+        return jax.device_put(_host_rows(arr, idx), sharding)
+
+    def device_rows(index: tuple) -> np.ndarray:  # index: this device's block of the result
+        return np.ascontiguousarray(_host_rows(arr, idx[index[0]])[(slice(None),) + tuple(index[1:])])
+
+    return jax.make_array_from_callback((len(idx),) + tuple(np.shape(arr)[1:]), sharding, device_rows)
+
+
+def _take(arrays: Mapping[str, Any], idx: np.ndarray, real: int | None,
+          mesh: Mesh | None) -> dict[str, Any]:
+    """One batch {k: arrays[k][idx]}. real: add "weight" [len(idx)], 1 on the first `real` rows
+    (times the arrays' own "weight", if any) and 0 on the padding after them; None: no weight."""
+    batch = {k: _rows(v, idx, mesh) for k, v in arrays.items() if k != "weight"}
+    if real is not None:
+        weight = np.zeros(len(idx), np.float32)
+        weight[:real] = 1.0
+        if "weight" in arrays:
+            weight *= _host_rows(np.asarray(arrays["weight"], np.float32), idx)
+        batch["weight"] = _rows(weight, np.arange(len(idx)), mesh)
+    return batch
 
 
 def iterate_batches(split: EncodedSplit, batch_size: int, *, shuffle: bool = False, seed: int = 0,
-                    drop_remainder: bool = False, start_batch: int = 0,
-                    pad_last: bool = False) -> Iterator[dict[str, np.ndarray]]:
-    """Yield {"cat": int32[B,Fc], "num": float32[B,Fn], "label": float32[B]}.
+                    drop_remainder: bool = False, start_batch: int = 0, pad_last: bool = False,
+                    mesh: Mesh | None = None) -> Iterator[dict[str, Any]]:
+    """Yield {"cat": int32[B,Fc], "num": float32[B,Fn], "label": float32[B]}: the one batch path.
 
     shuffle: a permutation seeded by `seed` (pass a different seed per epoch); each batch's indices
     are sorted for memory locality. Without shuffle, batches are contiguous slices in order. The
@@ -81,18 +129,32 @@ def iterate_batches(split: EncodedSplit, batch_size: int, *, shuffle: bool = Fal
     order (to resume an epoch mid-way with the very same batches). pad_last: every batch gets a
     "weight" array (1 for real rows) and the short last batch is padded to batch_size with
     repeats of its first row at weight 0, so a jitted step sees one shape only.
+
+    mesh: the same rows in the same order as global arrays sharded on axis 0 over its "data"
+    axis, each process reading from `split` only the rows of its own devices. Mesh batches are
+    always padded and weighted as with pad_last, to batch_size rounded up to a multiple of the
+    data axis. Without a mesh, host numpy arrays.
     Memory is O(batch) for splits over LARGE_SHUFFLE_ROWS rows (read from memory-mapped arrays).
     """
+    pad = pad_last or mesh is not None
+    arrays = {k: getattr(split, k) for k in ("cat", "num", "label")}
     for idx, real in batch_indices(len(split), batch_size, shuffle=shuffle, seed=seed,
                                    drop_remainder=drop_remainder, start_batch=start_batch,
-                                   pad_to=batch_size if pad_last else None):
-        if not shuffle and real == len(idx):  # a contiguous slice: no index array over the rows
-            s = int(idx[0])
-            batch = {k: np.ascontiguousarray(getattr(split, k)[s:s + real]) for k in ("cat", "num", "label")}
-        else:
-            batch = {k: np.ascontiguousarray(getattr(split, k)[idx]) for k in ("cat", "num", "label")}
-        if pad_last:
-            weight = np.ones(len(idx), np.float32)
-            weight[real:] = 0.0
-            batch["weight"] = weight
-        yield batch
+                                   pad_to=padded_size(batch_size, mesh) if pad else None):
+        yield _take(arrays, idx, real if pad else None, mesh)
+
+
+def shard_batch(batch: Mapping[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
+    """A host batch {"cat": [B, Fc], ...} (the same in every process) as global arrays sharded
+    on axis 0 over "data", each process copying only its devices' rows; padded to a multiple of
+    the data axis like `iterate_batches(..., mesh=mesh)`, with a "weight" (the batch's own, if
+    any, and 0 on the padding). A batch that is already sharded so is returned as it is."""
+    b = int(np.shape(batch["cat"])[0])
+    sharded = all(isinstance(v, jax.Array) and v.sharding == batch_sharding(mesh, v.ndim)
+                  for v in batch.values())
+    if sharded and b % data_size(mesh) == 0:
+        out = dict(batch)
+        if "weight" not in out:
+            out["weight"] = _rows(np.ones(b, np.float32), np.arange(b), mesh)
+        return out
+    return _take(batch, pad_indices(np.arange(b), padded_size(b, mesh)), b, mesh)
