@@ -19,6 +19,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from afm_jax import forms
 from afm_jax.errors import CheckpointError, DataError
 from afm_jax.models import CTRModel, model_from_json, model_to_json
 
@@ -130,11 +131,15 @@ def load_encoder(model_dir: str | os.PathLike):
 def validate_params(model: CTRModel, params: Any, where: str = "params") -> None:
     """Raise CheckpointError naming the first path where `params` cannot be this model's.
 
-    Accepted per site: the full form or an AFM form (factor pair, compressed or folded table);
-    every other leaf must have the shape a fresh init gives.
+    Accepted per site: the full form, an AFM form (factor pair, compressed or folded table) or
+    TT-Rec cores (`forms` tells them apart); every other leaf must have the shape a fresh init
+    gives. Packed params are checked per field (`packing.unpack`).
     """
     import jax.numpy as jnp
 
+    from afm_jax.packing import unpack
+
+    params = unpack(model, params)
     info = model.info
     expected = jax.eval_shape(model.init, jax.random.key(0),
                               jnp.zeros((len(info.cat_names),), jnp.int32),
@@ -156,12 +161,13 @@ def validate_params(model: CTRModel, params: Any, where: str = "params") -> None
             return
         if not isinstance(got, dict):
             fail(path, "expected a subtree, found an array")
-        if set(exp) == {"kernel", "bias"}:  # a Linear: full or factor pair
+        if forms.linear_form(exp) == "full":  # a Linear: full or factor pair
             n_in, n_out = exp["kernel"].shape
             if path == fold_target and "kernel" in got:
                 n_in = shape(got["kernel"])[0]  # folded rows: the input dim may shrink
-            first = next((k for k in got if k == "u" or k.startswith("u_")), None)
-            if first is not None and set(got) == {first, "v"}:
+            form = forms.linear_form(got)
+            if form == "factor":
+                first = forms.first_factor_key(got)
                 k = shape(got["v"]["kernel"])[0]
                 ok = (shape(got["v"]["kernel"]) == (k, n_out) and shape(got["v"]["bias"]) == (n_out,)
                       and shape(got[first]["kernel"])[1:] == (k,)
@@ -170,21 +176,29 @@ def validate_params(model: CTRModel, params: Any, where: str = "params") -> None
                 if not ok:
                     fail(path, f"factor pair does not fit a {n_in}x{n_out} layer")
                 return
-            if set(got) != {"kernel", "bias"}:
+            if form != "full":
                 fail(path, f"expected {{kernel, bias}} or a factor pair, found keys {sorted(got)}")
             if shape(got["kernel"]) != (n_in, n_out) or shape(got["bias"]) != (n_out,):
                 fail(path, f"expected a {n_in}x{n_out} layer, found kernel "
                      f"{shape(got['kernel'])}")
             return
-        if set(exp) == {"embedding"}:  # a field's table: full, compressed or folded
+        if forms.table_form(exp) == "full":  # a field's table: full, compressed, folded or TT
             v, d = exp["embedding"].shape
-            if "embedding" not in got or shape(got["embedding"])[0] != v:
+            form = forms.table_form(got, d)
+            if form == "tt":
+                if forms.table_width(got) != d or np.prod([shape(got[c])[0]
+                                                           for c in forms.TT_KEYS]) < v:
+                    fail(path, f"TT cores do not cover a {v}x{d} table")
+                return
+            if form not in ("full", "compressed", "folded"):
+                fail(path, f"expected a table, found keys {sorted(got)}")
+            if shape(got["embedding"])[0] != v:
                 fail(path, f"expected a table with {v} rows")
             k = shape(got["embedding"])[1]
-            if "proj" in got:
+            if form == "compressed":
                 if shape(got["proj"]["kernel"]) != (k, d) or shape(got["proj"]["bias"]) != (d,):
                     fail(path, f"projection does not map rank {k} to dim {d}")
-            elif k != d and fold_target is None:
+            elif form == "folded" and fold_target is None:
                 fail(path, f"table of dim {k} without a projection; this model needs dim {d}")
             return
         missing, extra = sorted(set(exp) - set(got)), sorted(set(got) - set(exp))

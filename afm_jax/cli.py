@@ -128,7 +128,8 @@ def cmd_train(args: argparse.Namespace) -> dict:
     model = build_model(args.model, ds.info, **_model_kwargs(args))
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size,
                          learning_rate=args.lr, seed=args.seed, embed_l2=args.embed_l2,
-                         patience=args.patience, checkpoint_every=args.checkpoint_every)
+                         patience=args.patience, checkpoint_every=args.checkpoint_every,
+                         table_optimizer=args.table_optimizer)
     mesh = _mesh(args)
     res = train(model, ds, config, out_dir=args.out, progress=progress,
                 extra_meta={"data": {"spec": args.data, **options}}, mesh=mesh,
@@ -430,6 +431,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     p.add_argument("--embed-l2", type=float, default=0.0,
                    help="L2 penalty on the embedding rows a batch reads")
+    p.add_argument("--table-optimizer", default="rowwise",
+                   choices=["rowwise", "rowwise_adagrad", "dense"],
+                   help="embedding tables: row-wise lazy Adam (only the rows a batch reads are "
+                        "updated), row-wise Adagrad, or dense Adam over every row")
     p.add_argument("--patience", type=int, default=1,
                    help="stop after this many epochs without a better validation AUC")
     p.add_argument("--checkpoint-every", type=int, default=0,

@@ -18,6 +18,7 @@ import optax
 import orbax.checkpoint as ocp
 from tqdm.auto import tqdm
 
+from afm_jax import rowwise
 from afm_jax._cache import cache_per_model
 from afm_jax.errors import AfmError
 from afm_jax.inference import evaluate, logits_fn, make_scorer
@@ -37,6 +38,7 @@ class TrainConfig:
     log_every: int = 50          # read the loss back (and check it is finite) every N steps
     checkpoint_every: int = 0    # with an out_dir, also checkpoint every N steps (0: per epoch)
     seed: int = 0
+    table_optimizer: str = "rowwise"  # tables: "rowwise" (lazy Adam), "rowwise_adagrad", "dense"
 
 
 @dataclass
@@ -99,10 +101,13 @@ def make_train_step(model, tx: optax.GradientTransformation, embed_l2: float = 0
 
 
 @cache_per_model(16)
-def _adam_step(model, learning_rate: float, embed_l2: float):
-    """The Adam train step, cached per (model, learning rate, L2): a second `train` call in the
-    same process (another run, a resume, a benchmark round) reuses the compiled step."""
-    return make_train_step(model, optax.adam(learning_rate), embed_l2)
+def _adam_step(model, learning_rate: float, embed_l2: float, table_optimizer: str = "dense"):
+    """The train step, cached per (model, learning rate, L2, table optimizer): a second `train`
+    call in the same process (another run, a resume, a benchmark round) reuses the compiled
+    step. Tables are updated row-wise (`rowwise.make_step`) or by dense Adam with the rest."""
+    if table_optimizer == "dense":
+        return make_train_step(model, optax.adam(learning_rate), embed_l2)
+    return rowwise.make_step(model, learning_rate, table_optimizer, embed_l2)
 
 
 def _counters(epoch: int, step: int, best_auc: float, bad_epochs: int,
@@ -176,9 +181,16 @@ def _start(model, info, config: TrainConfig, params: Any, mesh, shard_embeddings
     params = pack(model, params)  # train in the packed layout: one gather per table width
     if mesh is not None:
         params = distributed.shard_params(params, mesh, shard_embeddings)
-    opt_state = optax.adam(config.learning_rate).init(params)
-    if mesh is not None:
-        opt_state = distributed.place_like(opt_state, params)
+    if config.table_optimizer == "dense":
+        opt_state = optax.adam(config.learning_rate).init(params)
+        if mesh is not None:
+            opt_state = distributed.place_like(opt_state, params)
+    else:  # row slots take their tables' shardings; the dense Adam state is replicated
+        opt_state = rowwise.init(params, config.learning_rate, config.table_optimizer)
+        if mesh is not None:
+            opt_state = opt_state._replace(
+                dense=jax.device_put(opt_state.dense, distributed.replicated(mesh)),
+                count=jax.device_put(opt_state.count, distributed.replicated(mesh)))
     return _Loop(params=params, opt_state=opt_state, best_params=jax.tree.map(jnp.copy, params))
 
 
@@ -315,13 +327,17 @@ def train(model, dataset, config: TrainConfig = TrainConfig(), *, out_dir: str |
     params stay on the mesh. Training runs in the packed layout (`packing.pack`) and so do its
     checkpoints; the returned params and the model directory are per-field.
     """
+    if config.table_optimizer not in rowwise.TABLE_OPTIMIZERS:
+        raise AfmError(f"TrainConfig.table_optimizer must be one of {rowwise.TABLE_OPTIMIZERS}, "
+                       f"got {config.table_optimizer!r}")
     t_start = time.perf_counter()
     loop = _start(model, dataset.info, config, params, mesh, shard_embeddings)
     out = None if out_dir is None else Path(out_dir)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
     run = _Run(model, dataset, config, mesh, out, None if out is None else _state_manager(out),
-               progress, _adam_step(model, config.learning_rate, config.embed_l2),
+               progress, _adam_step(model, config.learning_rate, config.embed_l2,
+                                    config.table_optimizer),
                make_scorer(model, mesh))
     if run.manager is not None:
         loop = _restore(run, loop)

@@ -99,6 +99,36 @@ def mesh_checks() -> dict:
             "vocab_rows": int(ds.info.vocab_sizes[0]),
             "shard_rows": sorted({int(s.data.shape[0]) for s in table.addressable_shards})}
 
+    # packed tables (one per width) row-sharded over "model" score identically, and a row-wise
+    # step keeps the tables and their Adam rows sharded and equals the single-device step
+    from afm_jax import rowwise
+    from afm_jax.packing import pack
+
+    packed = pack(model, jax.tree.map(np.asarray, params))
+    key = next(k for k in packed["embed"] if k.startswith("table_"))
+    ref_p, _, ref_loss = rowwise.make_step(model, 1e-2)(
+        jax.tree.map(jax.numpy.array, packed), rowwise.init(packed, 1e-2, "rowwise"), batch)
+    out["packed"] = {}
+    for data, model_axis in ((2, 2), (1, 4)):
+        mesh = dist.make_mesh(4, model_axis=model_axis)
+        p = dist.shard_params(packed, mesh, shard_embeddings=True)
+        def rows_axis(x):  # the axis the rows are sharded over ("model"), None if replicated
+            spec = tuple(x.sharding.spec) + (None,)
+            return spec[0] if all(a is None for a in spec[1:]) else "columns too"
+
+        spec = rows_axis(p["embed"][key])
+        got_scores = predict(make_scorer(model, mesh), p, ds.test, 500, mesh=mesh)
+        p2, s2, loss = rowwise.make_step(model, 1e-2)(p, rowwise.init(p, 1e-2, "rowwise"),
+                                                      shard_batch(batch, mesh))
+        host = dist.host_params(p2, model.info)
+        out["packed"][f"{data}x{model_axis}"] = {
+            "max_diff": float(np.abs(got_scores - scores).max()), "table_spec": spec,
+            "after_spec": rows_axis(p2["embed"][key]),
+            "slot_spec": rows_axis(s2.slots[f"embed/{key}"]["m"]),
+            "loss_diff": abs(float(loss) - float(ref_loss)),
+            "param_max_diff": max(float(np.abs(np.asarray(a) - np.asarray(b)).max()) for a, b in
+                                  zip(jax.tree.leaves(host), jax.tree.leaves(ref_p), strict=True))}
+
     # the compressed pytree goes back on the mesh with a valid sharding and scores the same
     stats = collect_stats(model, params, afm_jax.iterate_batches(ds.train, 1000), progress=False)
     small = compress(params, stats, make_plan(params, stats, "rank:2"), model=model)

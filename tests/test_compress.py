@@ -29,7 +29,7 @@ from afm_jax.errors import CompressionError
 from afm_jax.inference import count_params, make_scorer
 from afm_jax.models import REGISTRY
 from afm_jax.nn import Linear
-from tests.helpers import batches, lively_params, logits, random_batch, small_model
+from tests.helpers import batches, lively_params, logits, np_tree, random_batch, small_model
 
 MODELS = sorted(REGISTRY)
 
@@ -368,3 +368,28 @@ def test_compress_model_is_collect_plan_map_in_one_call():
     again = compress_model(model, params, ds, plan, stats_rows=1000, batch_size=500,
                            progress=False)
     jax.tree.map(_close, res.params, again.params)
+
+
+def test_finetune_trains_folded_tables_and_factors_and_freezes_the_rest():
+    """Wide&Deep folds compressed tables into its first Dense; fine-tuning "factors" must move
+    those tables (a defect froze them) and leave full layers and the first order alone."""
+    from afm_jax.compress import finetune
+    from afm_jax.data import iterate_batches, synthetic_dataset
+    from afm_jax.models import build_model
+
+    ds = synthetic_dataset(3000, n_categorical=4, vocab_sizes=[20, 30, 40, 50])
+    model = build_model("wide_deep", ds.info, embed_dim=8, mlp=(16, 8))
+    params = np_tree(lively_params(model, info=ds.info))
+    stats = collect_stats(model, params, iterate_batches(ds.train, 512), progress=False)
+    embed = {s: 3 for s in stats if s.startswith("embed/")}
+    small = np_tree(compress(params, stats, {**embed, "mlp/dense_1": 4}, model=model))
+    assert all(np.shape(t["embedding"])[1] == 3 for t in small["embed"].values()
+               if "embedding" in t) and "proj" not in small["embed"]["c0"]   # folded
+    tuned, report = finetune(model, small, ds, 5, learning_rate=1e-2, progress=False)
+    tuned = np_tree(tuned)
+    assert not np.array_equal(tuned["embed"]["c0"]["embedding"], small["embed"]["c0"]["embedding"])
+    assert not np.array_equal(tuned["mlp"]["dense_1"]["u"]["kernel"],
+                              small["mlp"]["dense_1"]["u"]["kernel"])
+    assert np.array_equal(tuned["mlp"]["dense_0"]["kernel"], small["mlp"]["dense_0"]["kernel"])
+    assert np.array_equal(tuned["linear"]["weights"], small["linear"]["weights"])
+    assert report["steps"] == 5

@@ -80,6 +80,13 @@ def test_row_sharded_embeddings_score_identically(mesh_result):
         assert st["max_diff"] < 1e-6, (layout, st)
 
 
+def test_packed_row_sharded_tables_score_identically_and_rowwise_steps_stay_sharded(mesh_result):
+    for layout, st in mesh_result["packed"].items():
+        assert st["table_spec"] == st["after_spec"] == st["slot_spec"] == "model", st
+        assert st["max_diff"] < 1e-6, (layout, st)
+        assert st["loss_diff"] < 1e-6 and st["param_max_diff"] < 1e-6, (layout, st)
+
+
 def test_compressed_params_keep_a_valid_sharding(mesh_result):
     st = mesh_result["compressed"]
     assert st["has_proj"] and st["all_named"] and st["shards_fit"] and st["round_trip"]

@@ -18,7 +18,7 @@ from afm_jax.inference import count_params, evaluate, make_scorer
 from afm_jax.models import build_model
 from afm_jax.nn import tt_row
 from afm_jax.train import TrainConfig, init_params, train
-from tests.helpers import INFO, random_batch, small_model
+from tests.helpers import INFO, lively_params, np_tree, random_batch, small_model
 
 
 @pytest.mark.parametrize("vocab,dim", [(1, 16), (37, 16), (1000, 16), (5003, 10), (64, 7)])
@@ -76,3 +76,17 @@ def test_bad_site_is_named():
     params = init_params(small_model("deepfm"), INFO, 0)
     with pytest.raises(CompressionError, match="embed/zz"):
         tt_tables(params, {"embed/zz": 2})
+
+
+def test_a_saved_ttrec_model_directory_loads_back(tmp_path):
+    """Validation accepts TT cores where a table was (a defect: it wanted "embedding")."""
+    from afm_jax.checkpoint import load_model_dir, save_model_dir
+
+    model = small_model("deepfm")
+    params = np_tree(lively_params(model))
+    tt = np_tree(tt_tables(params, {"embed/a": 2, "embed/b": 3}, seed=0))
+    save_model_dir(tmp_path / "m", model, tt)
+    _, loaded, _ = load_model_dir(tmp_path / "m")
+    batch = random_batch(16)
+    np.testing.assert_allclose(np.asarray(make_scorer(model)(loaded, batch)),
+                               np.asarray(make_scorer(model)(tt, batch)), rtol=1e-6)

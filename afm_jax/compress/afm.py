@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from afm_jax import forms
 from afm_jax.compress.stats import SiteStats
 from afm_jax.errors import CompressionError
 from afm_jax.nn import ACTIVATIONS
@@ -84,7 +85,7 @@ def afm_linear(layer: Mapping[str, Any], stats: SiteStats, rank: int, *,
 
 def afm_embedding(table: Mapping[str, Any], stats: SiteStats, rank: int) -> Params:
     """`{embedding E [V, d]}` -> `{embedding (E - mu) U [V, k], proj {U^T [k, d], mu [d]}}`."""
-    if "embedding" not in table or "proj" in table:
+    if forms.table_form(table) != "full":
         raise CompressionError(f"afm_embedding needs a full table, got keys {sorted(table)}")
     e = np.asarray(table["embedding"], np.float64)
     mu = np.asarray(stats.mean, np.float64)
@@ -133,15 +134,10 @@ def fold_projections(model: Any, params: Params) -> Params:
     new_embed, blocks, row = dict(embed), [], 0
     for name in names:
         p = embed[name]
-        if "vector" in p:
-            dim = np.shape(p["vector"])[0]
-        elif "proj" in p:
-            dim = np.shape(p["proj"]["kernel"])[1]
-        else:
-            dim = np.shape(p["embedding"])[1]
+        dim = forms.output_width(p)
         k_f = kernel[row:row + dim]
         row += dim
-        if "proj" in p:
+        if forms.table_form(p) == "compressed":
             proj_w = np.asarray(p["proj"]["kernel"], np.float64)
             bias = bias + np.asarray(p["proj"]["bias"], np.float64) @ k_f
             k_f = proj_w @ k_f
@@ -171,7 +167,7 @@ def compress(params: Params, stats: Stats, plan: Plan, *, model: Any = None,
         if site not in stats:
             raise CompressionError(f"no statistics for site {site!r}; collect them first")
         node = get_path(params, site)
-        if "embedding" in node:
+        if forms.table_form(node) is not None:
             out = set_path(out, site, afm_embedding(node, stats[site], rank))
     fold_target = getattr(model, "FOLD_INTO", None) if model is not None else None
     if fold_target is not None and any(s.startswith("embed/") for s in ranks):
@@ -179,10 +175,10 @@ def compress(params: Params, stats: Stats, plan: Plan, *, model: Any = None,
         out = fold_projections(model, out)
     for site, rank in ranks.items():
         node = get_path(out, site)
-        if "kernel" in node:
+        if forms.linear_form(node) is not None:
             out = set_path(out, site, afm_linear(node, stats[site], rank, activation=activation,
                                                  shift_std=shift_std))
-        elif "embedding" not in node:
+        elif forms.table_form(node) is None:
             raise CompressionError(f"site {site!r} is neither a full Linear nor an embedding "
                                    f"table (keys {sorted(node)})")
     return out

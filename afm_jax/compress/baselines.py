@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from afm_jax import forms
 from afm_jax.compress.afm import _like, get_path, set_path
 from afm_jax.errors import CompressionError
 from afm_jax.types import Params, Plan
@@ -52,9 +53,9 @@ def svd_compress(params: Params, plan: Plan) -> Params:
         if rank is None:
             continue
         node = get_path(params, site)
-        if "kernel" in node:
+        if forms.linear_form(node) == "full":
             out = set_path(out, site, svd_linear(node, rank))
-        elif "embedding" in node:
+        elif forms.table_form(node) == "full":
             out = set_path(out, site, svd_embedding(node, rank))
         else:
             raise CompressionError(f"site {site!r} is neither a Linear nor an embedding table")

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from afm_jax import forms
 from afm_jax.compress.afm import get_path, variance_kept
 from afm_jax.errors import CompressionError
 from afm_jax.types import Params, Plan, Stats
@@ -60,10 +61,10 @@ def site_shapes(params: Params, stats: Stats,
                                          for p in sites):
             continue
         node = get_path(params, site)
-        if "kernel" in node:
+        if forms.linear_form(node) == "full":
             i, o = np.shape(node["kernel"])
             shapes[site] = SiteShape("linear", int(i), int(o))
-        elif "embedding" in node and "proj" not in node:
+        elif forms.table_form(node) == "full":
             v, d = np.shape(node["embedding"])
             shapes[site] = SiteShape("embedding", int(v), int(d))
     return shapes

@@ -1,0 +1,122 @@
+"""Train-step time and peak memory against vocabulary rows: row-wise vs dense table updates.
+
+Each (vocabulary rows, table optimizer) runs in a fresh subprocess, so its peak memory (max RSS)
+is its own: DeepFM on 26 categorical fields (vocabulary split over them like Criteo's, Zipf ids)
+and 13 numeric fields, embeddings 16, MLP 400-400-400, batch 1024, packed tables.
+
+    python experiments/table_scale.py [--vocab 17000,1000000,10000000] [--steps 30]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+# Criteo's 26 categorical fields at min-count 10 (relative sizes of the sample's vocabularies)
+_CRITEO_SHARE = np.array([1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683,
+                          8351593, 3194, 27, 14992, 5461306, 10, 5652, 2173, 4, 7046547, 18,
+                          15, 286181, 105, 142572], np.float64)
+
+
+def vocab_sizes(total: int, fields: int = 26) -> list[int]:
+    """`fields` vocabulary sizes summing to `total`, in Criteo's proportions (each >= 2)."""
+    share = _CRITEO_SHARE[:fields] / _CRITEO_SHARE[:fields].sum()
+    sizes = np.maximum(2, np.floor(share * total)).astype(np.int64)
+    sizes[int(np.argmax(sizes))] += total - int(sizes.sum())
+    return [int(v) for v in sizes]
+
+
+def _worker(total: int, optimizer: str, steps: int, batch: int) -> dict:
+    """One measurement in this process: build, warm up, time `steps` steps."""
+    import resource
+
+    import jax
+    import jax.numpy as jnp
+
+    from afm_jax.data import FeatureInfo
+    from afm_jax.models import build_model
+    from afm_jax.packing import pack
+    from afm_jax.train import TrainConfig, _adam_step, _start
+
+    def rss_mb() -> float:
+        with open("/proc/self/status") as f:
+            return next(int(x.split()[1]) for x in f if x.startswith("VmRSS")) / 1024
+
+    jnp.zeros(1).block_until_ready()
+    base_rss = rss_mb()   # the runtime's own memory, before any table exists
+    sizes = vocab_sizes(total)
+    info = FeatureInfo(cat_names=tuple(f"C{i}" for i in range(26)), vocab_sizes=tuple(sizes),
+                       num_names=tuple(f"I{i}" for i in range(13)))
+    model = build_model("deepfm", info)
+    config = TrainConfig(table_optimizer=optimizer)
+    loop = _start(model, info, config, None, None, False)
+    params, state = pack(model, loop.params), loop.opt_state
+    table_bytes = sum(x.nbytes for x in jax.tree.leaves(params))
+    state_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
+    step = _adam_step(model, config.learning_rate, 0.0, optimizer)
+    rng = np.random.default_rng(0)
+    batches = []
+    for i in range(4):
+        ids = np.stack([np.minimum(rng.zipf(1.2, batch) - 1, v - 1) for v in sizes], 1)
+        batches.append(jax.device_put({
+            "cat": ids.astype(np.int32),
+            "num": rng.normal(size=(batch, 13)).astype(np.float32),
+            "label": (rng.uniform(size=batch) < 0.25).astype(np.float32),
+            "weight": np.ones(batch, np.float32)}))
+        del i
+    for b in batches[:2]:   # compile and warm up
+        params, state, loss = step(params, state, b)
+    jnp.asarray(loss).block_until_ready()
+    times = []
+    for i in range(steps):
+        t0 = time.perf_counter()
+        params, state, loss = step(params, state, batches[i % len(batches)])
+        loss.block_until_ready()
+        times.append(time.perf_counter() - t0)
+    return {"vocab_rows": int(sum(sizes)), "optimizer": optimizer, "batch": batch,
+            "step_ms": 1e3 * float(np.median(times)), "rows_per_s": batch / float(np.median(times)),
+            "params_mb": table_bytes / 2**20, "state_mb": state_bytes / 2**20,
+            "base_rss_mb": base_rss,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def measure(total: int, optimizer: str, steps: int = 30, batch: int = 1024) -> dict:
+    """`_worker` in a fresh subprocess (its own peak memory); an error becomes a row with it."""
+    code = (f"import json; from afm_jax.lab.table_scale import _worker; "
+            f"print(json.dumps(_worker({total}, {optimizer!r}, {steps}, {batch})))")
+    env = dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        return {"vocab_rows": total, "optimizer": optimizer, "error": proc.stderr.strip()[-400:]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def to_markdown(rows: list[dict], command: str, machine: str) -> str:
+    base = {r["optimizer"]: r["step_ms"] for r in rows if "step_ms" in r
+            and r["vocab_rows"] == min(x["vocab_rows"] for x in rows)}
+    lines = [f"# Train step against vocabulary rows\n\n`{command}` on {machine}, load average "
+             f"{os.getloadavg()[0]:.1f}. DeepFM, 26 categorical fields (Criteo's proportions, Zipf "
+             "ids) + 13 numeric, embeddings 16, MLP 400-400-400, batch 1024, packed tables; "
+             "median of the timed steps, each configuration in its own process.\n",
+             "Peak memory is the process's peak RSS less its RSS before the model existed (the "
+             "runtime's own, about 0.3-0.7 GB), against the params and optimizer state.\n",
+             "| vocabulary rows | tables | step ms | rows/s | vs smallest | params MB | "
+             "optimizer state MB | peak MB | peak / (params + state) |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['vocab_rows']:,} | {r['optimizer']} | failed: {r['error'][-120:]} "
+                         "| | | | | | |")
+            continue
+        ratio = r["step_ms"] / base[r["optimizer"]] if r["optimizer"] in base else float("nan")
+        need = r["params_mb"] + r["state_mb"]
+        peak = r["peak_rss_mb"] - r["base_rss_mb"]
+        lines.append(f"| {r['vocab_rows']:,} | {r['optimizer']} | {r['step_ms']:.1f} | "
+                     f"{r['rows_per_s']:,.0f} | {ratio:.2f}x | {r['params_mb']:.0f} | "
+                     f"{r['state_mb']:.0f} | {peak:.0f} | {peak / need:.2f} |")
+    return "\n".join(lines) + "\n"

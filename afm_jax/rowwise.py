@@ -1,0 +1,236 @@
+"""Row-wise (sparse) updates of embedding tables: a step costs the rows a batch reads, not the table.
+
+A dense optimizer step over a table writes every row, both Adam moments and a zero-filled
+gradient of the table's size, whether the batch read 40k rows or not. Here, as in TensorFlow's
+LazyAdam and TorchRec's fused row-wise optimizers:
+  1. each table's row ids of the batch are made unique (static size, `jnp.unique(size=...)`);
+  2. the unique rows are gathered into a small table and the model runs on it (ids resolved to
+     positions in it), so the gradient is taken with respect to the gathered rows only and
+     duplicate ids are combined by autodiff's segment sum;
+  3. only those rows of the table and of its optimizer moments are written back (scatter into
+     donated buffers); untouched rows and moments stay exactly as they are.
+Tables are the packed "embed/table_<w>" (afm_jax/packing.py) and the first-order weights
+"linear/weights"; every other param (MLP, cross layers, projections, numeric vectors) keeps optax.
+
+Rules: "adam" (lazy Adam: moments and bias correction as optax.adam, on touched rows only) and
+"adagrad" (row-wise Adagrad: one accumulator per row, the mean of its squared gradient).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from functools import partial
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from afm_jax.errors import AfmError
+from afm_jax.forms import PackedLayout, is_packed, is_table_leaf
+
+TABLE_OPTIMIZERS = ("rowwise", "rowwise_adagrad", "dense")
+_RULES = {"rowwise": "adam", "rowwise_adagrad": "adagrad"}
+
+
+class RowwiseState(NamedTuple):
+    """Optimizer state: optax's for the dense params (tables as None), per-table row slots
+    ({"m", "v"} [N, w] for Adam, {"acc"} [N] for Adagrad) and the step count."""
+
+    dense: Any
+    slots: dict
+    count: jax.Array
+
+
+def table_paths(params: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    """(parent, key) of every row-wise table leaf: packed "embed/table_<w>", "linear/weights"."""
+    out = []
+    for parent in ("embed", "linear"):
+        node = params.get(parent)
+        if not isinstance(node, Mapping) or (parent == "embed" and not is_packed(node)):
+            continue
+        out += [(parent, k) for k, v in node.items()
+                if not isinstance(v, (Mapping, PackedLayout)) and is_table_leaf([parent, k], v)]
+    return tuple(out)
+
+
+def _split(params: Mapping[str, Any], paths) -> tuple[dict, dict]:
+    """(params with each table replaced by None, {"parent/key": table})."""
+    dense = dict(params)
+    tables = {}
+    for parent, key in paths:
+        dense[parent] = dict(dense[parent])
+        tables[f"{parent}/{key}"] = dense[parent][key]
+        dense[parent][key] = None
+    return dense, tables
+
+
+def _join(dense: Mapping[str, Any], tables: Mapping[str, Any]) -> dict:
+    out = dict(dense)
+    for name, table in tables.items():
+        parent, key = name.split("/")
+        out[parent] = dict(out[parent])
+        out[parent][key] = table
+    return out
+
+
+def init(params: Mapping[str, Any], learning_rate: float, table_optimizer: str) -> RowwiseState:
+    """Zero state for `params` (packed); slots take each table's sharding."""
+    rule = _rule(table_optimizer)
+    dense, tables = _split(params, table_paths(params))
+
+    def zeros(shape, like):
+        z = jnp.zeros(shape, jnp.float32)
+        sharding = getattr(like, "sharding", None)
+        return jax.device_put(z, sharding) if isinstance(like, jax.Array) else z
+
+    slots = {}
+    for name, t in tables.items():
+        if rule == "adam":
+            slots[name] = {"m": zeros(np.shape(t), t), "v": zeros(np.shape(t), t)}
+        else:
+            slots[name] = {"acc": zeros(np.shape(t)[:1], t)}
+    return RowwiseState(optax.adam(learning_rate).init(dense), slots, jnp.zeros((), jnp.int32))
+
+
+def _rule(table_optimizer: str) -> str:
+    if table_optimizer not in _RULES:
+        raise AfmError(f"table_optimizer must be one of {TABLE_OPTIMIZERS}, got "
+                       f"{table_optimizer!r}")
+    return _RULES[table_optimizer]
+
+
+def resolve_rows(params: Mapping[str, Any], model, cat: jax.Array):
+    """Each table's unique rows read by a batch and the batch's ids resolved to positions in them.
+
+    cat [B, Fc] -> ({"parent/key": unique rows [U] (padded with the table's row count, which
+    no id reaches)}, resolved cat {"raw": cat, "embed": [B, Fc], "linear": [B, Fc]}) as the
+    model's packed lookup and first-order layer take it.
+    """
+    from afm_jax.packing import _ids, take_static
+
+    resolved: dict[str, Any] = {"raw": cat}
+    uniques: dict[str, jax.Array] = {}
+
+    def unique(name: str, ids: jax.Array, rows: int) -> jax.Array:
+        flat = ids.reshape(-1)
+        u, inv = jnp.unique(flat, size=flat.size, fill_value=rows, return_inverse=True)
+        uniques[name] = u
+        return inv.reshape(ids.shape).astype(jnp.int32)
+
+    embed = params.get("embed")
+    if isinstance(embed, Mapping) and is_packed(embed):
+        layout: PackedLayout = embed["layout"]
+        ids = _ids(layout, cat)                                        # [B, Fc]
+        cols: list[Any] = [jnp.zeros(cat.shape[:1], jnp.int32)] * len(layout.fields)
+        for w in layout.widths():
+            members = layout.members(w)
+            group = jnp.moveaxis(take_static(jnp.moveaxis(ids, -1, 0), members, ids.shape[-1]),
+                                 0, -1)                                # [B, G_w]
+            inv = unique(f"embed/table_{w}", group, embed[f"table_{w}"].shape[0])
+            for n, i in enumerate(members):
+                cols[i] = inv[:, n]
+        resolved["embed"] = jnp.stack(cols, axis=1) if cols else jnp.zeros_like(cat)
+    linear = params.get("linear")
+    if isinstance(linear, Mapping) and "weights" in linear:
+        sizes = np.asarray(model.info.vocab_sizes, np.int32)
+        offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int32)
+        ids = jnp.where((cat >= 0) & (cat < sizes), cat, 0) + offsets
+        resolved["linear"] = unique("linear/weights", ids, linear["weights"].shape[0])
+    return uniques, resolved
+
+
+def _loss(model, embed_l2: float):
+    """(dense params, gathered rows, resolved ids, batch) -> (loss + L2, loss)."""
+
+    def loss_fn(dense, subs, resolved, batch):
+        params = _join(dense, subs)
+
+        def one(c, n):
+            return model.apply({"params": params}, c, n)
+
+        logits = jax.vmap(one)(resolved, batch["num"])
+        per_row = optax.sigmoid_binary_cross_entropy(logits, batch["label"])
+        if "weight" in batch:
+            w = batch["weight"]
+            loss = (per_row * w).sum() / jnp.maximum(w.sum(), 1.0)
+        else:
+            loss = per_row.mean()
+        reg = 0.0
+        if embed_l2 and "embed" in resolved and "embed" in params:
+            reg = embed_l2 * _rows_l2(params["embed"], resolved["embed"])
+        return loss + reg, loss
+
+    return loss_fn
+
+
+def make_step(model, learning_rate: float, table_optimizer: str = "rowwise",
+              embed_l2: float = 0.0, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8):
+    """Jitted `(params, state, batch) -> (params, state, loss)` with row-wise table updates,
+    donating params and state (tables and slots are updated in place). Params must be packed."""
+    rule = _rule(table_optimizer)
+    tx = optax.adam(learning_rate, b1=b1, b2=b2, eps=eps)
+    loss_fn = _loss(model, embed_l2)
+
+    def update_rows(table, slot, rows, g, count):
+        if rule == "adam":
+            m = b1 * slot["m"].at[rows].get(mode="fill", fill_value=0) + (1 - b1) * g
+            v = b2 * slot["v"].at[rows].get(mode="fill", fill_value=0) + (1 - b2) * g * g
+            m_hat = m / (1 - b1 ** count)
+            v_hat = v / (1 - b2 ** count)
+            delta = -learning_rate * m_hat / (jnp.sqrt(v_hat) + eps)
+            slot = {"m": slot["m"].at[rows].set(m, mode="drop"),
+                    "v": slot["v"].at[rows].set(v, mode="drop")}
+        else:
+            g2 = (g * g).reshape(g.shape[0], -1).mean(-1)
+            acc = slot["acc"].at[rows].get(mode="fill", fill_value=0) + g2
+            scale = (learning_rate / (jnp.sqrt(acc) + eps)).reshape((-1,) + (1,) * (g.ndim - 1))
+            delta = -scale * g
+            slot = {"acc": slot["acc"].at[rows].set(acc, mode="drop")}
+        return table.at[rows].add(delta.astype(table.dtype), mode="drop"), slot
+
+    @partial(jax.jit, donate_argnums=(0, 1))
+    def step(params, state: RowwiseState, batch):
+        dense, tables, uniques, loss, g_dense, g_subs = _grads(loss_fn, model, params, batch)
+        updates, dense_state = tx.update(g_dense, state.dense, dense)
+        dense = optax.apply_updates(dense, updates)
+        count = state.count + 1
+        slots = {}
+        for k in tables:
+            tables[k], slots[k] = update_rows(tables[k], state.slots[k], uniques[k], g_subs[k],
+                                              count.astype(jnp.float32))
+        return _join(dense, tables), RowwiseState(dense_state, slots, count), loss
+
+    return step
+
+
+def _grads(loss_fn, model, params, batch):
+    """Gradients of the loss w.r.t. the dense params and each table's gathered unique rows."""
+    dense, tables = _split(params, table_paths(params))
+    uniques, resolved = resolve_rows(params, model, batch["cat"])
+    subs = {k: tables[k].at[uniques[k]].get(mode="fill", fill_value=0) for k in tables}
+    (_, loss), (g_dense, g_subs) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(
+        dense, subs, resolved, batch)
+    return dense, tables, uniques, loss, g_dense, g_subs
+
+
+def table_grads(model, params: Mapping[str, Any], batch) -> dict[str, jax.Array]:
+    """{"parent/key": gradient of the mean loss w.r.t. the table's unique rows read by `batch`}
+    in the order of `resolve_rows`' unique rows (duplicate ids combined); for tests and tools."""
+    step_loss = _loss(model, 0.0)
+    return _grads(step_loss, model, params, batch)[5]
+
+
+def _rows_l2(embed: Mapping[str, Any], rows: jax.Array) -> jax.Array:
+    """Mean over the batch of the squared norm of the (gathered) rows it reads."""
+    layout: PackedLayout = embed["layout"]
+    from afm_jax.packing import take_static
+
+    total = jnp.zeros(())
+    for w in layout.widths():
+        pos = jnp.moveaxis(take_static(jnp.moveaxis(rows, -1, 0), layout.members(w),
+                                       rows.shape[-1]), 0, -1)
+        r = embed[f"table_{w}"][pos]
+        total = total + (r * r).sum((-2, -1)).mean()
+    return total
