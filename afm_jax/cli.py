@@ -170,15 +170,14 @@ def _model_dir_data(args: argparse.Namespace, meta: dict, model_dir: str, progre
 
 def cmd_evaluate(args: argparse.Namespace) -> dict:
     from afm_jax.checkpoint import load_model_dir
-    from afm_jax.distributed import shard_params
-    from afm_jax.inference import count_params, evaluate, make_scorer
+    from afm_jax.inference import count_params, device_params, evaluate, make_scorer
 
     model, params, meta = load_model_dir(args.model_dir)
     ds = _model_dir_data(args, meta, args.model_dir, not args.no_progress)
     split = getattr(ds, args.split)
     mesh = _mesh(args)
-    res = evaluate(make_scorer(model, mesh), shard_params(params, mesh, args.shard_embeddings),
-                   split, mesh=mesh)
+    res = evaluate(make_scorer(model, mesh),
+                   device_params(model, params, mesh, args.shard_embeddings), split, mesh=mesh)
     out = {"model_dir": args.model_dir, "split": args.split, "auc": res["auc"],
            "logloss": res["logloss"], "rows": res["rows"], "params": count_params(params),
            "seconds": res["seconds"]}
@@ -285,8 +284,7 @@ def cmd_score(args: argparse.Namespace) -> dict:
     from afm_jax.checkpoint import load_encoder, load_model_dir
     from afm_jax.data import EncodedSplit, parse_data_spec
     from afm_jax.data.dataset import make_source
-    from afm_jax.distributed import shard_params
-    from afm_jax.inference import make_scorer, predict
+    from afm_jax.inference import device_params, make_scorer, predict
 
     progress = not args.no_progress
     if jax_process_count() > 1:
@@ -298,7 +296,7 @@ def cmd_score(args: argparse.Namespace) -> dict:
     source = make_source(parse_data_spec(args.data), schema)
     mesh = _mesh(args)
     scorer = make_scorer(model, mesh)
-    params = shard_params(params, mesh, args.shard_embeddings)
+    params = device_params(model, params, mesh, args.shard_embeddings)  # packed, placed once
     out = Path(args.out)
     tmp = out.with_name(out.name + ".tmp")
     rows, skipped, first_skipped, t0 = 0, 0, [], time.perf_counter()
@@ -328,11 +326,12 @@ def cmd_score(args: argparse.Namespace) -> dict:
 
 
 def cmd_export(args: argparse.Namespace) -> dict:
-    from afm_jax.checkpoint import load_model_dir
+    from afm_jax.checkpoint import load_encoder, load_model_dir
     from afm_jax.inference import count_params, export
 
     model, params, _ = load_model_dir(args.model_dir)
-    out = export(model, params, args.out, batch_size=args.batch_size)
+    encoder = load_encoder(args.model_dir) if Path(args.model_dir, "encoder.json").is_file() else None
+    out = export(model, params, args.out, encoder=encoder, batch_size=args.batch_size)
     print(f"exported the scorer of {args.model_dir} ({count_params(params):,} params) to {out}")
     return {"out": str(out), "params": count_params(params)}
 

@@ -187,6 +187,19 @@ SIGNATURE_FILE = "signature.json"
 EXPORT_FORMAT = "afm_jax.export/2"
 
 
+def device_params(model, params, mesh=None, shard_embeddings: bool = False):
+    """`params` packed (`packing.pack`) and placed once: on the default device, or on `mesh`
+    (tables row-sharded with `shard_embeddings`). Host params, e.g. from
+    `checkpoint.load_model_dir`, would otherwise be copied to the device on every call."""
+    from afm_jax.distributed import shard_params
+    from afm_jax.packing import pack
+
+    packed = pack(model, params)
+    if mesh is None:
+        return jax.device_put(packed)
+    return shard_params(packed, mesh, shard_embeddings)
+
+
 def bind_scorer(model, params, mesh=None) -> Callable[[Batch], jax.Array]:
     """`score(batch) -> probabilities [B]` with `params` packed and placed on the device(s) once,
     so a serving loop pays no per-call copy of the params (host params, e.g. from

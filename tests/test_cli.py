@@ -83,6 +83,14 @@ def test_score_and_export(tmp_path, capsys):
     score = load_exported(tmp_path / "x")
     for n in (1, 9):
         np.testing.assert_allclose(np.asarray(score(cat[:n], num[:n])), live[:n], rtol=1e-6)
+    # beside it: the encoder and a signature a client in any language can read
+    sig = json.loads((tmp_path / "x" / "signature.json").read_text())
+    assert score.signature == sig and (tmp_path / "x" / "encoder.json").is_file()
+    assert [i["name"] for i in sig["inputs"]] == ["cat", "num"]
+    assert sig["inputs"][0]["fields"] == list(model.info.cat_names)
+    assert sig["inputs"][0]["vocab_sizes"] == list(model.info.vocab_sizes)
+    assert sig["inputs"][0]["dtype"] == "int32" and sig["inputs"][1]["dtype"] == "float32"
+    assert sig["params"]["leaves"] == len(np.load(tmp_path / "x" / "params.npz").files)
 
 
 def _truncated_model_dir(tmp_path) -> str:
