@@ -3,6 +3,12 @@
 One pass over the data; per batch a jitted pure update merges the batch's centred moments into
 the running ones (Chan, Golub & LeVeque), so a large output mean (1e3 with std 1) costs no
 precision in float32, and memory does not depend on the number of rows.
+
+Over a mesh every device keeps its own moments of its own rows for the whole pass (a
+`shard_map` over "data"; no collective in the per-batch update) and the per-device moments are
+merged once, on host in float64. A site that is a plain full-table lookup ("embed/<field>")
+needs no per-row products: the pass counts each id, and its mean and covariance follow exactly
+from the counts and the table.
 """
 
 from __future__ import annotations
@@ -126,12 +132,59 @@ def _traced_sites(model, key, params, example_batch) -> tuple[tuple[str, tuple[i
     return _SITE_CACHE[full_key]
 
 
-def _update(model, sites: tuple[str, ...], shards: int, carry: tuple[dict[str, Moments], jax.Array],
-            params, batch):
-    """Merge one batch into (per-site moments, rows seen). With `shards` devices on the batch
-    axis, the chunks of the CPU scan (`inference.to_chunks`) take rows from every device's part
-    of the batch, so each scan step stays sharded and the compiler reduces its moments across
-    devices."""
+class _Counted(NamedTuple):
+    """A full-table site ("embed/<field>", params {"embedding": [V, d]}) whose statistics come
+    from id counts: its output is row `id` of the table, so mean = c E / n and
+    cov = (E - mean)^T diag(c) (E - mean) / n for the counts c of each id."""
+
+    site: str
+    field: str
+    column: int   # the field's column in batch["cat"]
+    rows: int     # ids in [0, rows) look up their own row, every other id row 0 (as the model)
+    offset: int   # where the field's counts start in the flat count vector
+
+
+def _counted_sites(model, params, sites: Sequence[str],
+                   per_example: Mapping[str, int]) -> tuple[_Counted, ...]:
+    """The sites among `sites` that are plain full-table lookups (`forms.table_form` "full"),
+    one output row per example; their counts lie end to end in one flat vector."""
+    from afm_jax.forms import table_form
+
+    info, embed = getattr(model, "info", None), params.get("embed")
+    if info is None or not isinstance(embed, Mapping):
+        return ()
+    dim = getattr(getattr(model, "config", None), "embed_dim", None)
+    columns = {n: i for i, n in enumerate(info.cat_names)}
+    found, offset = [], 0
+    for s in sites:
+        head, _, field = s.partition("/")
+        node = embed.get(field) if head == "embed" else None
+        if field not in columns or per_example.get(s) != 1 or table_form(node, dim) != "full":
+            continue
+        i = columns[field]
+        rows = min(int(np.shape(node["embedding"])[0]), int(info.vocab_sizes[i]))
+        found.append(_Counted(s, field, i, rows, offset))
+        offset += rows
+    return tuple(found)
+
+
+def _count_ids(counts: jax.Array, counted: tuple[_Counted, ...], batch) -> jax.Array:
+    """Add a batch's ids to the flat counts [sum rows] (int32): one scatter-add for all counted
+    fields; a row counts round(weight) times (0 for padding), an id outside a table as id 0."""
+    cat = batch["cat"]
+    w = batch.get("weight")
+    times = jnp.ones(cat.shape[:1], jnp.int32) if w is None else jnp.round(w).astype(jnp.int32)
+    idx = []
+    for c in counted:
+        ids = cat[:, c.column]
+        idx.append(jnp.where((ids >= 0) & (ids < c.rows), ids, 0) + c.offset)
+    return counts.at[jnp.concatenate(idx)].add(jnp.tile(times, len(counted)), mode="drop")
+
+
+def _update(model, sites: tuple[str, ...], counted: tuple[_Counted, ...], carry, params, batch):
+    """Merge one batch into the carry (per-site moments of `sites`, rows seen, id counts of the
+    `counted` sites), on one device: with a mesh each device runs this on its own rows
+    (`_update_fn`), so nothing crosses devices until the pass ends."""
 
     def merge(carry, part):
         moments, rows = carry
@@ -145,26 +198,135 @@ def _update(model, sites: tuple[str, ...], shards: int, carry: tuple[dict[str, M
         seen = part["cat"].shape[0] if w is None else jnp.round(w.sum()).astype(jnp.int32)
         return (new, rows + seen), None
 
+    moments, rows, counts = carry
+    if counted:
+        counts = _count_ids(counts, counted, batch)
+    if not sites:  # every requested site is counted by id: no forward pass at all
+        w = batch.get("weight")
+        seen = batch["cat"].shape[0] if w is None else jnp.round(w.sum()).astype(jnp.int32)
+        return moments, rows + seen, counts
     n = batch["cat"].shape[0]
     chunk = default_chunk_rows()
-    if not chunked(n, shards, chunk):
-        return merge(carry, batch)[0]
-    # on a CPU, cache-sized chunks merged one after another (as in the scorer), each with rows
-    # from every device's block; rows padded into the last chunk get weight 0
-    if (n // shards) % chunk and "weight" not in batch:
+    if not chunked(n, 1, chunk):
+        moments, rows = merge((moments, rows), batch)[0]
+        return moments, rows, counts
+    # on a CPU, cache-sized chunks merged one after another (as in the scorer); rows padded
+    # into the last chunk get weight 0
+    if n % chunk and "weight" not in batch:
         batch = {**batch, "weight": jnp.ones((n,), jnp.float32)}
-    return jax.lax.scan(merge, carry, jax.tree.map(lambda x: to_chunks(x, shards, chunk), batch))[0]
+    parts = jax.tree.map(lambda x: to_chunks(x, 1, chunk), batch)
+    moments, rows = jax.lax.scan(merge, (moments, rows), parts)[0]
+    return moments, rows, counts
 
 
 @cache_per_model(32)
-def _update_fn(model, sites: tuple[str, ...], shards: int = 1):
-    """The jitted per-batch update, cached so repeated passes over one model compile once."""
-    return jax.jit(partial(_update, model, sites, shards), donate_argnums=(0,))
+def _update_fn(model, sites: tuple[str, ...], counted: tuple[_Counted, ...] = (), mesh=None):
+    """The jitted per-batch update, cached so repeated passes over one model compile once.
+
+    With a mesh, a `shard_map` over "data": every carry leaf has a leading device axis sharded
+    over "data" and each device merges its own rows into its own slice, so the update holds no
+    cross-device collective; `collect_stats` merges the slices once, at the end of the pass.
+    Other mesh axes ("model": row-sharded tables) stay with the compiler."""
+    from jax.sharding import PartitionSpec as P
+
+    from afm_jax.distributed import DATA
+
+    if mesh is None:
+        return jax.jit(partial(_update, model, sites, counted), donate_argnums=(0,))
+
+    def local(carry, params, batch):
+        carry = jax.tree.map(lambda x: x[0], carry)
+        carry = _update(model, sites, counted, carry, params, batch)
+        return jax.tree.map(lambda x: x[None], carry)
+
+    mapped = jax.shard_map(local, mesh=mesh, in_specs=(P(DATA), P(), P(DATA)),
+                           out_specs=P(DATA), axis_names=frozenset({DATA}))
+    return jax.jit(mapped, donate_argnums=(0,))
+
+
+def _initial_carry(dims: Mapping[str, int], sites: tuple[str, ...], count_rows: int, mesh=None):
+    """Zero moments, rows and counts; with a mesh one slice per device on "data" (a leading
+    axis of size data_size(mesh) on every leaf, each process placing its devices' slices)."""
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from afm_jax.distributed import DATA, data_size, from_host
+
+    lead = () if mesh is None else (data_size(mesh),)
+    zeros = jnp.zeros if mesh is None else np.zeros
+    moments = {s: Moments(zeros(lead, np.float32), zeros(lead + (dims[s],), np.float32),
+                          zeros(lead + (dims[s], dims[s]), np.float32)) for s in sites}
+    carry = (moments, zeros(lead, np.int32), zeros(lead + (count_rows,), np.int32))
+    if mesh is None:
+        return carry
+    sharding = NamedSharding(mesh, P(DATA))
+    return jax.tree.map(lambda x: from_host(x, sharding), carry)
+
+
+def _merge_slices(m: Moments) -> tuple[float, np.ndarray, np.ndarray]:
+    """Per-device moments (leading axis D) merged on host in float64: total n, mean, m2
+    (the D-way form of Chan's merge: m2 = sum m2_i + sum n_i (mean_i - mean)(mean_i - mean)^T)."""
+    n = np.asarray(m.n, np.float64).reshape(-1)
+    means = np.asarray(m.mean, np.float64).reshape(n.size, -1)
+    m2s = np.asarray(m.m2, np.float64).reshape(n.size, means.shape[1], means.shape[1])
+    if n.size == 1:
+        return float(n[0]), means[0], m2s[0]
+    total = float(n.sum())
+    mean = (n @ means) / total if total > 0 else np.zeros(means.shape[1])
+    delta = means - mean
+    m2 = m2s.sum(0) + (delta * n[:, None]).T @ delta
+    return total, mean, m2
+
+
+def _table_stats(table: np.ndarray, counts: np.ndarray, count: int) -> SiteStats:
+    """Exact statistics of the rows of `table` [V, d] looked up counts [V] times (float64)."""
+    c = np.asarray(counts, np.float64)
+    n = float(c.sum())
+    d = table.shape[1]
+    if n == 0:
+        return SiteStats(count=count, mean=np.zeros(d), cov=np.zeros((d, d)))
+    used = np.flatnonzero(c)
+    rows = np.asarray(table[used], np.float64)
+    mean = c[used] @ rows / n
+    dev = rows - mean
+    return SiteStats(count=count, mean=mean, cov=(dev * c[used, None]).T @ dev / n)
+
+
+class _Plan(NamedTuple):
+    """What one statistics pass computes: the requested sites, those taken per row and those
+    counted by id, and each site's output vectors per example."""
+
+    sites: tuple[str, ...]
+    by_rows: tuple[str, ...]
+    counted: tuple[_Counted, ...]
+    per_example: dict[str, int]
+
+
+def _prepare(model, params, example_batch: Mapping[str, Any], sites: Sequence[str] | None,
+             exact_tables: bool = True, mesh=None):
+    """(jitted update, zero carry, plan) of a pass over per-field `params`; the update is
+    `carry = update(carry, params, batch)` (batch sharded over "data" with a mesh)."""
+    found = list_sites(model, params, {"cat": example_batch["cat"], "num": example_batch["num"]})
+    dims = {s: d for s, (d, _) in found.items()}
+    per_example = {s: t for s, (_, t) in found.items()}
+    if sites is None:
+        sites = tuple(dims)
+    else:
+        unknown = [s for s in sites if s not in dims]
+        if unknown:
+            raise CompressionError(f"unknown site(s) {unknown}; this model's sites are "
+                                   f"{sorted(dims)}")
+        sites = tuple(sites)
+    counted = _counted_sites(model, params, sites, per_example) if exact_tables else ()
+    by_rows = tuple(s for s in sites if s not in {c.site for c in counted})
+    carry = _initial_carry(dims, by_rows, sum(c.rows for c in counted), mesh)
+    update = _update_fn(model, by_rows, counted, mesh)
+    return update, carry, _Plan(sites, by_rows, counted, per_example)
 
 
 def collect_stats(model, params, batches: Iterable[Mapping[str, Any]],
                   sites: Sequence[str] | None = None, *, total: int | None = None,
-                  progress: bool = True, mesh=None) -> dict[str, SiteStats]:
+                  progress: bool = True, mesh=None, exact_tables: bool = True) -> dict[str, SiteStats]:
     """One pass over `batches`; per site the count, mean and covariance of its output vectors.
 
     batches: iterable of {"cat": int32[B, Fc], "num": float32[B, Fn], ...}, optionally with
@@ -173,7 +335,11 @@ def collect_stats(model, params, batches: Iterable[Mapping[str, Any]],
     mesh: a `jax.sharding.Mesh` (see `afm_jax.distributed`): host batches are sharded on their
     batch axis over "data" (`data.batching.shard_batch`; batches from
     `iterate_batches(..., mesh=mesh)` are used as they are), params should be placed with
-    `shard_params`; the compiler reduces the moments across devices and processes.
+    `shard_params`; each device accumulates the moments of its own rows through the whole pass
+    and the per-device moments are merged once at the end (float64, on host).
+    exact_tables: sites that are plain full-table lookups ("embed/<field>", {"embedding":
+    [V, d]}) take their statistics from per-id counts (a scatter-add per batch) and the table,
+    exactly, instead of per-row products; False runs them through the per-row path as well.
     """
     from afm_jax import distributed
     from afm_jax.data.batching import shard_batch
@@ -185,40 +351,38 @@ def collect_stats(model, params, batches: Iterable[Mapping[str, Any]],
         first = next(it)
     except StopIteration:
         raise CompressionError("collect_stats got no batches: pass at least one row") from None
-    found = list_sites(model, params, {"cat": first["cat"], "num": first["num"]})
-    dims = {s: d for s, (d, _) in found.items()}
-    per_example = {s: t for s, (_, t) in found.items()}
-    if sites is None:
-        sites = tuple(dims)
-    else:
-        unknown = [s for s in sites if s not in dims]
-        if unknown:
-            raise CompressionError(f"unknown site(s) {unknown}; this model's sites are "
-                                   f"{sorted(dims)}")
-        sites = tuple(sites)
-    moments = {s: Moments(jnp.zeros((), jnp.float32), jnp.zeros((dims[s],), jnp.float32),
-                          jnp.zeros((dims[s], dims[s]), jnp.float32)) for s in sites}
-    carry = (moments, jnp.zeros((), jnp.int32))
-    if mesh is not None:
-        carry = jax.device_put(carry, distributed.replicated(mesh))
-    update = _update_fn(model, sites, distributed.data_size(mesh))
+    update, carry, plan = _prepare(model, params, first, sites, exact_tables, mesh)
     keys = ("cat", "num", "weight")
     bar = tqdm(total=total, desc="statistics", unit="batch", disable=not progress, leave=False)
     for b in itertools.chain([first], it):
         b = {k: b[k] for k in keys if k in b}
-        if mesh is not None:  # always weighted: the weighted update's centred second pass
-            b = shard_batch(b, mesh)  # keeps the mean exact across devices
+        if mesh is not None:  # sharded with a "weight" (0 on the rows that pad it to the mesh)
+            b = shard_batch(b, mesh)
         carry = update(carry, params, b)
         bar.update(1)
     bar.close()
-    moments, rows = jax.device_get(carry) if mesh is None else jax.tree.map(distributed.fetch, carry)
+    if mesh is None:
+        carry = jax.tree.map(lambda x: np.asarray(x)[None], jax.device_get(carry))
+    elif all(x.is_fully_addressable for x in jax.tree.leaves(carry)):
+        carry = jax.tree.map(np.asarray, carry)
+    else:  # across processes: one all-gather of the whole carry, not one per leaf
+        from jax.experimental import multihost_utils
+        carry = jax.tree.map(np.asarray, multihost_utils.process_allgather(carry, tiled=True))
+    moments, rows, counts = carry
+    rows = int(np.asarray(rows, np.int64).sum())
     # rows are examples; a site applied T times per example has T * rows output vectors
-    counts = {s: int(rows) * per_example[s] for s in sites}
     out = {}
-    for s, m in moments.items():
-        out[s] = SiteStats(count=counts[s], mean=np.asarray(m.mean, np.float64),
-                           cov=np.asarray(m.m2, np.float64) / max(counts[s], 1))
-    return out
+    for s in plan.by_rows:
+        count = rows * plan.per_example[s]
+        _, mean, m2 = _merge_slices(moments[s])
+        out[s] = SiteStats(count=count, mean=mean, cov=m2 / max(count, 1))
+    if plan.counted:
+        counts = np.asarray(counts, np.int64).sum(0)
+        for c in plan.counted:
+            table = params["embed"][c.field]["embedding"]
+            table = distributed.fetch(table) if isinstance(table, jax.Array) else np.asarray(table)
+            out[c.site] = _table_stats(table[:c.rows], counts[c.offset:c.offset + c.rows], rows)
+    return {s: out[s] for s in plan.sites}
 
 
 def save_stats(path: str | Path, stats: Mapping[str, SiteStats]) -> None:
