@@ -46,12 +46,32 @@ def _data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--max-rows", type=int, help="read only the first N valid rows")
     p.add_argument("--cache-dir", help="cache root: encoded arrays, and compiled code under "
                    "jax_compile/ (default: ~/.cache/afm_jax)")
+    _synthetic_vocab_arg(p)
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (underscores allowed, e.g. 10_000_000)."""
+    try:
+        value = int(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _synthetic_vocab_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--synthetic-vocab", type=_positive_int, metavar="N",
+                   help="with --data synthetic[:ROWS]: embedding tables of fixed sizes summing to N "
+                        "rows (each table's out-of-vocabulary row 0 included; split over the fields "
+                        "like the default vocabulary mix), whatever the row count")
 
 
 def _data_options(args: argparse.Namespace) -> dict[str, Any]:
     return {"schema": args.schema, "min_count": args.min_count, "split": args.split_by,
             "seed": args.split_seed, "on_bad_lines": args.on_bad_lines,
-            "max_rows": args.max_rows, "cache_dir": args.cache_dir}
+            "max_rows": args.max_rows, "cache_dir": args.cache_dir,
+            "synthetic_vocab": args.synthetic_vocab}
 
 
 def _load(spec: str, options: dict[str, Any], progress: bool, encoder=None):
@@ -344,7 +364,7 @@ def cmd_train_bench(args: argparse.Namespace) -> dict:
 
     if not args.data:
         raise AfmError("bench --train needs --data, e.g. criteo:../shared/data/criteo/train.tsv")
-    ds = load_dataset(args.data, progress=not args.no_progress)
+    ds = load_dataset(args.data, progress=not args.no_progress, synthetic_vocab=args.synthetic_vocab)
     result = train_bench.run(ds, models=args.models.split(","),
                              batch_sizes=[int(b) for b in (args.batch_sizes or "1024,4096").split(",")],
                              rounds=args.rounds, max_rows=args.max_rows)
@@ -497,6 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="with --train: the data, e.g. criteo:PATH")
     p.add_argument("--rounds", type=int, default=3, help="with --train")
     p.add_argument("--max-rows", type=int, help="with --train: first N training rows")
+    _synthetic_vocab_arg(p)
     common(p)
     p.set_defaults(fn=cmd_bench)
 

@@ -247,27 +247,30 @@ def _validate(run: _Run, loop: _Loop, tag: str) -> dict:
 def _train_epoch(run: _Run, loop: _Loop, epoch: int, start: int) -> float:
     """Train epoch `epoch` from its batch `start` on; returns its mean training loss."""
     from afm_jax.data import iterate_batches
+    from afm_jax.data.batching import prefetch
 
     config = run.config
     steps_per_epoch = math.ceil(len(run.dataset.train) / config.batch_size)
     batches = iterate_batches(run.dataset.train, config.batch_size, shuffle=True,
                               seed=config.seed * 100_003 + epoch, start_batch=start,
                               pad_last=True, mesh=run.mesh)
-    bar = tqdm(batches, total=steps_per_epoch, initial=start,
-               desc=f"epoch {epoch + 1}/{config.epochs}", disable=not run.progress, leave=False)
     loss_sum, loss_n = jnp.zeros(()), 0
-    for i, batch in enumerate(bar, start=start):
-        loop.params, loop.opt_state, loss = run.step_fn(loop.params, loop.opt_state, batch)
-        loss_sum, loss_n, loop.step = loss_sum + loss, loss_n + 1, loop.step + 1
-        if loop.step % config.log_every == 0:
-            _check_finite(run, loop, float(loss_sum), epoch)
-            bar.set_postfix(loss=f"{float(loss_sum) / loss_n:.4f}")
-        if config.eval_every and loop.step % config.eval_every == 0:
-            loop.history.append(_validate(run, loop, f"step {loop.step}"))
-        if (run.manager is not None and config.checkpoint_every
-                and loop.step % config.checkpoint_every == 0 and i + 1 < steps_per_epoch):
-            _check_finite(run, loop, float(loss_sum), epoch)
-            _save(run, loop, epoch, i + 1)
+    # the next batches are cut and placed on the device by a thread while the step runs
+    with prefetch(batches, size=2) as batches:
+        bar = tqdm(batches, total=steps_per_epoch, initial=start,
+                   desc=f"epoch {epoch + 1}/{config.epochs}", disable=not run.progress, leave=False)
+        for i, batch in enumerate(bar, start=start):
+            loop.params, loop.opt_state, loss = run.step_fn(loop.params, loop.opt_state, batch)
+            loss_sum, loss_n, loop.step = loss_sum + loss, loss_n + 1, loop.step + 1
+            if loop.step % config.log_every == 0:
+                _check_finite(run, loop, float(loss_sum), epoch)
+                bar.set_postfix(loss=f"{float(loss_sum) / loss_n:.4f}")
+            if config.eval_every and loop.step % config.eval_every == 0:
+                loop.history.append(_validate(run, loop, f"step {loop.step}"))
+            if (run.manager is not None and config.checkpoint_every
+                    and loop.step % config.checkpoint_every == 0 and i + 1 < steps_per_epoch):
+                _check_finite(run, loop, float(loss_sum), epoch)
+                _save(run, loop, epoch, i + 1)
     _check_finite(run, loop, float(loss_sum), epoch)
     return float(loss_sum) / max(loss_n, 1)
 

@@ -435,3 +435,204 @@ def test_encoder_fit_min_count_boundary_and_oov_id_0():
     assert constant.num_mean.tolist() == [2.0] and constant.num_std.tolist() == [1.0]
     with pytest.raises(DataError, match="min_count must be >= 1"):
         Encoder.fit(("f",), values, counts, min_count=0)
+
+
+# ------------------------------------------------------------------ prefetch (issue 15, part 3)
+
+def _threads_named(name: str) -> list:
+    import threading
+    return [t for t in threading.enumerate() if t.name == name and t.is_alive()]
+
+
+def test_prefetch_same_batches_in_order_on_device():
+    import jax
+
+    from afm_jax.data.batching import prefetch
+
+    ds = synthetic_dataset(3000, seed=1, n_categorical=3, n_numeric=1, vocab_sizes=[10, 20, 30])
+    want = list(iterate_batches(ds.train, 256, shuffle=True, seed=5, pad_last=True, start_batch=2))
+    with prefetch(iterate_batches(ds.train, 256, shuffle=True, seed=5, pad_last=True, start_batch=2),
+                  size=2) as it:
+        got = list(it)
+    assert len(got) == len(want) == 8
+    for g, w in zip(got, want):
+        assert set(g) == set(w) == {"cat", "num", "label", "weight"}
+        for k in w:
+            assert isinstance(g[k], jax.Array)
+            np.testing.assert_array_equal(np.asarray(g[k]), w[k])
+    assert not _threads_named("afm_jax-prefetch")
+    assert list(prefetch(iter([]))) == []
+    with pytest.raises(DataError, match="prefetch size"):
+        prefetch(iter([1]), size=0)
+
+
+def test_prefetch_raises_the_source_error_at_its_position():
+    from afm_jax.data.batching import prefetch
+
+    def source():
+        yield 1
+        yield 2
+        raise ValueError("bad batch 3")
+
+    it = prefetch(source(), size=4, place=None)
+    assert next(it) == 1 and next(it) == 2
+    with pytest.raises(ValueError, match="bad batch 3"):
+        next(it)
+    with pytest.raises(StopIteration):
+        next(it)
+    assert not _threads_named("afm_jax-prefetch")
+
+
+def test_prefetch_stops_cleanly_when_the_consumer_stops_early_or_raises():
+    """No thread outlives the consumer: an early break with close(), an exception in the
+    consumer's loop under `with`, and a dropped iterator all end the thread and close the source."""
+    import gc
+    import time
+
+    from afm_jax.data.batching import prefetch
+
+    closed = []
+
+    def endless():
+        try:
+            i = 0
+            while True:
+                yield i
+                i += 1
+        finally:
+            closed.append(True)
+
+    it = prefetch(endless(), size=2, place=None)
+    assert [next(it) for _ in range(5)] == [0, 1, 2, 3, 4]
+    it.close()
+    assert closed == [True] and not _threads_named("afm_jax-prefetch")
+
+    with pytest.raises(RuntimeError, match="step failed"):
+        with prefetch(endless(), size=3, place=None) as it:
+            for i in it:
+                if i == 3:
+                    raise RuntimeError("step failed")
+    assert closed == [True, True] and not _threads_named("afm_jax-prefetch")
+
+    it = prefetch(endless(), size=2, place=None)
+    next(it)
+    del it
+    gc.collect()
+    deadline = time.time() + 5
+    while _threads_named("afm_jax-prefetch") and time.time() < deadline:
+        time.sleep(0.01)
+    assert not _threads_named("afm_jax-prefetch") and closed == [True, True, True]
+
+
+# ------------------------------------------------------- fixed-size synthetic tables (issue 15, part 4)
+
+def test_synthetic_total_vocab_tables_sum_to_n_ids_in_range_and_deterministic():
+    """total_vocab N: the tables' rows, each table's out-of-vocabulary row 0 included, sum to
+    exactly N, split like the default mix; every id is in 1..V-1 (the data never holds id 0)."""
+    from afm_jax.data.synthetic import IdentityEncoder, table_sizes
+
+    n = 123_457
+    a = synthetic_dataset(4000, seed=3, total_vocab=n)
+    sizes = a.info.vocab_sizes
+    assert sum(sizes) == n and len(sizes) == 16 and min(sizes) >= 2
+    assert sizes[4] > sizes[3] > sizes[2] and abs(sizes[4] - sizes[12]) <= 1  # the mix, scaled
+    assert isinstance(a.encoder, IdentityEncoder) and a.encoder.info == a.info
+    for s in (a.train, a.valid, a.test):
+        assert s.cat.dtype == np.int32 and s.cat.min() >= 1
+        assert np.all(s.cat.max(axis=0) < np.array(sizes))
+    assert 0.15 < a.report["positive_rate"] < 0.3 and a.report["generator"]["total_vocab"] == n
+    b = synthetic_dataset(4000, seed=3, total_vocab=n)
+    c = synthetic_dataset(4000, seed=4, total_vocab=n)
+    for k in ("cat", "num", "label"):
+        for s in ("train", "valid", "test"):
+            np.testing.assert_array_equal(getattr(getattr(a, s), k), getattr(getattr(b, s), k))
+    assert not np.array_equal(a.train.cat, c.train.cat)
+    longer = synthetic_dataset(70_000, seed=3, total_vocab=n)  # row i is the same for any n_rows > i
+    np.testing.assert_array_equal(longer.train.cat[:3200], a.train.cat)
+    np.testing.assert_array_equal(longer.train.label[:3200], a.train.label)
+    assert table_sizes(10, [1, 1, 1, 1, 1]) == [2] * 5 and sum(table_sizes(10**7, [10, 100, 1000])) == 10**7
+    # the identity encoder: value "k" is id k below V, anything else id 0; its JSON reads back
+    v0 = sizes[0]
+    assert a.encoder.ids(0, ["1", str(v0 - 1), str(v0), "0", "01", "-1", "x", None]).tolist() == \
+        [1, v0 - 1, 0, 0, 0, 0, 0, 0]
+    again = Encoder.from_json(a.encoder.to_json())
+    assert again.info == a.info and again.ids(0, [str(v0 - 1)]).tolist() == [v0 - 1]
+    same = synthetic_dataset(4000, seed=3, total_vocab=n, encoder=again)
+    np.testing.assert_array_equal(same.test.num, a.test.num)
+    np.testing.assert_array_equal(same.test.cat, a.test.cat)
+
+
+def test_synthetic_total_vocab_bad_values_and_load_dataset():
+    with pytest.raises(DataError, match="--synthetic-vocab") as ei:
+        synthetic_dataset(100, total_vocab=31)  # 16 fields need 2 rows each
+    assert ei.value.field == "total_vocab"
+    with pytest.raises(DataError, match="not both"):
+        synthetic_dataset(100, total_vocab=1000, vocab_sizes=[10] * 16)
+    with pytest.raises(DataError, match="min_count"):
+        synthetic_dataset(100, total_vocab=1000, min_count=2)
+    other = synthetic_dataset(1000, total_vocab=2000)
+    with pytest.raises(DataError, match="differ"):
+        synthetic_dataset(1000, total_vocab=3000, encoder=other.encoder)
+    ds = load_dataset("synthetic:2000", synthetic_vocab=50_000, progress=False)
+    assert sum(ds.info.vocab_sizes) == 50_000 and len(ds.train) == 1600
+    with pytest.raises(DataError, match="synthetic data only") as ei:
+        load_dataset("criteo:/nonexistent.tsv", synthetic_vocab=1000, progress=False)
+    assert ei.value.field == "synthetic_vocab"
+
+
+def test_synthetic_total_vocab_memory_is_below_the_tables_own_size():
+    """Generation keeps 8 bytes per table row (the Zipf CDFs) beyond the data and a fixed chunk's
+    buffers; a 16-wide float32 table is 64 bytes per row. Peak numpy allocation (tracemalloc)
+    grows by under 16 bytes per added table row (10M rows: ~134 MiB peak in all)."""
+    import tracemalloc
+
+    peaks = {}
+    for n in (100_000, 2_000_000):
+        tracemalloc.start()
+        try:
+            ds = synthetic_dataset(2000, total_vocab=n)
+            peaks[n] = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert sum(ds.info.vocab_sizes) == n
+    per_row = (peaks[2_000_000] - peaks[100_000]) / 1_900_000
+    assert per_row < 16, f"{per_row:.1f} bytes per table row; peaks {peaks}"
+
+
+def test_cli_synthetic_vocab_flag(capsys):
+    from afm_jax.cli import _data_options, build_parser
+
+    parser = build_parser()
+    for command in (["train", "--model", "deepfm", "--out", "x"], ["evaluate", "--model-dir", "m"],
+                    ["compress", "--model-dir", "m", "--out", "x"]):
+        args = parser.parse_args(command + ["--data", "synthetic:1000", "--synthetic-vocab", "10_000_000"])
+        assert _data_options(args)["synthetic_vocab"] == 10_000_000
+        assert _data_options(parser.parse_args(command + ["--data", "synthetic"]))["synthetic_vocab"] is None
+    assert parser.parse_args(["bench", "--train", "--synthetic-vocab", "5000"]).synthetic_vocab == 5000
+    for bad in ("0", "-5", "1e6", "many"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["train", "--model", "deepfm", "--out", "x", "--data", "synthetic",
+                               "--synthetic-vocab", bad])
+        assert "--synthetic-vocab" in capsys.readouterr().err
+
+
+def test_train_with_prefetch_is_bit_identical_to_direct_feeding(monkeypatch):
+    """train() feeds through `prefetch`: the same batches in the same order as iterate_batches
+    straight into the step, so the trained params are bit-identical (a mid-epoch resume, which
+    only skips `start_batch` batches, stays so too: tests/test_resume.py)."""
+    import contextlib
+
+    import jax
+
+    import afm_jax.data.batching as batching
+    from afm_jax.models import build_model
+    from afm_jax.train import TrainConfig, train
+
+    ds = synthetic_dataset(3000, seed=2)
+    model = build_model("deepfm", ds.info, mlp=(16,))
+    cfg = TrainConfig(epochs=2, batch_size=256, patience=5)
+    fed = train(model, ds, cfg, progress=False).params
+    monkeypatch.setattr(batching, "prefetch", lambda batches, size=2: contextlib.nullcontext(batches))
+    direct = train(model, ds, cfg, progress=False).params
+    jax.tree.map(np.testing.assert_array_equal, fed, direct)
+    assert not _threads_named("afm_jax-prefetch")

@@ -3,7 +3,9 @@ per array per batch, no per-row Python."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import jax
@@ -158,3 +160,115 @@ def shard_batch(batch: Mapping[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
             out["weight"] = _rows(np.ones(b, np.float32), np.arange(b), mesh)
         return out
     return _take(batch, pad_indices(np.arange(b), padded_size(b, mesh)), b, mesh)
+
+
+def to_device(batch: Mapping[str, Any]) -> dict[str, Any]:
+    """A batch with its host (numpy) arrays put on the default device; arrays already placed
+    (a mesh batch's global arrays) are kept as they are."""
+    return {k: jax.device_put(v) if isinstance(v, np.ndarray) else v for k, v in batch.items()}
+
+
+_ITEM, _END, _ERROR = 0, 1, 2
+
+
+class Prefetcher:
+    """An iterator over `batches` that a background thread runs up to `size` items ahead of the
+    consumer, each item passed through `place` there (e.g. `to_device`), so that cutting and
+    transferring the next batches overlaps the current step. Built by `prefetch`.
+
+    Items come in the source's order. An exception raised by the source (or by `place`) is
+    raised by `next` at that item's position. `close()` (also on `with` exit, and when the
+    object is garbage collected) stops the thread, waits for it and closes the source; the
+    thread holds no reference to the Prefetcher, so dropping it mid-way also ends the thread.
+    """
+
+    def __init__(self, batches: Iterable[Any], size: int = 2,
+                 place: Callable[[Any], Any] | None = to_device):
+        if int(size) < 1:
+            raise DataError(f"prefetch size must be >= 1, got {size}", field="size")
+        self._queue: queue.Queue = queue.Queue(maxsize=int(size))
+        self._stop = threading.Event()
+        self._done = False
+        self._thread = threading.Thread(target=_prefetch_worker, name="afm_jax-prefetch", daemon=True,
+                                        args=(iter(batches), place, self._queue, self._stop))
+        self._thread.start()
+
+    def __iter__(self) -> Prefetcher:
+        return self
+
+    def __next__(self) -> Any:
+        if self._done:
+            raise StopIteration
+        kind, value = self._queue.get()
+        if kind == _ITEM:
+            return value
+        self._done = True
+        self._thread.join()
+        if kind == _ERROR:
+            raise value
+        raise StopIteration
+
+    def close(self) -> None:
+        """Stop the background thread and wait for it (it finishes the item it is making)."""
+        self._done = True
+        self._stop.set()
+        while self._thread.is_alive():
+            try:  # make room, so a producer blocked on a full queue sees the stop
+                self._queue.get_nowait()
+            except queue.Empty:
+                pass
+            self._thread.join(0.01)
+        while not self._queue.empty():  # release the prefetched batches' buffers now
+            self._queue.get_nowait()
+
+    def __enter__(self) -> Prefetcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        stop = getattr(self, "_stop", None)
+        if stop is not None:
+            stop.set()
+
+
+def _prefetch_worker(source: Iterator[Any], place: Callable[[Any], Any] | None, out: queue.Queue,
+                     stop: threading.Event) -> None:
+    """The Prefetcher's thread: (kind, value) messages into `out` until the source ends, raises,
+    or `stop` is set; then closes the source (a generator's cleanup runs in this thread)."""
+
+    def put(message: tuple[int, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                out.put(message, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    try:
+        for item in source:
+            if stop.is_set() or not put((_ITEM, item if place is None else place(item))):
+                return
+        put((_END, None))
+    except BaseException as e:  # noqa: BLE001 - handed to the consumer, raised there
+        put((_ERROR, e))
+    finally:
+        close = getattr(source, "close", None)
+        if close is not None:
+            close()
+
+
+def prefetch(batches: Iterable[Any], size: int = 2, *,
+             place: Callable[[Any], Any] | None = to_device) -> Prefetcher:
+    """`batches` made up to `size` ahead in a background thread and placed with `place`
+    (default `to_device`: host arrays to the default device; None: as they come), so the next
+    batches are cut and transferred while the current step runs. Use it as a context manager
+    (or call `close()`) when the consumer may stop early::
+
+        with prefetch(iterate_batches(split, 1024, shuffle=True)) as batches:
+            for batch in batches:
+                params, opt_state, loss = step(params, opt_state, batch)
+    """
+    return Prefetcher(batches, size, place)

@@ -449,7 +449,7 @@ def _load_cached(directory: Path, t0: float) -> Dataset:
 def load_dataset(spec: str, *, schema: Schema | str | None = None, min_count: int | None = None,
                  split: str = "sequential", seed: int = 0, on_bad_lines: str = "error",
                  cache_dir: str | None = None, max_rows: int | None = None, progress: bool = True,
-                 encoder: Encoder | None = None) -> Dataset:
+                 encoder: Encoder | None = None, synthetic_vocab: int | None = None) -> Dataset:
     """Read, validate, encode and split a dataset, caching the result as memory-mappable .npy.
 
     spec: see parse_data_spec. cache_dir: the cache root (default ~/.cache/afm_jax); each distinct
@@ -457,6 +457,8 @@ def load_dataset(spec: str, *, schema: Schema | str | None = None, min_count: in
     with the same arguments loads the cache (report["cache_hit"] is True). 'synthetic[:ROWS]' is
     generated in memory (seed, min_count, split and max_rows apply; no cache, no bad lines).
     encoder: encode with this fitted encoder (a trained model's) instead of fitting a new one.
+    synthetic_vocab: synthetic data only: tables of fixed sizes summing to this many rows
+    (`synthetic_dataset(total_vocab=...)`), however few rows the data has.
     """
     t0 = time.perf_counter()
     ds = parse_data_spec(spec)
@@ -467,7 +469,11 @@ def load_dataset(spec: str, *, schema: Schema | str | None = None, min_count: in
         rows = ds.rows or defaults["rows"]
         if max_rows is not None:
             rows = min(rows, max_rows)
-        return synthetic_dataset(rows, seed=seed, min_count=min_count, split=split, encoder=encoder)
+        return synthetic_dataset(rows, seed=seed, min_count=min_count, split=split, encoder=encoder,
+                                 total_vocab=synthetic_vocab)
+    if synthetic_vocab is not None:
+        raise DataError(f"synthetic_vocab (--synthetic-vocab) applies to synthetic data only, not to {spec!r}",
+                        field="synthetic_vocab")
     if on_bad_lines not in ("error", "skip"):
         raise DataError(f"on_bad_lines must be 'error' or 'skip', got {on_bad_lines!r}", field="on_bad_lines")
     if split not in ("sequential", "random"):

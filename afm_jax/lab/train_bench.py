@@ -23,12 +23,14 @@ which tracemalloc does not see).
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import os
 import tempfile
 import threading
 import time
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 
 import jax
@@ -37,6 +39,7 @@ import optax
 from tqdm.auto import tqdm
 
 from afm_jax.data import iterate_batches
+from afm_jax.data.batching import to_device
 from afm_jax.data.dataset import EncodedSplit
 from afm_jax.inference import evaluate, make_scorer
 from afm_jax.models import build_model
@@ -95,6 +98,85 @@ def in_memory(dataset):
                             np.ascontiguousarray(s.label))
     return replace(dataset, train=load(dataset.train), valid=load(dataset.valid),
                    test=load(dataset.test))
+
+
+# ------------------------------------------------------------------- feeding: epoch vs bare step
+
+def epoch_vs_bare_step(model, ds, batch_size: int = 1024, rounds: int = 5, seed: int = 0,
+                       config: TrainConfig | None = None,
+                       variants: Mapping[str, Callable[[], contextlib.AbstractContextManager]]
+                       | None = None) -> dict:
+    """How close a warm training epoch comes to its bare step, the feeding overhead alone.
+
+    Inside one `train()` call (so the very step function, params layout and optimizer state
+    train() builds): train's own `_train_epoch` (shuffle, cut, feed, loss checks) against the
+    bare step, that step function over the same batches (`iterate_batches(pad_last=True)` with
+    the epoch's seed) placed on the device beforehand. Every contender runs once untimed (warm),
+    then `rounds` times, alternating, the order rotated each round. variants: epoch contenders,
+    each run inside its context (e.g. one that patches the feeding); default one, "warm epoch".
+
+    Returns {"rows", "batch_size", "rows_s": {name: [per round]}, "ratio": {name: [per round:
+    epoch rows/s / that round's bare-step rows/s]}, "ratio_median": {name: median}}.
+    """
+    train_module = importlib.import_module("afm_jax.train")
+    cfg = config or TrainConfig(epochs=1, batch_size=batch_size, seed=seed)
+    variants = dict(variants or {"warm epoch": contextlib.nullcontext})
+    inner = train_module._train_epoch
+    result: dict = {}
+
+    def measure(run, loop, epoch, start):
+        split = run.dataset.train
+        n = len(split)
+        placed = [to_device(b) for b in iterate_batches(
+            split, cfg.batch_size, shuffle=True, seed=cfg.seed * 100_003 + epoch, pad_last=True,
+            mesh=run.mesh)]
+        jax.block_until_ready(placed)
+
+        def bare():
+            for b in placed:
+                loop.params, loop.opt_state, loss = run.step_fn(loop.params, loop.opt_state, b)
+            jax.block_until_ready((loop.params, loss))
+
+        def epoch_in(context):
+            def go():
+                with context():
+                    inner(run, loop, epoch, 0)
+                jax.block_until_ready(loop.params)
+            return go
+
+        fns = {"bare step": bare, **{k: epoch_in(c) for k, c in variants.items()}}
+        for fn in fns.values():  # warm: compile, first touch of the pages
+            fn()
+        names = list(fns)
+        rows_s: dict[str, list[float]] = {k: [] for k in names}
+        for r in range(rounds):
+            for k in names[r % len(names):] + names[:r % len(names)]:
+                t0 = time.perf_counter()
+                fns[k]()
+                rows_s[k].append(n / (time.perf_counter() - t0))
+        ratio = {k: [a / b for a, b in zip(rows_s[k], rows_s["bare step"])] for k in variants}
+        result.update(rows=n, batch_size=cfg.batch_size, rows_s=rows_s, ratio=ratio,
+                      ratio_median={k: float(np.median(v)) for k, v in ratio.items()})
+        return 0.0
+
+    train_module._train_epoch = measure
+    try:
+        train_module.train(model, ds, cfg, progress=False)
+    finally:
+        train_module._train_epoch = inner
+    return result
+
+
+def format_epoch_vs_bare_step(result: dict) -> str:
+    """One line per epoch contender: median rows/s, and its ratio to the bare step."""
+    bare = np.median(result["rows_s"]["bare step"])
+    lines = [f"bare step: {bare:,.0f} rows/s (median of {len(result['rows_s']['bare step'])} rounds, "
+             f"{result['rows']:,} rows, batch {result['batch_size']})"]
+    for k, ratios in result["ratio"].items():
+        lines.append(f"{k}: {np.median(result['rows_s'][k]):,.0f} rows/s, warm epoch / bare step "
+                     f"{result['ratio_median'][k]:.1%} (median of per-round ratios; rounds "
+                     + ", ".join(f"{x:.2f}" for x in ratios) + ")")
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------- contenders
