@@ -203,7 +203,13 @@ def device_params(model, params, mesh=None, shard_embeddings: bool = False):
 def bind_scorer(model, params, mesh=None) -> Callable[[Batch], jax.Array]:
     """`score(batch) -> probabilities [B]` with `params` packed and placed on the device(s) once,
     so a serving loop pays no per-call copy of the params (host params, e.g. from
-    `checkpoint.load_model_dir`, would otherwise be transferred on every call)."""
+    `checkpoint.load_model_dir`, would otherwise be transferred on every call).
+
+    The jitted scorer's own dispatch is kept: an ahead-of-time compiled call per batch shape
+    with the params as a flat list of leaves was measured against it (experiments/results/
+    bench_cpu.md, "Dispatch at small batches") and did not cut a batch-1 or batch-64 call
+    beyond the noise; packing already cuts the leaves per call (e.g. 121 -> 20).
+    """
     from afm_jax.distributed import shard_params
     from afm_jax.packing import pack
 
@@ -305,11 +311,23 @@ def load_exported(path) -> Callable[[np.ndarray, np.ndarray], jax.Array]:
         raise CheckpointError(f"{d}: params.npz holds {len(leaves)} arrays, the scorer takes "
                               f"{len(exported.in_avals) - 2}; the export is damaged")
     placed = jax.device_put(leaves)
+    chunk_rows = default_chunk_rows()
+    symbolic = not isinstance(exported.in_avals[-1].shape[0], int)
+
+    def run(flat, cat, num):
+        args, kwargs = jax.tree_util.tree_unflatten(exported.in_tree, [*flat, cat, num])
+        return exported.call(*args, **kwargs)
 
     @jax.jit
     def call(flat, cat, num):
-        args, kwargs = jax.tree_util.tree_unflatten(exported.in_tree, [*flat, cat, num])
-        return exported.call(*args, **kwargs)
+        n = cat.shape[0]
+        if not (symbolic and chunked(n, 1, chunk_rows)):
+            return run(flat, cat, num)
+        # on a CPU, cache-sized chunks as the live scorer runs them (the artifact's batch
+        # dimension is symbolic, so the chunking happens here, around it)
+        out = jax.lax.map(lambda xs: run(flat, *xs),
+                          (to_chunks(cat, 1, chunk_rows), to_chunks(num, 1, chunk_rows)))
+        return from_chunks(out, n, 1)
 
     def score(cat, num):
         cat = cat if getattr(cat, "dtype", None) == np.int32 else np.asarray(cat, np.int32)

@@ -160,7 +160,29 @@ def gathered_rows(embed: Mapping[str, Any], cat: jax.Array) -> dict[int, jax.Arr
             for w in layout.widths()}
 
 
-def lookup(embed: Mapping[str, Any], cat: jax.Array, num: jax.Array) -> list[jax.Array]:
+class Fields(list):
+    """The F field vectors of one example (a list, as the per-field path gives), with
+    `stacked` [F, d] built from whole blocks of the gathered rows when every field has the
+    full width d (None otherwise): `models.base.stack` / `concat` take it as it is instead of
+    slicing the rows apart and joining them again."""
+
+    stacked: Any = None
+
+
+def _stack_blocks(sources: list[tuple[Any, int]]) -> Any:
+    """Rows [(array, row), ...] in order -> one [len, d] array, by whole slices of each array
+    (consecutive rows of one array become one slice; one array in order costs nothing)."""
+    pieces: list[tuple[Any, int, int]] = []
+    for arr, row in sources:
+        if pieces and pieces[-1][0] is arr and pieces[-1][2] == row:
+            pieces[-1] = (arr, pieces[-1][1], row + 1)
+        else:
+            pieces.append((arr, row, row + 1))
+    parts = [a if (b, e) == (0, a.shape[0]) else a[b:e] for a, b, e in pieces]
+    return parts[0] if len(parts) == 1 else jnp.concatenate(parts)
+
+
+def lookup(embed: Mapping[str, Any], cat: jax.Array, num: jax.Array) -> Fields:
     """One example's field vectors from packed params: cat int32[Fc], num float32[Fn] -> F
     vectors ([d], or [k] for folded fields), one gather per table width. cat may instead be
     {"raw": ids [Fc], "embed": rows [Fc]} with each field's row in its width's table resolved.
@@ -173,6 +195,7 @@ def lookup(embed: Mapping[str, Any], cat: jax.Array, num: jax.Array) -> list[jax
     layout: PackedLayout = embed["layout"]
     n_cat = len(layout.fields)
     out: list[Any] = [None] * n_cat
+    source: list[Any] = [None] * n_cat     # (array, row) each field's vector is a row of
     if isinstance(cat, Mapping):   # rows resolved by the caller (row-wise training, rowwise.py)
         ids, cat = cat["embed"], cat["raw"]
     elif n_cat:
@@ -187,14 +210,20 @@ def lookup(embed: Mapping[str, Any], cat: jax.Array, num: jax.Array) -> list[jax
             y = jnp.einsum("gk,gkd->gd", take_static(got, pos, len(members)), p["kernel"]) \
                 + p["bias"]
             for n, i in enumerate(projected):
-                out[i] = y[n]
+                out[i], source[i] = y[n], (y, n)
         for n, i in enumerate(members):
             if out[i] is None:
-                out[i] = got[n]
+                out[i], source[i] = got[n], (got, n)
     for i, f in enumerate(layout.fields):
         if f.kind == "tt":
             cores = [embed["tt"][f.name][f"tt_{j}"] for j in range(3)]
             out[i] = tt_row(cores, jnp.where((cat[i] >= 0) & (cat[i] < f.rows), cat[i], 0))
+            source[i] = (out[i][None], 0)
+    fields = Fields(out)
     if layout.num_fields:
-        out += list(num[:, None] * embed["numeric"])
-    return out
+        numeric = num[:, None] * embed["numeric"]
+        fields += list(numeric)
+        source += [(numeric, j) for j in range(layout.num_fields)]
+    if all(np.shape(s[0])[-1] == layout.dim for s in source):
+        fields.stacked = _stack_blocks(source)
+    return fields

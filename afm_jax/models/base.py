@@ -41,10 +41,15 @@ class CTRModel(nn.Module):
 
 
 def stack(fields: list[jax.Array]) -> jax.Array:
-    """[F] list of [d] -> [F, d] (all fields must still have the full dim d)."""
-    return jnp.stack(fields)
+    """[F] list of [d] -> [F, d] (all fields must still have the full dim d). Packed lookups
+    hand over their rows already stacked (`packing.Fields`)."""
+    stacked = getattr(fields, "stacked", None)
+    return stacked if stacked is not None else jnp.stack(fields)
 
 
 def concat(fields: list[jax.Array]) -> jax.Array:
     """[F] list of [d_f] -> [sum d_f]; the MLP input."""
+    stacked = getattr(fields, "stacked", None)
+    if stacked is not None:
+        return stacked.reshape(-1)
     return jnp.concatenate(fields) if fields else jnp.zeros((0,))
