@@ -1,13 +1,28 @@
-"""Scoring benchmark: original vs AFM-compressed scorers, a plain PyTorch peer, the machine's ceiling.
+"""Scoring benchmark: original vs AFM-compressed scorers, per-field vs packed params, the exported
+and bound scorers, a plain PyTorch peer, the machine's ceiling.
 
 Everything runs in one process on the same random valid input (ids drawn uniformly from each
-field's vocabulary, never all zeros), so the figures are ratios measured side by side. PyTorch is
-optional (`pip install afm-jax[bench]`); without it those columns are left out and the report says
-so.
+field's vocabulary, never all zeros), and the scorers of one cell (model, form, batch size) are
+timed interleaved, round after round, so the figures are ratios measured side by side under the
+same load. Each form is scored four ways ("layouts"):
+
+  per-field   `make_scorer(model)(params, batch)` with one table per field (the params that
+              statistics, plans and model directories speak)
+  packed      the same scorer with `packing.pack(model, params)` (what `predict` runs)
+  bound       `inference.bind_scorer(model, params)(batch)` (packed, placed once)
+  exported    `inference.load_exported(export(model, params, tmp))(cat, num)`
+
+Compiled op counts (gathers, fusions, executed ops in the compiled HLO) are a proxy for the
+layout that does not depend on timing. PyTorch is optional (`pip install afm-jax[bench]`);
+without it those columns are left out and the report says so.
 """
 
 from __future__ import annotations
 
+import os
+import platform
+import re
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,11 +35,23 @@ from tqdm.auto import tqdm
 
 from afm_jax.compress import collect_stats, compress, fixed_plan
 from afm_jax.data import FeatureInfo
-from afm_jax.inference import count_params, default_chunk_rows, logits_fn, make_scorer
+from afm_jax.inference import (
+    bind_scorer,
+    count_params,
+    default_chunk_rows,
+    export,
+    load_exported,
+    logits_fn,
+    make_scorer,
+)
 from afm_jax.models import build_model
+from afm_jax.packing import pack
 
 # 39 Criteo-like fields: a mix of small and large vocabularies (about 1.1M rows in all)
 _VOCABS = (10, 50, 200, 1_000, 5_000, 20_000, 100_000)
+
+LAYOUTS = ("per-field", "packed", "bound", "exported")
+DISPATCH_BATCHES = (1, 64)
 
 
 def criteo_like_info(n_fields: int = 39) -> FeatureInfo:
@@ -48,6 +75,12 @@ class Timing:
         return batch / self.median_s
 
 
+def _timing(times: list[float]) -> Timing:
+    t = np.asarray(times)
+    med = float(np.median(t))
+    return Timing(med, float((np.percentile(t, 90) - np.percentile(t, 10)) / med))
+
+
 def time_fn(fn: Callable[[], Any], repeats: int, warmup: int = 3, min_seconds: float = 0.2) -> Timing:
     """Median wall time of `fn()` (which must block until its result is ready)."""
     for _ in range(warmup):
@@ -59,9 +92,39 @@ def time_fn(fn: Callable[[], Any], repeats: int, warmup: int = 3, min_seconds: f
         times.append(time.perf_counter() - t0)
         if len(times) >= 50 * repeats:
             break
-    t = np.asarray(times)
-    med = float(np.median(t))
-    return Timing(med, float((np.percentile(t, 90) - np.percentile(t, 10)) / med))
+    return _timing(times)
+
+
+def time_interleaved(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 2,
+                     min_block_s: float = 0.002, min_seconds: float = 0.2) -> dict[str, Timing]:
+    """Per-call median wall time of each `fn()` (each must block until its result is ready),
+    timed round-robin: every round runs each function once in a block of calls (enough calls
+    to last `min_block_s`), so a change of the machine's load hits all of them alike.
+
+    At least `repeats` rounds, and more until each function has run `min_seconds` in all (up to
+    10 * repeats rounds). Spread is that of the per-round per-call times.
+    """
+    block: dict[str, int] = {}
+    for name, fn in fns.items():
+        for _ in range(warmup):
+            fn()
+        t0 = time.perf_counter()
+        fn()
+        once = max(time.perf_counter() - t0, 1e-7)
+        block[name] = max(1, min(1000, int(min_block_s / once)))
+    times: dict[str, list[float]] = {n: [] for n in fns}
+    spent = dict.fromkeys(fns, 0.0)
+    rounds = 0
+    while rounds < repeats or (min(spent.values()) < min_seconds and rounds < 10 * repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            for _ in range(block[name]):
+                fn()
+            dt = time.perf_counter() - t0
+            spent[name] += dt
+            times[name].append(dt / block[name])
+        rounds += 1
+    return {n: _timing(t) for n, t in times.items()}
 
 
 def matmul_ceiling(n: int = 2048, repeats: int = 10) -> float:
@@ -73,8 +136,35 @@ def matmul_ceiling(n: int = 2048, repeats: int = 10) -> float:
     return 2.0 * n ** 3 / t.median_s
 
 
-def compiled_cost(fn, *args, flop_fn=None) -> tuple[float, int]:
-    """(FLOPs per call, peak bytes: arguments + outputs + temporaries) from XLA's analysis.
+_INSTR = re.compile(r"^\s*(?:ROOT )?%?[\w.\-]+ = .*? ([a-z][a-z\-]*)\(", re.M)
+_COMP = re.compile(r"^(?:ENTRY )?%?([\w.\-]+) .*\{\s*$", re.M)
+_INLINED = re.compile(r"(?:calls|to_apply)=%?([\w.\-]+)")
+_FREE = {"parameter", "constant", "bitcast", "get-tuple-element", "tuple"}
+
+
+def hlo_counts(text: str) -> dict[str, int]:
+    """Op counts of a compiled HLO module's text (`jax.jit(f).lower(...).compile().as_text()`):
+    gathers (anywhere, fused or not), fusions (fusion ops the runtime launches) and ops (every
+    instruction of the computations the runtime steps through: the entry and loop bodies, not
+    the insides of fusions and reductions; parameters, constants, bitcasts and tuple plumbing
+    left out). A proxy for a layout's cost that does not depend on timing."""
+    inlined = set(_INLINED.findall(text))
+    counts = {"gathers": 0, "fusions": 0, "ops": 0}
+    heads = list(_COMP.finditer(text))
+    for i, head in enumerate(heads):
+        body = text[head.end():heads[i + 1].start() if i + 1 < len(heads) else len(text)]
+        ops = _INSTR.findall(body)
+        counts["gathers"] += sum(op == "gather" for op in ops)
+        if head.group(1) in inlined:
+            continue
+        counts["fusions"] += sum(op == "fusion" for op in ops)
+        counts["ops"] += sum(op not in _FREE for op in ops)
+    return counts
+
+
+def compiled_cost(fn, *args, flop_fn=None) -> dict[str, float]:
+    """{"flops": per call, "peak_bytes": arguments + outputs + temporaries, and `hlo_counts`}
+    from XLA's analysis of `jax.jit(fn)` on `args`.
 
     flop_fn: the same function without loops, for counting (a loop's body is counted once).
     """
@@ -97,7 +187,7 @@ def compiled_cost(fn, *args, flop_fn=None) -> tuple[float, int]:
         peak = int(mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes)
     except Exception:  # not every backend reports it
         peak = -1
-    return flops, peak
+    return {"flops": flops, "peak_bytes": peak, **hlo_counts(compiled.as_text())}
 
 
 # the AFM forms benchmarked: name -> (rank of every MLP / cross layer, rank of every embedding
@@ -133,13 +223,41 @@ def _lively(params, seed: int = 0):
         tree, [x + 0.05 * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)])
 
 
+def machine() -> str:
+    """The machine in words: processor, cores, OS, jax version."""
+    proc = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            proc = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")),
+                        proc)
+    except OSError:
+        pass
+    return (f"{proc}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, "
+            f"python {platform.python_version()}, jax {jax.__version__}")
+
+
+def _load() -> list[float]:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:  # not on every OS
+        return []
+
+
+def _max_rel_diff(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-30))) if a.size else 0.0
+
+
 def run(models=("deepfm", "dcnv2"), batch_sizes=(1, 64, 1024, 8192), repeats: int = 20,
         use_torch: bool = True, progress: bool = True, info: FeatureInfo | None = None,
         torch_compile: bool = True,
         mlp: tuple[int, ...] = (400, 400, 400)) -> dict:
-    """All measurements as a dict (rows of figures plus the machine's ceiling)."""
+    """All measurements as a dict: "rows" (one per model, form, layout and batch size; the torch
+    peer's figures, measured once per model, form and batch size, sit in each of its rows),
+    "dispatch" (per-call times at batch 1 and 64), the machine, its load and its ceiling."""
     info = criteo_like_info() if info is None else info
     device = jax.devices()[0]
+    load_start = _load()
     ceiling = matmul_ceiling()
     torch_peer = None
     if use_torch:
@@ -148,8 +266,8 @@ def run(models=("deepfm", "dcnv2"), batch_sizes=(1, 64, 1024, 8192), repeats: in
             torch_peer = bench_torch
         except ImportError:
             torch_peer = None
-    rows = []
-    total = len(models) * 4 * len(batch_sizes)
+    rows, dispatch = [], []
+    total = len(models) * (1 + len(AFM_FORMS)) * len(batch_sizes)
     bar = tqdm(total=total, desc="bench", disable=not progress)
     for name in models:
         model = build_model(name, info, mlp=mlp)
@@ -158,27 +276,97 @@ def run(models=("deepfm", "dcnv2"), batch_sizes=(1, 64, 1024, 8192), repeats: in
         forms = compressed_forms(model, params, info)
         scorer = make_scorer(model)
         logits, flat_logits = logits_fn(model, default_chunk_rows()), logits_fn(model)
-        for form, p in forms.items():
-            p = jax.device_put(p)
-            torch_models = (torch_peer.build(name, info, p, compile=torch_compile)
+        for form, host in forms.items():
+            layouts = {"per-field": jax.device_put(host),
+                       "packed": jax.device_put(pack(model, host))}
+            bound = bind_scorer(model, host)
+            with tempfile.TemporaryDirectory() as tmp:
+                exported = load_exported(export(model, host, tmp))
+            torch_models = (torch_peer.build(name, info, host, compile=torch_compile)
                             if torch_peer else None)
             for bs in batch_sizes:
                 batch = jax.device_put(random_batch(info, bs, seed=bs))
-                t = time_fn(lambda s=scorer, p=p, b=batch: s(p, b).block_until_ready(), repeats)
-                flops, peak = compiled_cost(logits, p, batch, flop_fn=flat_logits)
-                row = {"model": name, "form": form, "batch": bs, "params": count_params(p),
-                       "jax_rows_s": t.rows_per_s(bs), "jax_spread": t.spread,
-                       "flops_per_row": flops / bs, "flop_rate": flops / t.median_s,
-                       "ceiling_fraction": flops / t.median_s / ceiling, "peak_bytes": peak}
+                live = np.asarray(scorer(layouts["packed"], batch))
+                agree = {"per-field": _max_rel_diff(scorer(layouts["per-field"], batch), live),
+                         "packed": 0.0, "bound": _max_rel_diff(bound(batch), live),
+                         "exported": _max_rel_diff(exported(batch["cat"], batch["num"]), live)}
+                fns = {lay: (lambda s=scorer, p=p, b=batch: s(p, b).block_until_ready())
+                       for lay, p in layouts.items()}
+                fns["bound"] = lambda f=bound, b=batch: f(b).block_until_ready()
+                fns["exported"] = lambda f=exported, b=batch: f(b["cat"], b["num"]).block_until_ready()
                 if torch_models is not None:
-                    row.update(torch_peer.measure(torch_models, batch, repeats, time_fn))
-                if form == "original" and bs == max(batch_sizes):
-                    row["stats_rows_s"] = _stats_rate(model, p, info, bs, repeats)
-                rows.append(row)
+                    fns.update({f"torch_{k}": f for k, f in
+                                torch_peer.callables(torch_models, batch).items()})
+                t = time_interleaved(fns, repeats)
+                costs = {lay: compiled_cost(logits, p, batch, flop_fn=flat_logits)
+                         for lay, p in layouts.items()}
+                peer = {}
+                for k in ("torch_eager", "torch_compiled"):
+                    if k in t:
+                        peer[f"{k}_rows_s"] = t[k].rows_per_s(bs)
+                        peer[f"{k}_spread"] = t[k].spread
+                for lay in LAYOUTS:
+                    c = costs.get(lay, costs["packed"])   # bound and exported run packed params
+                    row = {"model": name, "form": form, "layout": lay, "batch": bs,
+                           "params": count_params(host), "jax_rows_s": t[lay].rows_per_s(bs),
+                           "jax_spread": t[lay].spread, "max_rel_diff_vs_packed": agree[lay],
+                           "flops_per_row": c["flops"] / bs,
+                           "flop_rate": c["flops"] / t[lay].median_s,
+                           "ceiling_fraction": c["flops"] / t[lay].median_s / ceiling,
+                           "peak_bytes": c["peak_bytes"], "gathers": c["gathers"],
+                           "fusions": c["fusions"], "ops": c["ops"],
+                           "load": _load(), **peer}
+                    if form == "original" and lay == "packed" and bs == max(batch_sizes):
+                        row["stats_rows_s"] = _stats_rate(model, host, info, bs, repeats)
+                    rows.append(row)
+                if bs in DISPATCH_BATCHES:
+                    dispatch.append({"model": name, "form": form, "batch": bs,
+                                     **dispatch_costs(scorer, layouts, bound, logits, batch,
+                                                      repeats)})
                 bar.update(1)
     bar.close()
-    return {"device": f"{device.platform}: {device.device_kind}", "ceiling_flops": ceiling,
-            "rows": rows, "torch": None if torch_peer is None else torch_peer.version()}
+    return {"device": f"{device.platform}: {device.device_kind}", "machine": machine(),
+            "load_start": load_start, "load_end": _load(), "ceiling_flops": ceiling,
+            "rows": rows, "dispatch": dispatch,
+            "torch": None if torch_peer is None else torch_peer.version()}
+
+
+def dispatch_costs(scorer, layouts: dict[str, Any], bound, logits, batch, repeats: int) -> dict:
+    """Per-call seconds of the live scorer with per-field and packed params, `bind_scorer`, an
+    ahead-of-time compiled call (`jax.jit(f).lower(...).compile()`) with the params as a pytree
+    and as a flat list of leaves, and a trivial program (one output row per input row) taking
+    the same params, per layout: the dispatch floor. Timed interleaved; plus the params leaves
+    each call passes."""
+    packed = layouts["packed"]
+    leaves, treedef = jax.tree_util.tree_flatten(packed)
+
+    def probs(params, b):
+        return jax.nn.sigmoid(logits(params, b))
+
+    def probs_flat(flat, cat, num):
+        return probs(jax.tree_util.tree_unflatten(treedef, flat), {"cat": cat, "num": num})
+
+    def floor(params, b):   # reads one leaf, so every leaf is still an input of the call
+        first = jax.tree_util.tree_leaves(params)[0]
+        return b["cat"][:, 0].astype(jnp.float32) + 0.0 * first.reshape(-1)[0]
+
+    aot = jax.jit(probs).lower(packed, batch).compile()
+    aot_flat = jax.jit(probs_flat).lower(leaves, batch["cat"], batch["num"]).compile()
+    floor_jit = jax.jit(floor)
+    cat, num = batch["cat"], batch["num"]
+    fns = {"per-field": lambda: scorer(layouts["per-field"], batch).block_until_ready(),
+           "packed": lambda: scorer(packed, batch).block_until_ready(),
+           "bound": lambda: bound(batch).block_until_ready(),
+           "aot": lambda: aot(packed, batch).block_until_ready(),
+           "aot_flat": lambda: aot_flat(leaves, cat, num).block_until_ready(),
+           "floor_per-field": lambda: floor_jit(layouts["per-field"], batch).block_until_ready(),
+           "floor_packed": lambda: floor_jit(packed, batch).block_until_ready()}
+    t = time_interleaved(fns, max(repeats, 30), min_block_s=0.005, min_seconds=0.3)
+    out = {f"{k}_s": v.median_s for k, v in t.items()}
+    out.update({f"{k}_spread": v.spread for k, v in t.items()})
+    out["leaves_per-field"] = len(jax.tree_util.tree_leaves(layouts["per-field"]))
+    out["leaves_packed"] = len(leaves)
+    return out
 
 
 def _stats_rate(model, params, info, batch_size: int, repeats: int, n_batches: int = 16) -> float:
@@ -191,45 +379,159 @@ def _stats_rate(model, params, info, batch_size: int, repeats: int, n_batches: i
     return n_batches * batch_size / t.median_s
 
 
+# ---------------------------------------------------------------------------------- report
+
+def _num(x: float, fmt: str) -> str:
+    return "-" if x is None or x != x else fmt.format(x)   # x != x: NaN
+
+
+def _index(rows: list[dict]) -> dict[tuple, dict]:
+    return {(r["model"], r["form"], r["layout"], r["batch"]): r for r in rows}
+
+
+def goals(result: dict) -> list[tuple[str, bool | None, str]]:
+    """The scoring goals of issue 17, each as (goal, met (None: not measured), figures).
+    "jax" is the live scorer with packed params (what `predict` runs)."""
+    rows = [r for r in result["rows"] if r.get("layout", "packed") == "packed"]
+    by = {(r["model"], r["form"], r["batch"]): r for r in rows}
+    out: list[tuple[str, bool | None, str]] = []
+
+    def vs_compiled(select, floor: float, title: str) -> None:
+        cells = [r for r in rows if select(r) and "torch_compiled_rows_s" in r]
+        if not cells:
+            out.append((title, None, "torch.compile not measured"))
+            return
+        ratios = [(r["jax_rows_s"] / r["torch_compiled_rows_s"], r) for r in cells]
+        bad = [(x, r) for x, r in ratios if x < floor]
+        worst = min(ratios, key=lambda xr: xr[0])
+        figs = (f"min {worst[0]:.2f}x ({worst[1]['model']}, {worst[1]['form']}, batch "
+                f"{worst[1]['batch']})")
+        if bad:
+            figs += "; below: " + ", ".join(f"{r['model']} {r['form']} b{r['batch']} {x:.2f}x"
+                                            for x, r in bad)
+        out.append((title, not bad, figs))
+
+    vs_compiled(lambda r: r["form"] != "original" and r["batch"] in (1024, 8192), 1.0,
+                "every AFM form >= 1.0x torch.compile at batch 1024 and 8192")
+    vs_compiled(lambda r: r["form"] == "original" and r["batch"] in (1024, 8192), 1.2,
+                "originals >= 1.2x torch.compile at batch 1024 and 8192")
+    vs_compiled(lambda r: r["batch"] == 64, 1.0, "every form >= 1.0x torch.compile at batch 64")
+    r32 = [r for r in rows if "r32" in r["form"]]
+    if r32:
+        ratios = [(r["jax_rows_s"] / by[(r["model"], "original", r["batch"])]["jax_rows_s"], r)
+                  for r in r32 if (r["model"], "original", r["batch"]) in by]
+        bad = [(x, r) for x, r in ratios if x < 3.0]
+        figs = ", ".join(f"{r['model']} {r['form']} b{r['batch']} {x:.2f}x" for x, r in bad)
+        out.append(("compressed forms (rank 32) >= 3x the original's rows/s", not bad,
+                    ("below: " + figs) if bad else
+                    f"min {min(x for x, _ in ratios):.2f}x"))
+    idx = _index(result["rows"])
+    exp = [(r["jax_rows_s"] / idx[(r["model"], r["form"], "packed", r["batch"])]["jax_rows_s"], r)
+           for r in result["rows"] if r.get("layout") == "exported"]
+    if exp:
+        bad = [(x, r) for x, r in exp if x < 0.9]
+        figs = ", ".join(f"{r['model']} {r['form']} b{r['batch']} {x:.2f}x" for x, r in bad)
+        out.append(("exported scorer within 10 % of the live one at every batch size", not bad,
+                    ("below 0.90x: " + figs) if bad else
+                    f"min {min(x for x, _ in exp):.2f}x"))
+    return out
+
+
 def to_markdown(result: dict, command: str) -> str:
     rows = result["rows"]
     has_torch = result["torch"] is not None
+    idx = _index(rows)
+    load = lambda xs: " / ".join(f"{x:.2f}" for x in xs) if xs else "n/a"  # noqa: E731
     lines = [f"# Scoring benchmark ({result['device']})", "",
              f"Command: `{command}`  ",
+             f"Machine: {result.get('machine', '?')}  ",
+             f"Load average (1 / 5 / 15 min): {load(result.get('load_start', []))} at the start, "
+             f"{load(result.get('load_end', []))} at the end (other jobs share the machine: "
+             "compare within a row, not across runs)  ",
              f"Matrix-product ceiling (float32, 2048^3, jax): "
-             f"{result['ceiling_flops'] / 1e9:,.1f} GFLOP/s.  ",
+             f"{result['ceiling_flops'] / 1e9:,.1f} GFLOP/s.", "",
              "Models: 39 fields x 16, MLP 400-400-400 (paper configuration); random valid ids. "
              "AFM forms: every MLP layer (DCNv2: and every cross layer) at rank 64 or 32; the "
-             "last form also compresses every embedding to rank 8. Rows/s are medians of "
-             "repeated timings after warm-up; spread = (p90 - p10) / median. "
+             "last form also compresses every embedding to rank 8 (folded into the first layer). "
+             "Layouts: *per-field* = `make_scorer(model)(params, batch)` with one table per "
+             "field; *packed* = the same scorer on `pack(model, params)` (what `predict` runs; "
+             "the *live* scorer below); *bound* = `bind_scorer(model, params)(batch)`; "
+             "*exported* = `load_exported(export(model, params, dir))(cat, num)`. "
+             "All scorers of one row (and the torch peer) are timed interleaved, round after "
+             "round; rows/s are medians of the rounds after warm-up, spread = (p90 - p10) / "
+             "median. Gathers / fusions / ops: counts in the compiled HLO (per-field -> packed; "
+             "ops = instructions the runtime steps through, outside fusions), which do not "
+             "depend on timing. "
              + (f"PyTorch {result['torch']}: the same models and params in plain torch, eager "
                 "and torch.compile." if has_torch else "PyTorch not installed: no peer rows."),
              ""]
-    header = ["model", "form", "batch", "params", "afm_jax rows/s (spread)", "vs original"]
+    verdicts = goals(result)
+    if verdicts:
+        lines += ["## Goals", ""]
+        for title, met, figs in verdicts:
+            mark = "not measured" if met is None else ("met" if met else "**missed**")
+            lines.append(f"- {title}: {mark} ({figs})")
+        lines.append("")
+    header = ["form", "batch", "params", "per-field rows/s", "packed rows/s (spread)",
+              "packed / per-field", "bound rows/s", "bound / live", "exported rows/s",
+              "exported / live"]
     if has_torch:
-        header += ["torch eager rows/s", "torch compiled rows/s", "jax / eager",
-                   "jax / compiled"]
-    header += ["GFLOP/s", "of ceiling", "peak MiB"]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    base = {(r["model"], r["batch"]): r["jax_rows_s"] for r in rows if r["form"] == "original"}
-    for r in rows:
-        cells = [r["model"], r["form"], str(r["batch"]), f"{r['params']:,}",
-                 f"{r['jax_rows_s']:,.0f} ({r['jax_spread']:.2f})",
-                 f"{r['jax_rows_s'] / base[(r['model'], r['batch'])]:.2f}x"]
-        if has_torch:
-            eager, comp = r.get("torch_eager_rows_s", float("nan")), r.get(
-                "torch_compiled_rows_s", float("nan"))
-            num = lambda x, f: "-" if x != x else f.format(x)  # noqa: E731  (x != x: NaN)
-            cells += [num(eager, "{:,.0f}"), num(comp, "{:,.0f}"),
-                      num(r["jax_rows_s"] / eager, "{:.2f}x"),
-                      num(r["jax_rows_s"] / comp, "{:.2f}x")]
-        cells += [f"{r['flop_rate'] / 1e9:,.1f}", f"{r['ceiling_fraction']:.0%}",
-                  f"{r['peak_bytes'] / 2**20:,.1f}" if r["peak_bytes"] >= 0 else "-"]
-        lines.append("| " + " | ".join(cells) + " |")
+        header += ["torch eager rows/s", "torch.compile rows/s", "live / eager",
+                   "live / compile"]
+    header += ["vs original", "gathers", "fusions", "ops", "GFLOP/s (live)", "peak MiB"]
+    for model in dict.fromkeys(r["model"] for r in rows):
+        lines += [f"## {model}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        keys = [k for k in idx if k[0] == model and k[2] == "packed"]
+        for _, form, _, bs in keys:
+            get = {lay: idx.get((model, form, lay, bs)) for lay in LAYOUTS}
+            live, pf = get["packed"], get["per-field"]
+            orig = idx[(model, "original", "packed", bs)]
+            rate = {lay: r["jax_rows_s"] if r else float("nan") for lay, r in get.items()}.get
+            cells = [form, str(bs), f"{live['params']:,}", _num(rate("per-field"), "{:,.0f}"),
+                     f"{live['jax_rows_s']:,.0f} ({live['jax_spread']:.2f})",
+                     _num(live["jax_rows_s"] / rate("per-field"), "{:.2f}x"),
+                     _num(rate("bound"), "{:,.0f}"),
+                     _num(rate("bound") / live["jax_rows_s"], "{:.2f}x"),
+                     _num(rate("exported"), "{:,.0f}"),
+                     _num(rate("exported") / live["jax_rows_s"], "{:.2f}x")]
+            if has_torch:
+                eager = live.get("torch_eager_rows_s", float("nan"))
+                comp = live.get("torch_compiled_rows_s", float("nan"))
+                cells += [_num(eager, "{:,.0f}"), _num(comp, "{:,.0f}"),
+                          _num(live["jax_rows_s"] / eager, "{:.2f}x"),
+                          _num(live["jax_rows_s"] / comp, "{:.2f}x")]
+            pair = {k: f"{pf[k]} -> {live[k]}" if pf else str(live[k])
+                    for k in ("gathers", "fusions", "ops")}
+            cells += [f"{live['jax_rows_s'] / orig['jax_rows_s']:.2f}x", pair["gathers"],
+                      pair["fusions"], pair["ops"], f"{live['flop_rate'] / 1e9:,.1f}",
+                      f"{live['peak_bytes'] / 2**20:,.1f}" if live["peak_bytes"] >= 0 else "-"]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    disp = result.get("dispatch", [])
+    if disp:
+        kinds = ["per-field", "packed", "bound", "aot", "aot_flat", "floor_per-field",
+                 "floor_packed"]
+        lines += ["## Dispatch at small batches", "",
+                  "Per-call microseconds, timed interleaved: the live scorer with per-field and "
+                  "packed params, `bind_scorer`, an ahead-of-time compiled call "
+                  "(`jax.jit(f).lower(packed, batch).compile()`) with the params as a pytree "
+                  "(aot) and as a flat list of leaves (aot flat), and the dispatch floor: a "
+                  "trivial jitted program taking the same params (per-field / packed). Leaves: "
+                  "params arrays passed per call (per-field / packed).", "",
+                  "| model | form | batch | leaves | " + " | ".join(
+                      k.replace("_", " ") + " us" for k in kinds) + " | aot flat / packed |",
+                  "|" + "---|" * (len(kinds) + 5)]
+        for d in disp:
+            lines.append(
+                f"| {d['model']} | {d['form']} | {d['batch']} | {d['leaves_per-field']} / "
+                f"{d['leaves_packed']} | "
+                + " | ".join(f"{d[k + '_s'] * 1e6:,.0f}" for k in kinds)
+                + f" | {d['aot_flat_s'] / d['packed_s']:.2f}x |")
+        lines.append("")
     stats = [r for r in rows if "stats_rows_s" in r]
     if stats:
-        lines += ["", "Statistics pass (all sites, batch of the largest size) against the "
-                  "original scorer:", ""]
+        lines += ["Statistics pass (all sites, batch of the largest size) against the "
+                  "original scorer (live, packed):", ""]
         for r in stats:
             lines.append(f"- {r['model']}: {r['stats_rows_s']:,.0f} rows/s = "
                          f"{r['stats_rows_s'] / r['jax_rows_s']:.2f}x the scorer's "
