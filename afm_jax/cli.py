@@ -149,7 +149,7 @@ def cmd_train(args: argparse.Namespace) -> dict:
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size,
                          learning_rate=args.lr, seed=args.seed, embed_l2=args.embed_l2,
                          patience=args.patience, checkpoint_every=args.checkpoint_every,
-                         table_optimizer=args.table_optimizer)
+                         table_optimizer=args.table_optimizer, table_learning_rate=args.table_lr)
     mesh = _mesh(args)
     res = train(model, ds, config, out_dir=args.out, progress=progress,
                 extra_meta={"data": {"spec": args.data, **options}}, mesh=mesh,
@@ -209,6 +209,7 @@ def cmd_evaluate(args: argparse.Namespace) -> dict:
 def cmd_compress(args: argparse.Namespace) -> dict:
     from afm_jax.checkpoint import load_model_dir, save_model_dir
     from afm_jax.compress import compress_model, save_stats
+    from afm_jax.compress.pipeline import DEFAULT_CALIBRATION_ROWS
     from afm_jax.inference import count_params, evaluate, make_scorer
 
     progress = not args.no_progress
@@ -450,10 +451,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     p.add_argument("--embed-l2", type=float, default=0.0,
                    help="L2 penalty on the embedding rows a batch reads")
-    p.add_argument("--table-optimizer", default="rowwise",
-                   choices=["rowwise", "rowwise_adagrad", "dense"],
+    p.add_argument("--table-optimizer", default="auto",
+                   choices=["auto", "rowwise", "rowwise_adagrad", "dense"],
                    help="embedding tables: row-wise lazy Adam (only the rows a batch reads are "
-                        "updated), row-wise Adagrad, or dense Adam over every row")
+                        "updated), row-wise Adagrad, dense Adam over every row, or auto: row-wise "
+                        "from 200k table rows on, dense below")
+    p.add_argument("--table-lr", type=float, default=None,
+                   help="learning rate of row-wise tables (default: --lr)")
     p.add_argument("--patience", type=int, default=1,
                    help="stop after this many epochs without a better validation AUC")
     p.add_argument("--checkpoint-every", type=int, default=0,

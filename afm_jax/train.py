@@ -38,7 +38,9 @@ class TrainConfig:
     log_every: int = 50          # read the loss back (and check it is finite) every N steps
     checkpoint_every: int = 0    # with an out_dir, also checkpoint every N steps (0: per epoch)
     seed: int = 0
-    table_optimizer: str = "rowwise"  # tables: "rowwise" (lazy Adam), "rowwise_adagrad", "dense"
+    table_optimizer: str = "auto"   # tables: "rowwise" (lazy Adam), "rowwise_adagrad", "dense",
+                                    # "auto" (rowwise from rowwise.AUTO_ROWWISE_ROWS rows on)
+    table_learning_rate: float | None = None  # row-wise tables' rate (None: learning_rate)
 
 
 @dataclass
@@ -101,13 +103,15 @@ def make_train_step(model, tx: optax.GradientTransformation, embed_l2: float = 0
 
 
 @cache_per_model(16)
-def _adam_step(model, learning_rate: float, embed_l2: float, table_optimizer: str = "dense"):
+def _adam_step(model, learning_rate: float, embed_l2: float, table_optimizer: str = "dense",
+               table_learning_rate: float | None = None):
     """The train step, cached per (model, learning rate, L2, table optimizer): a second `train`
     call in the same process (another run, a resume, a benchmark round) reuses the compiled
     step. Tables are updated row-wise (`rowwise.make_step`) or by dense Adam with the rest."""
     if table_optimizer == "dense":
         return make_train_step(model, optax.adam(learning_rate), embed_l2)
-    return rowwise.make_step(model, learning_rate, table_optimizer, embed_l2)
+    return rowwise.make_step(model, learning_rate, table_optimizer, embed_l2,
+                             table_learning_rate=table_learning_rate)
 
 
 def _counters(epoch: int, step: int, best_auc: float, bad_epochs: int,
@@ -330,9 +334,8 @@ def train(model, dataset, config: TrainConfig = TrainConfig(), *, out_dir: str |
     params stay on the mesh. Training runs in the packed layout (`packing.pack`) and so do its
     checkpoints; the returned params and the model directory are per-field.
     """
-    if config.table_optimizer not in rowwise.TABLE_OPTIMIZERS:
-        raise AfmError(f"TrainConfig.table_optimizer must be one of {rowwise.TABLE_OPTIMIZERS}, "
-                       f"got {config.table_optimizer!r}")
+    config = dataclasses.replace(
+        config, table_optimizer=rowwise.resolve(config.table_optimizer, dataset.info))
     t_start = time.perf_counter()
     loop = _start(model, dataset.info, config, params, mesh, shard_embeddings)
     out = None if out_dir is None else Path(out_dir)
@@ -340,7 +343,7 @@ def train(model, dataset, config: TrainConfig = TrainConfig(), *, out_dir: str |
         out.mkdir(parents=True, exist_ok=True)
     run = _Run(model, dataset, config, mesh, out, None if out is None else _state_manager(out),
                progress, _adam_step(model, config.learning_rate, config.embed_l2,
-                                    config.table_optimizer),
+                                    config.table_optimizer, config.table_learning_rate),
                make_scorer(model, mesh))
     if run.manager is not None:
         loop = _restore(run, loop)

@@ -140,3 +140,12 @@ def test_train_rejects_unknown_table_optimizer():
     ds = synthetic_dataset(200)
     with pytest.raises(AfmError, match="table_optimizer"):
         train(build_model("lr", ds.info), ds, TrainConfig(table_optimizer="sparse"), progress=False)
+
+
+def test_auto_picks_rowwise_for_large_tables_only():
+    small = FeatureInfo(cat_names=("a",), vocab_sizes=(1000,), num_names=())
+    large = FeatureInfo(cat_names=("a", "b"), vocab_sizes=(rowwise.AUTO_ROWWISE_ROWS - 5, 5),
+                        num_names=())
+    assert rowwise.resolve("auto", small) == "dense"
+    assert rowwise.resolve("auto", large) == "rowwise"
+    assert rowwise.resolve("rowwise_adagrad", small) == "rowwise_adagrad"

@@ -7,7 +7,8 @@ contenders over several rounds so machine noise hits them all alike:
   the public entry point: data feeding, shuffling, loss logging and the end-of-epoch validation
   pass included (also reported without the validation, timed on its own with a fresh scorer as
   train() builds one);
-- ``bare step``: ``make_train_step(model, optax.adam(1e-3))`` over a list of device_put batches
+- ``bare step``: train()'s own step (packed params, default table optimizer) over a list of
+  device_put batches
   (the same rows, pre-shuffled, warm): the ceiling for our own loop;
 - ``DeepCTR-Torch`` 0.3.0 ``model.fit(x, y, batch_size=B, epochs=1, verbose=0)`` (optional);
 - ``FuxiCTR`` 2.3.10 ``BaseModel.fit`` with DeepFM / DCNv2 assembled from its own layers
@@ -24,6 +25,7 @@ which tracemalloc does not see).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import os
 import tempfile
@@ -35,7 +37,6 @@ from dataclasses import replace
 
 import jax
 import numpy as np
-import optax
 from tqdm.auto import tqdm
 
 from afm_jax.data import iterate_batches
@@ -43,7 +44,7 @@ from afm_jax.data.batching import to_device
 from afm_jax.data.dataset import EncodedSplit
 from afm_jax.inference import evaluate, make_scorer
 from afm_jax.models import build_model
-from afm_jax.train import TrainConfig, init_params, make_train_step, train
+from afm_jax.train import TrainConfig, init_params, train
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -197,12 +198,18 @@ def _afm_epoch(model, ds, bs: int, seed: int) -> dict:
 
 
 def _bare_step(model, ds, bs: int, seed: int) -> dict:
-    params = init_params(model, ds.info, seed)
-    tx = optax.adam(1e-3)
-    opt_state = tx.init(params)
-    step = make_train_step(model, tx)
+    """train()'s own step (packed params, its default table optimizer) over device batches."""
+    from afm_jax import rowwise
+    from afm_jax.train import _adam_step, _start
+
+    cfg = TrainConfig(batch_size=bs, seed=seed)
+    cfg = dataclasses.replace(cfg, table_optimizer=rowwise.resolve(cfg.table_optimizer, ds.info))
+    loop = _start(model, ds.info, cfg, None, None, False)
+    params, opt_state = loop.params, loop.opt_state
+    step = _adam_step(model, cfg.learning_rate, cfg.embed_l2, cfg.table_optimizer,
+                      cfg.table_learning_rate)
     batches = [jax.device_put(b) for b in
-               iterate_batches(ds.train, bs, shuffle=True, seed=seed)]
+               iterate_batches(ds.train, bs, shuffle=True, seed=seed, pad_last=True)]
     jax.block_until_ready(batches)
     # compile (every distinct batch shape) outside the timing
     t0 = time.perf_counter()
