@@ -206,6 +206,19 @@ def cmd_evaluate(args: argparse.Namespace) -> dict:
     return out
 
 
+def _calibration_rows(text: str) -> int:
+    """argparse type of --calibration-rows: N >= 1, or "all" (0: every training row)."""
+    if text.strip().lower() == "all":
+        return 0
+    try:
+        value = int(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'all', got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1 or 'all', got {value}")
+    return value
+
+
 def cmd_compress(args: argparse.Namespace) -> dict:
     from afm_jax.checkpoint import load_model_dir, save_model_dir
     from afm_jax.compress import compress_model, save_stats
@@ -216,10 +229,19 @@ def cmd_compress(args: argparse.Namespace) -> dict:
     model, params, meta = load_model_dir(args.model_dir)
     ds = _model_dir_data(args, meta, args.model_dir, progress)
     sites = [s for s in args.sites.split(",") if s] if args.sites else None
+    if args.stats_rows is not None and args.calibration_rows is not None:
+        raise AfmError("give --calibration-rows (an even sample) or the deprecated --stats-rows "
+                       "(the first N rows), not both")
+    if args.stats_rows is not None:
+        print("note: --stats-rows is deprecated (it calibrates on the FIRST N training rows); "
+              "--calibration-rows N draws N rows evenly across the training split",
+              file=sys.stderr)
+    calibration = DEFAULT_CALIBRATION_ROWS if args.calibration_rows is None else args.calibration_rows
     res = compress_model(model, params, ds, args.plan, sites=sites, activation=args.act,
-                         finetune_steps=args.finetune_steps, stats_rows=args.stats_rows,
-                         progress=progress, mesh=(mesh := _mesh(args)),
-                         shard_embeddings=args.shard_embeddings)
+                         finetune_steps=args.finetune_steps,
+                         calibration_rows=None if calibration == 0 else calibration,
+                         stats_rows=args.stats_rows, progress=progress,
+                         mesh=(mesh := _mesh(args)), shard_embeddings=args.shard_embeddings)
     from afm_jax.distributed import shard_params
     scorer = make_scorer(model, mesh)
     before, after = (evaluate(scorer, shard_params(p, mesh, args.shard_embeddings), ds.test,
@@ -230,14 +252,21 @@ def cmd_compress(args: argparse.Namespace) -> dict:
         from afm_jax.checkpoint import load_encoder
         encoder = load_encoder(args.model_dir)
     extra = {k: v for k, v in meta.items() if k not in ("model", "info")}
+    search = res.search.to_json() if res.search is not None else None
     extra["compression"] = {"from": str(args.model_dir), "plan": args.plan, "sites": sites,
                             "activation": args.act, "finetune": res.finetune,
+                            "calibration_rows": res.calibration_rows, "search": search,
                             **report.to_json()}
     out_dir = save_model_dir(args.out, model, res.params, encoder=encoder, extra=extra)
+    plan_md = report.to_markdown()
+    if res.search is not None:
+        plan_md += "\n\n## search\n\n" + res.search.to_markdown()
     if _primary():
         save_stats(out_dir / "stats.npz", res.stats)
-        (out_dir / "plan.md").write_text(report.to_markdown() + "\n")
-    print(report.to_markdown())
+        (out_dir / "plan.md").write_text(plan_md + "\n")
+    print(plan_md)
+    print(f"\nstatistics on {res.calibration_rows:,} of {len(ds.train):,} training rows "
+          f"({res.stats_seconds:.1f}s)")
     print(f"\ntest AUC {before['auc']:.4f} -> {after['auc']:.4f}   logloss {before['logloss']:.4f}"
           f" -> {after['logloss']:.4f}   params {count_params(params):,} -> "
           f"{count_params(res.params):,}   written to {out_dir}")
@@ -247,7 +276,8 @@ def cmd_compress(args: argparse.Namespace) -> dict:
             "auc": after["auc"], "logloss_before": before["logloss"],
             "logloss": after["logloss"], "rows": after["rows"],
             "params": count_params(res.params), "seconds": res.stats_seconds
-            + res.compress_seconds, "out": str(out_dir)}
+            + res.compress_seconds, "calibration_rows": res.calibration_rows,
+            "search": search, "out": str(out_dir)}
 
 
 def cmd_demo(args: argparse.Namespace) -> dict:
@@ -482,14 +512,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("compress", "AFM-compress a model directory")
     p.add_argument("--model-dir", required=True, help="written by train")
     _data_args(p, required=False)
-    p.add_argument("--plan", default="budget:0.25", help="rank:K | energy:E | budget:F")
+    p.add_argument("--plan", default="budget:0.25",
+                   help="rank:K | energy:E | budget:F | bytes:N (whole model in N float32 "
+                        "bytes) | auc-drop:D[,logloss-rise:L] (smallest budget within D AUC "
+                        "and L logloss of the original on the validation split)")
     p.add_argument("--sites", help="comma-separated site prefixes, e.g. mlp,embed (default: all)")
     p.add_argument("--act", help="activation between the factors: relu, gelu, silu, tanh "
                    "(default: none, linear AFM)")
     p.add_argument("--finetune-steps", type=int, default=0,
                    help="fine-tune the factors this many steps after the map")
+    p.add_argument("--calibration-rows", type=_calibration_rows, metavar="N|all",
+                   help="statistics on N training rows drawn evenly across the training split "
+                        "(default: 100,000; all rows when fewer; 'all': every row)")
     p.add_argument("--stats-rows", type=int,
-                   help="calibrate on the first N training rows (default: all)")
+                   help="deprecated: calibrate on the FIRST N training rows (use "
+                        "--calibration-rows)")
     p.add_argument("--out", required=True, help="model directory of the compressed model")
     _device_args(p)
     common(p)
