@@ -211,12 +211,9 @@ def _calibration_rows(text: str) -> int:
     if text.strip().lower() == "all":
         return 0
     try:
-        value = int(text.replace("_", ""))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer or 'all', got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1 or 'all', got {value}")
-    return value
+        return _positive_int(text)
+    except argparse.ArgumentTypeError as e:
+        raise argparse.ArgumentTypeError(f"{e} (or 'all')") from None
 
 
 def cmd_compress(args: argparse.Namespace) -> dict:

@@ -29,3 +29,14 @@ def machine() -> str:
     dev = jax.devices()[0]
     return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
             f"JAX {jax.__version__} on {dev.platform}")
+
+
+def write_results(out: str, data, md: str) -> None:
+    """`out`.json (the raw figures) and `out`.md (the report), and the report on stdout."""
+    import json
+
+    with open(out + ".json", "w") as f:
+        json.dump(data, f, indent=1, default=str)
+    with open(out + ".md", "w") as f:
+        f.write(md)
+    print(md)

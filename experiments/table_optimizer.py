@@ -8,11 +8,10 @@ experiments/results/table_optimizer.md and .json.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import numpy as np
-from common import RESULTS, command_line, load, machine
+from common import RESULTS, command_line, load, machine, write_results
 from tqdm import tqdm
 
 from afm_jax.inference import evaluate, make_scorer
@@ -59,11 +58,7 @@ def main() -> None:
                      f" | {ll.mean():.4f} +- {ll.std(ddof=1) if len(r) > 1 else 0:.4f} | "
                      f"{np.mean([x['seconds'] for x in r]):.0f} |")
     md = "\n".join(lines) + "\n"
-    with open(args.out + ".json", "w") as f:
-        json.dump(rows, f, indent=1)
-    with open(args.out + ".md", "w") as f:
-        f.write(md)
-    print(md)
+    write_results(args.out, rows, md)
 
 
 if __name__ == "__main__":

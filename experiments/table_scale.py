@@ -7,9 +7,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 
-from common import RESULTS, command_line, machine
+from common import RESULTS, command_line, machine, write_results
 from tqdm import tqdm
 
 from afm_jax.lab.table_scale import measure, to_markdown
@@ -26,11 +25,7 @@ def main() -> None:
     todo = [(int(v), o) for v in args.vocab.split(",") for o in args.optimizers.split(",")]
     rows = [measure(v, o, args.steps) for v, o in tqdm(todo, desc="configurations")]
     md = to_markdown(rows, command_line(), machine())
-    with open(args.out + ".json", "w") as f:
-        json.dump(rows, f, indent=1)
-    with open(args.out + ".md", "w") as f:
-        f.write(md)
-    print(md)
+    write_results(args.out, rows, md)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ def stats_diff(got, ref) -> dict:
     return {"cov": max(rel(got[s].cov, ref[s].cov) for s in ref),
             "mean": max(rel(got[s].mean, ref[s].mean) for s in ref),
             "counts_equal": all(got[s].count == ref[s].count for s in ref),
-            "sites": len(ref)}
+            "same_sites": sorted(got) == sorted(ref), "sites": len(ref)}
 
 
 def small_setup():
