@@ -44,6 +44,7 @@ from afm_jax.data import (
 from afm_jax.errors import AfmError, CheckpointError, CompressionError, DataError
 from afm_jax.inference import evaluate, make_scorer, predict
 from afm_jax.models import build_model
+from afm_jax.quantize import dequantize, quantize
 from afm_jax.train import TrainConfig, train
 from afm_jax.types import Params, Plan, Stats
 
@@ -56,5 +57,5 @@ __all__ = [
     "collect_stats", "save_stats", "load_stats",
     "fold_projections", "fixed_plan", "energy_plan", "budget_plan", "make_plan", "plan_report",
     "svd_compress", "finetune", "AfmError", "DataError", "CheckpointError", "CompressionError",
-    "Params", "Plan", "Stats",
+    "Params", "Plan", "Stats", "quantize", "dequantize",
 ]

@@ -131,8 +131,8 @@ def load_encoder(model_dir: str | os.PathLike):
 def validate_params(model: CTRModel, params: Any, where: str = "params") -> None:
     """Raise CheckpointError naming the first path where `params` cannot be this model's.
 
-    Accepted per site: the full form, an AFM form (factor pair, compressed or folded table) or
-    TT-Rec cores (`forms` tells them apart); every other leaf must have the shape a fresh init
+    Accepted per site: the full form, an AFM form (factor pair, compressed or folded table),
+    their int8 storage (afm_jax/quantize.py) or TT-Rec cores (`forms` tells them apart); every other leaf must have the shape a fresh init
     gives. Packed params are checked per field (`packing.unpack`).
     """
     import jax.numpy as jnp
@@ -153,6 +153,14 @@ def validate_params(model: CTRModel, params: Any, where: str = "params") -> None
     def shape(x: Any) -> tuple[int, ...]:
         return tuple(np.shape(x))
 
+    def dtype(x: Any) -> np.dtype:
+        return np.dtype(x.dtype) if hasattr(x, "dtype") else np.asarray(x).dtype
+
+    def check_int8_linear(got: Any, path: str) -> None:
+        if forms.is_int8(got) and (dtype(got["kernel_q"]) != np.int8 or
+                                   shape(got["kernel_scale"]) != forms.kernel_shape(got)[1:]):
+            fail(path, "int8 Linear needs int8 kernel_q and kernel_scale [out]")
+
     def check(exp: Any, got: Any, path: str) -> None:
         if not isinstance(exp, dict):
             if isinstance(got, dict) or shape(got) != tuple(exp.shape):
@@ -163,24 +171,30 @@ def validate_params(model: CTRModel, params: Any, where: str = "params") -> None
             fail(path, "expected a subtree, found an array")
         if forms.linear_form(exp) == "full":  # a Linear: full or factor pair
             n_in, n_out = exp["kernel"].shape
-            if path == fold_target and "kernel" in got:
-                n_in = shape(got["kernel"])[0]  # folded rows: the input dim may shrink
+            if path == fold_target and forms.linear_form(got) == "full":
+                n_in = forms.kernel_shape(got)[0]  # folded rows: the input dim may shrink
             form = forms.linear_form(got)
             if form == "factor":
                 first = forms.first_factor_key(got)
-                k = shape(got["v"]["kernel"])[0]
-                ok = (shape(got["v"]["kernel"]) == (k, n_out) and shape(got["v"]["bias"]) == (n_out,)
-                      and shape(got[first]["kernel"])[1:] == (k,)
+                if not all(forms.linear_form(got[f]) == "full" for f in (first, "v")):
+                    fail(path, "factor pair whose factors are not {kernel, bias} (or int8)")
+                k = forms.kernel_shape(got["v"])[0]
+                ok = (forms.kernel_shape(got["v"]) == (k, n_out)
+                      and shape(got["v"]["bias"]) == (n_out,)
+                      and forms.kernel_shape(got[first])[1:] == (k,)
                       and shape(got[first]["bias"]) == (k,)
-                      and (path == fold_target or shape(got[first]["kernel"])[0] == n_in))
+                      and (path == fold_target or forms.kernel_shape(got[first])[0] == n_in))
                 if not ok:
                     fail(path, f"factor pair does not fit a {n_in}x{n_out} layer")
+                for f in (first, "v"):
+                    check_int8_linear(got[f], f"{path}/{f}")
                 return
             if form != "full":
                 fail(path, f"expected {{kernel, bias}} or a factor pair, found keys {sorted(got)}")
-            if shape(got["kernel"]) != (n_in, n_out) or shape(got["bias"]) != (n_out,):
+            if forms.kernel_shape(got) != (n_in, n_out) or shape(got["bias"]) != (n_out,):
                 fail(path, f"expected a {n_in}x{n_out} layer, found kernel "
-                     f"{shape(got['kernel'])}")
+                     f"{forms.kernel_shape(got)}")
+            check_int8_linear(got, path)
             return
         if forms.table_form(exp) == "full":  # a field's table: full, compressed, folded or TT
             v, d = exp["embedding"].shape
@@ -192,9 +206,12 @@ def validate_params(model: CTRModel, params: Any, where: str = "params") -> None
                 return
             if form not in ("full", "compressed", "folded"):
                 fail(path, f"expected a table, found keys {sorted(got)}")
-            if shape(got["embedding"])[0] != v:
+            if forms.embedding_shape(got)[0] != v:
                 fail(path, f"expected a table with {v} rows")
-            k = shape(got["embedding"])[1]
+            k = forms.embedding_shape(got)[1]
+            if forms.is_int8(got) and (dtype(got["embedding_q"]) != np.int8
+                                       or shape(got["embedding_scale"]) != (v,)):
+                fail(path, f"int8 table needs int8 embedding_q and embedding_scale [{v}]")
             if form == "compressed":
                 if shape(got["proj"]["kernel"]) != (k, d) or shape(got["proj"]["bias"]) != (d,):
                     fail(path, f"projection does not map rank {k} to dim {d}")

@@ -4,6 +4,7 @@
     train       train a model on a dataset into a model directory (resumable)
     evaluate    AUC and logloss of a model directory on a split
     compress    AFM-compress a model directory (collect -> plan -> map -> fine-tune)
+    quantize    int8 storage of a model directory's kernels and tables (per row / channel)
     score       score a file with a model directory into parquet, row by row
     export      write a jax.export artifact of a model directory's scorer
     bench       scoring (or, with --train, training) benchmark against PyTorch peers
@@ -220,7 +221,7 @@ def cmd_compress(args: argparse.Namespace) -> dict:
     from afm_jax.checkpoint import load_model_dir, save_model_dir
     from afm_jax.compress import compress_model, save_stats
     from afm_jax.compress.pipeline import DEFAULT_CALIBRATION_ROWS
-    from afm_jax.inference import count_params, evaluate, make_scorer
+    from afm_jax.inference import count_bytes, count_params, evaluate, make_scorer
 
     progress = not args.no_progress
     model, params, meta = load_model_dir(args.model_dir)
@@ -239,6 +240,9 @@ def cmd_compress(args: argparse.Namespace) -> dict:
                          calibration_rows=None if calibration == 0 else calibration,
                          stats_rows=args.stats_rows, progress=progress,
                          mesh=(mesh := _mesh(args)), shard_embeddings=args.shard_embeddings)
+    if args.int8:
+        from afm_jax.quantize import quantize
+        res = res._replace(params=quantize(jax_to_host(res.params)))
     from afm_jax.distributed import shard_params
     scorer = make_scorer(model, mesh)
     before, after = (evaluate(scorer, shard_params(p, mesh, args.shard_embeddings), ds.test,
@@ -252,6 +256,7 @@ def cmd_compress(args: argparse.Namespace) -> dict:
     search = res.search.to_json() if res.search is not None else None
     extra["compression"] = {"from": str(args.model_dir), "plan": args.plan, "sites": sites,
                             "activation": args.act, "finetune": res.finetune,
+                            "int8": bool(args.int8),
                             "calibration_rows": res.calibration_rows, "search": search,
                             **report.to_json()}
     out_dir = save_model_dir(args.out, model, res.params, encoder=encoder, extra=extra)
@@ -266,8 +271,10 @@ def cmd_compress(args: argparse.Namespace) -> dict:
           f"({res.stats_seconds:.1f}s)")
     print(f"\ntest AUC {before['auc']:.4f} -> {after['auc']:.4f}   logloss {before['logloss']:.4f}"
           f" -> {after['logloss']:.4f}   params {count_params(params):,} -> "
-          f"{count_params(res.params):,}   written to {out_dir}")
+          f"{count_params(res.params):,}   bytes {count_bytes(params):,} -> "
+          f"{count_bytes(res.params):,}   written to {out_dir}")
     return {"params_before": report.params_before, "params_after": report.params_after,
+            "bytes_before": count_bytes(params), "bytes_after": count_bytes(res.params),
             "ratio": report.ratio, "total_params_before": count_params(params),
             "total_params_after": count_params(res.params), "auc_before": before["auc"],
             "auc": after["auc"], "logloss_before": before["logloss"],
@@ -275,6 +282,49 @@ def cmd_compress(args: argparse.Namespace) -> dict:
             "params": count_params(res.params), "seconds": res.stats_seconds
             + res.compress_seconds, "calibration_rows": res.calibration_rows,
             "search": search, "out": str(out_dir)}
+
+
+def jax_to_host(params):
+    """Params as host numpy arrays (quantize works on the host)."""
+    import jax
+    import numpy as np
+    return jax.tree.map(np.asarray, params)
+
+
+def cmd_quantize(args: argparse.Namespace) -> dict:
+    from afm_jax.checkpoint import load_encoder, load_model_dir, save_model_dir
+    from afm_jax.inference import count_bytes, count_params, evaluate, make_scorer
+    from afm_jax.quantize import quantize
+
+    progress = not args.no_progress
+    model, params, meta = load_model_dir(args.model_dir)
+    qparams = quantize(jax_to_host(params))
+    encoder = load_encoder(args.model_dir) if Path(args.model_dir, "encoder.json").is_file() \
+        else None
+    extra = {k: v for k, v in meta.items() if k not in ("model", "info")}
+    extra["quantization"] = {"from": str(args.model_dir), "bits": 8}
+    out_dir = save_model_dir(args.out, model, qparams, encoder=encoder, extra=extra)
+    result = {"params_before": count_params(params), "params_after": count_params(qparams),
+              "bytes_before": count_bytes(params), "bytes_after": count_bytes(qparams),
+              "out": str(out_dir)}
+    try:
+        ds = _model_dir_data(args, meta, args.model_dir, progress)
+    except AfmError as e:   # no data to score on: the sizes alone
+        print(f"note: not evaluated ({e})", file=sys.stderr)
+        ds = None
+    if ds is not None:
+        scorer = make_scorer(model)
+        before, after = (evaluate(scorer, p, ds.test) for p in (params, qparams))
+        result.update(auc_before=before["auc"], auc=after["auc"],
+                      logloss_before=before["logloss"], logloss=after["logloss"],
+                      rows=after["rows"])
+        print(f"test AUC {before['auc']:.4f} -> {after['auc']:.4f}   logloss "
+              f"{before['logloss']:.4f} -> {after['logloss']:.4f}")
+    print(f"params {result['params_before']:,} -> {result['params_after']:,}   bytes "
+          f"{result['bytes_before']:,} -> {result['bytes_after']:,} "
+          f"({result['bytes_after'] / max(result['bytes_before'], 1):.3f}x)   "
+          f"written to {out_dir}")
+    return result
 
 
 def cmd_demo(args: argparse.Namespace) -> dict:
@@ -524,10 +574,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stats-rows", type=int,
                    help="deprecated: calibrate on the FIRST N training rows (use "
                         "--calibration-rows)")
+    p.add_argument("--int8", action="store_true",
+                   help="store the compressed kernels and tables as int8 (afm-jax quantize)")
     p.add_argument("--out", required=True, help="model directory of the compressed model")
     _device_args(p)
     common(p)
     p.set_defaults(fn=cmd_compress)
+
+    p = add("quantize", "int8 storage of a model directory (per-row tables, per-channel kernels)")
+    p.add_argument("--model-dir", required=True, help="written by train or compress")
+    _data_args(p, required=False)
+    p.add_argument("--out", required=True, help="model directory of the int8 model")
+    common(p)
+    p.set_defaults(fn=cmd_quantize)
 
     p = add("score", "score a file with a model directory, write parquet")
     p.add_argument("--model-dir", required=True, help="written by train or compress")

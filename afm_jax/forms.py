@@ -13,6 +13,15 @@ One field of FieldEmbedding ("embed/<field>"):
   numeric      {"vector": [d]}
 
 Packed ("embed" as a whole, see afm_jax/packing.py): {"layout": PackedLayout, "table_<w>": ...}.
+
+int8 storage (afm_jax/quantize.py), symmetric with float32 scales, the same forms otherwise:
+  Linear       {"kernel_q": int8 [in, out], "kernel_scale": f32 [out], "bias": [out]}: "full"
+               (also as either factor of a pair)
+  table        {"embedding_q": int8 [V, k], "embedding_scale": f32 [V]} (+ "proj", which stays
+               float): "full", "folded" or "compressed" as the float table would be
+  packed       an int8 "table_<w>" [N, w] with "scale_<w>" [N] beside it
+`is_int8` tells them apart; `kernel_of` / `embedding_of` give the (dequantized) float values and
+`kernel_shape` / `embedding_shape` the shapes without dequantizing.
 """
 
 from __future__ import annotations
@@ -27,6 +36,8 @@ import numpy as np
 ACTIVATION_PREFIX = "u_"
 TT_KEYS = ("tt_0", "tt_1", "tt_2")
 FACTOR_KEYS = ("u", "v", "proj")   # subtrees that only AFM (or SVD) creates
+INT8_LINEAR_KEYS = frozenset({"kernel_q", "kernel_scale", "bias"})
+INT8_TABLE_KEYS = frozenset({"embedding_q", "embedding_scale"})
 
 
 def _is_dict(node: Any) -> bool:
@@ -34,6 +45,36 @@ def _is_dict(node: Any) -> bool:
 
 
 # ----------------------------------------------------------------------------------- Linear
+
+def is_int8(node: Any) -> bool:
+    """An int8-stored Linear ({"kernel_q", "kernel_scale", "bias"}) or table ("embedding_q")."""
+    return _is_dict(node) and ("kernel_q" in node or "embedding_q" in node)
+
+
+def kernel_shape(node: Mapping[str, Any]) -> tuple[int, ...]:
+    """[in, out] of a full Linear, float or int8."""
+    return tuple(np.shape(node["kernel_q"] if "kernel_q" in node else node["kernel"]))
+
+
+def kernel_of(node: Mapping[str, Any]) -> Any:
+    """The float kernel of a full Linear: as stored, or int8 values times per-column scales."""
+    if "kernel_q" in node:
+        return np.asarray(node["kernel_q"], np.float32) * np.asarray(node["kernel_scale"])
+    return node["kernel"]
+
+
+def embedding_shape(node: Mapping[str, Any]) -> tuple[int, ...]:
+    """[V, k] of a row table (full, compressed or folded), float or int8."""
+    return tuple(np.shape(node["embedding_q"] if "embedding_q" in node else node["embedding"]))
+
+
+def embedding_of(node: Mapping[str, Any]) -> Any:
+    """The float rows of a row table: as stored, or int8 values times per-row scales."""
+    if "embedding_q" in node:
+        return (np.asarray(node["embedding_q"], np.float32)
+                * np.asarray(node["embedding_scale"])[:, None])
+    return node["embedding"]
+
 
 def first_factor_key(node: Mapping[str, Any]) -> str | None:
     """"u" or "u_<activation>" of a factor pair; None for anything else."""
@@ -46,7 +87,7 @@ def linear_form(node: Any) -> str | None:
     """"full", "factor" (pair, optionally with an activation) or None (not a Linear)."""
     if not _is_dict(node):
         return None
-    if set(node) == {"kernel", "bias"}:
+    if set(node) == {"kernel", "bias"} or set(node) == INT8_LINEAR_KEYS:
         return "full"
     key = first_factor_key(node)
     return "factor" if key is not None and set(node) == {key, "v"} else None
@@ -73,10 +114,10 @@ def table_form(node: Any, dim: int | None = None) -> str | None:
         return "tt"
     if keys == {"vector"}:
         return "numeric"
-    if keys == {"embedding", "proj"}:
+    if keys == {"embedding", "proj"} or keys == INT8_TABLE_KEYS | {"proj"}:
         return "compressed"
-    if keys == {"embedding"} and np.ndim(node["embedding"]) == 2:
-        return "folded" if dim is not None and np.shape(node["embedding"])[1] != dim else "full"
+    if (keys == {"embedding"} and np.ndim(node["embedding"]) == 2) or keys == INT8_TABLE_KEYS:
+        return "folded" if dim is not None and embedding_shape(node)[1] != dim else "full"
     return None
 
 
@@ -89,7 +130,7 @@ def table_width(node: Mapping[str, Any]) -> int:
     """Columns of the rows a lookup returns (before any projection)."""
     form = table_form(node)
     if form in ("full", "compressed", "folded"):
-        return int(np.shape(node["embedding"])[1])
+        return int(embedding_shape(node)[1])
     if form == "numeric":
         return int(np.shape(node["vector"])[0])
     if form == "tt":

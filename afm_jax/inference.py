@@ -183,6 +183,12 @@ def count_params(params) -> int:
     return int(sum(np.size(x) for x in jax.tree_util.tree_leaves(params)))
 
 
+def count_bytes(params) -> int:
+    """Bytes of the params' arrays as stored (int8 1, float32 4 per value)."""
+    return int(sum(np.size(x) * np.dtype(getattr(x, "dtype", np.float32)).itemsize
+                   for x in jax.tree_util.tree_leaves(params)))
+
+
 SIGNATURE_FILE = "signature.json"
 EXPORT_FORMAT = "afm_jax.export/2"
 

@@ -55,6 +55,10 @@ def _stored_or_new(module: nn.Module, name: str, init: Callable, shape: tuple[in
 
 
 def _affine(p: dict, x: jax.Array) -> jax.Array:
+    """x @ W + b for a float kernel, or (x @ q) * scale + b for an int8 one (exact for
+    per-output-channel scales, and no dequantized [in, out] kernel is materialized)."""
+    if "kernel_q" in p:
+        return (x @ p["kernel_q"].astype(x.dtype)) * p["kernel_scale"] + p["bias"]
     return x @ p["kernel"] + p["bias"]
 
 
@@ -76,6 +80,8 @@ class Linear(nn.Module):
             if act is not None:
                 h = ACTIVATIONS[act](h)
             y = _affine(mine["v"], h)
+        elif forms.is_int8(mine):
+            y = _affine(mine, x)
         else:
             kernel = _stored_or_new(self, "kernel", nn.initializers.lecun_normal(),
                                     (x.shape[-1], self.features))
@@ -111,6 +117,11 @@ class _Table(nn.Module):
         if forms.table_form(self.variables.get("params", {})) == "tt":
             cores = [self.get_variable("params", k) for k in forms.TT_KEYS]
             return tt_row(cores, jnp.where((idx >= 0) & (idx < self.vocab_size), idx, 0))
+        if self.has_variable("params", "embedding_q"):   # int8 rows times their row scale
+            q = self.get_variable("params", "embedding_q")
+            scale = self.get_variable("params", "embedding_scale")
+            i = jnp.where((idx >= 0) & (idx < min(q.shape[0], self.vocab_size)), idx, 0)
+            return q[i].astype(scale.dtype) * scale[i]
         table = _stored_or_new(self, "embedding", nn.initializers.normal(1e-2),
                                (self.vocab_size, self.features))
         # JAX clamps out-of-bounds gathers silently: map ids outside the table to the

@@ -7,7 +7,9 @@ and the projections of compressed fields of rank k are stacked in "proj_<k>" ({"
 [G, k, d], "bias": [G, d]}), so a batch costs one gather per width and one batched product per
 rank instead of one of each per field. Numeric fields' vectors are stacked in "numeric" [Fn, d];
 TT-Rec fields keep their cores under "tt/<field>". The static part (which field sits where) is a
-`forms.PackedLayout` stored at "embed/layout".
+`forms.PackedLayout` stored at "embed/layout". int8 tables (afm_jax/quantize.py) pack into an
+int8 "table_<w>" with their row scales in "scale_<w>" [N] (every field of one width int8, or
+none: a group mixing them is refused).
 
     packed = pack(model, params)          # pure, jittable; idempotent on packed params
     assert unpack(model, packed) == params   (exactly, leaf by leaf)
@@ -25,7 +27,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from afm_jax.errors import CompressionError
-from afm_jax.forms import FieldSlot, PackedLayout, is_packed, table_form, table_width
+from afm_jax.forms import (
+    FieldSlot,
+    PackedLayout,
+    embedding_shape,
+    is_int8,
+    is_packed,
+    table_form,
+    table_width,
+)
 
 EMBED = "embed"
 
@@ -58,7 +68,7 @@ def layout_of(model, embed: Mapping[str, Any]) -> PackedLayout:
         if form == "tt":
             slots.append(FieldSlot(name, "tt", width, rows=int(vocab)))
             continue
-        rows = int(np.shape(node["embedding"])[0])
+        rows = int(embedding_shape(node)[0])
         if rows < vocab:
             raise CompressionError(f"embed/{name}: table has {rows} rows, the field {vocab} ids")
         proj = -1
@@ -83,7 +93,16 @@ def pack(model, params: Mapping[str, Any]) -> dict:
     out: dict[str, Any] = {"layout": layout}
     for w in layout.widths():
         members = [layout.fields[i] for i in layout.members(w)]
-        out[f"table_{w}"] = _cat([embed[f.name]["embedding"][:f.rows] for f in members])
+        int8 = [is_int8(embed[f.name]) for f in members]
+        if any(int8) and not all(int8):
+            raise CompressionError(f"tables of width {w} mix int8 and float storage "
+                                   f"({[f.name for f in members]}); quantize all of them")
+        if all(int8):
+            out[f"table_{w}"] = _cat([embed[f.name]["embedding_q"][:f.rows] for f in members])
+            out[f"scale_{w}"] = _cat([embed[f.name]["embedding_scale"][:f.rows]
+                                      for f in members])
+        else:
+            out[f"table_{w}"] = _cat([embed[f.name]["embedding"][:f.rows] for f in members])
         projected = [layout.fields[i] for i in layout.projected(w)]
         if projected:
             out[f"proj_{w}"] = {k: _stack([embed[f.name]["proj"][k] for f in projected])
@@ -109,7 +128,12 @@ def unpack(model, params: Mapping[str, Any]) -> dict:
         if f.kind == "tt":
             out[f.name] = dict(embed["tt"][f.name])
             continue
-        node = {"embedding": embed[f"table_{f.width}"][f.offset:f.offset + f.rows]}
+        rows = slice(f.offset, f.offset + f.rows)
+        if f"scale_{f.width}" in embed:
+            node = {"embedding_q": embed[f"table_{f.width}"][rows],
+                    "embedding_scale": embed[f"scale_{f.width}"][rows]}
+        else:
+            node = {"embedding": embed[f"table_{f.width}"][rows]}
         if f.proj >= 0:
             p = embed[f"proj_{f.width}"]
             node["proj"] = {"kernel": p["kernel"][f.proj], "bias": p["bias"][f.proj]}
@@ -202,7 +226,11 @@ def lookup(embed: Mapping[str, Any], cat: jax.Array, num: jax.Array) -> Fields:
         ids = _ids(layout, cat)
     for w in layout.widths():
         members = layout.members(w)
-        got = embed[f"table_{w}"][take_static(ids, members, n_cat)]          # [G_w, w]
+        rows = take_static(ids, members, n_cat)
+        got = embed[f"table_{w}"][rows]                                     # [G_w, w]
+        if f"scale_{w}" in embed:   # int8 rows times their row scale
+            scale = embed[f"scale_{w}"]
+            got = got.astype(scale.dtype) * scale[rows][:, None]
         projected = layout.projected(w)
         if projected:
             pos = tuple(members.index(i) for i in projected)
