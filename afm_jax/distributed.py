@@ -4,7 +4,9 @@ Every entry point (train, collect_stats, finetune, the scorer, the CLI) takes a 
 ("data", "model"). Batches are global arrays sharded on their first axis over "data"; params are
 replicated, or with `shard_embeddings` their embedding tables are row-sharded over "model". The
 jitted functions stay the same: XLA's SPMD partitioner inserts the cross-device reductions of
-statistics and gradients (and the masked gather + all-reduce of a row-sharded table).
+gradients (and the masked gather + all-reduce of a row-sharded table). Statistics are the
+exception: each device keeps its own moments through the pass (`shard_map` in
+compress/stats.py), merged once at its end.
 
 Multi-host: `initialize_from_env()` calls `jax.distributed.initialize`; a mesh then spans every
 process's devices, and each process reads only the rows of a batch that land on its own devices
