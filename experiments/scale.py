@@ -73,9 +73,19 @@ def worker_throughput(args) -> dict:
     t = stats_pass(args.timed_rows)
     stats_rate = args.timed_rows / t
 
-    tx = optax.adam(1e-3)
-    step = make_train_step(model, tx)
-    p, s = sharded, dist.place_like(tx.init(sharded), sharded)
+    # train()'s own step on packed tables: dense Adam, or row-wise table updates
+    from afm_jax import rowwise
+    from afm_jax.packing import pack
+
+    packed = dist.shard_params(pack(model, params), mesh)
+    if args.table_optimizer == "dense":
+        tx = optax.adam(1e-3)
+        step = make_train_step(model, tx)
+        p, s = packed, dist.place_like(tx.init(packed), packed)
+    else:
+        step = rowwise.make_step(model, 1e-3, args.table_optimizer)
+        p, s = packed, jax.device_put(rowwise.init(packed, 1e-3, args.table_optimizer),
+                                      dist.replicated(mesh))
     batches = iterate_batches(split, args.train_batch, shuffle=True, seed=1, mesh=mesh)
     p, s, loss = step(p, s, next(batches))  # compile
     loss.block_until_ready()
@@ -248,6 +258,8 @@ def main() -> None:
     ap.add_argument("--anon-limit-mib", type=int, default=1024)
     ap.add_argument("--data-limit-mib", type=int, default=1536)
     ap.add_argument("--skip-big", action="store_true")
+    ap.add_argument("--table-optimizer", default="dense", choices=["dense", "rowwise"],
+                    help="tables in the timed training steps (packed params either way)")
     args = ap.parse_args()
     if args.worker:
         fn = {"throughput": worker_throughput, "write": worker_write, "big": worker_big}[args.worker]
@@ -258,7 +270,8 @@ def main() -> None:
     from common import RESULTS, command_line, machine
 
     common = ["--rows", str(args.rows), "--timed-rows", str(args.timed_rows),
-              "--stats-batch", str(args.stats_batch), "--train-batch", str(args.train_batch)]
+              "--stats-batch", str(args.stats_batch), "--train-batch", str(args.train_batch),
+              "--table-optimizer", args.table_optimizer]
     rows = []
     for devices in (1, 2, 4):
         r = _run(["--worker", "throughput", *common], devices)
@@ -296,7 +309,8 @@ def main() -> None:
         "",
         f"## Throughput (DeepFM, 16 fields x 16, MLP 256-128; synthetic rows; statistics batch "
         f"{args.stats_batch}, training batch {args.train_batch}, {args.timed_rows:,} timed rows "
-        "after a compile pass)",
+        f"after a compile pass; training steps on packed tables, {args.table_optimizer} table "
+        "updates)",
         "",
         "Each row is its own subprocess with `XLA_FLAGS=--xla_force_host_platform_device_count=N`; "
         "the two-process row is two subprocesses joined by `jax.distributed.initialize` on "
