@@ -45,16 +45,17 @@ def load_params(path: str | os.PathLike) -> Any:
     path = Path(path).absolute()
     if not path.is_dir():
         raise CheckpointError(f"{path}: no params checkpoint here")
+    # before the restore: a failing one's stragglers can report before its error reaches us
+    _discard_reads_into_closed_loop()
     with ocp.StandardCheckpointer() as ckptr:
         try:
             return ckptr.restore(path)
         except Exception as e:  # orbax raises many types for a damaged directory
-            _discard_reads_into_closed_loop()
             raise CheckpointError(f"{path}: cannot restore params ({type(e).__name__}: {e})") from e
 
 
 def _discard_reads_into_closed_loop() -> None:
-    """Keep a failed restore from printing tracebacks after its error.
+    """Keep a failed restore from printing tracebacks after its error (installed once).
 
     orbax runs a restore's reads in an event loop of its own and closes that loop as soon as one
     read fails; the reads still in flight (tensorstore) then complete into the closed loop and
@@ -64,16 +65,29 @@ def _discard_reads_into_closed_loop() -> None:
     """
     previous = sys.unraisablehook
     if getattr(previous, "afm_jax_discards_closed_loop", False):
-        return
+        previous = None
 
     def hook(unraisable: sys.UnraisableHookArgs) -> None:
         exc = unraisable.exc_value
-        if not (unraisable.object is None and isinstance(exc, RuntimeError)
-                and str(exc) == "Event loop is closed"):
+        # whichever object reports it (a callback, a future, none), the message is the same
+        if not (isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"):
             previous(unraisable)
 
     hook.afm_jax_discards_closed_loop = True  # type: ignore[attr-defined]
-    sys.unraisablehook = hook
+    if previous is not None:
+        sys.unraisablehook = hook
+    # some of those reads report through the interpreter's error printing (sys.excepthook)
+    # instead, when tensorstore's callback thread hands the error back
+    previous_except = sys.excepthook
+    if getattr(previous_except, "afm_jax_discards_closed_loop", False):
+        return
+
+    def excepthook(kind, value, tb) -> None:
+        if not (isinstance(value, RuntimeError) and str(value) == "Event loop is closed"):
+            previous_except(kind, value, tb)
+
+    excepthook.afm_jax_discards_closed_loop = True  # type: ignore[attr-defined]
+    sys.excepthook = excepthook
 
 
 def save_model_dir(out_dir: str | os.PathLike, model: CTRModel, params: Any, *, encoder=None,
