@@ -189,6 +189,20 @@ def _model_dir_data(args: argparse.Namespace, meta: dict, model_dir: str, progre
     return _load(spec, options, progress, encoder=encoder)
 
 
+PRECISIONS = ("float32", "bfloat16")
+
+
+def _precision_arg(p: argparse.ArgumentParser, note: str = "") -> None:
+    p.add_argument("--precision", default="float32", choices=PRECISIONS,
+                   help="dtype of the scorer's Linear products' inputs (float32 accumulation; "
+                        f"all else float32){note}")
+
+
+def _compute_dtype(args: argparse.Namespace):
+    """--precision as make_scorer's compute_dtype (None: float32)."""
+    return None if args.precision == "float32" else args.precision
+
+
 def cmd_evaluate(args: argparse.Namespace) -> dict:
     from afm_jax.checkpoint import load_model_dir
     from afm_jax.inference import count_params, device_params, evaluate, make_scorer
@@ -197,13 +211,13 @@ def cmd_evaluate(args: argparse.Namespace) -> dict:
     ds = _model_dir_data(args, meta, args.model_dir, not args.no_progress)
     split = getattr(ds, args.split)
     mesh = _mesh(args)
-    res = evaluate(make_scorer(model, mesh),
+    res = evaluate(make_scorer(model, mesh, _compute_dtype(args)),
                    device_params(model, params, mesh, args.shard_embeddings), split, mesh=mesh)
-    out = {"model_dir": args.model_dir, "split": args.split, "auc": res["auc"],
-           "logloss": res["logloss"], "rows": res["rows"], "params": count_params(params),
-           "seconds": res["seconds"]}
-    print(f"{args.model_dir} [{args.split}]: AUC {res['auc']:.4f}  logloss {res['logloss']:.4f}"
-          f"  ({res['rows']:,} rows, {count_params(params):,} params)")
+    out = {"model_dir": args.model_dir, "split": args.split, "precision": args.precision,
+           "auc": res["auc"], "logloss": res["logloss"], "rows": res["rows"],
+           "params": count_params(params), "seconds": res["seconds"]}
+    print(f"{args.model_dir} [{args.split}, {args.precision}]: AUC {res['auc']:.4f}  "
+          f"logloss {res['logloss']:.4f}  ({res['rows']:,} rows, {count_params(params):,} params)")
     return out
 
 
@@ -393,7 +407,7 @@ def cmd_score(args: argparse.Namespace) -> dict:
     schema = args.schema or meta.get("data", {}).get("schema")
     source = make_source(parse_data_spec(args.data), schema)
     mesh = _mesh(args)
-    scorer = make_scorer(model, mesh)
+    scorer = make_scorer(model, mesh, _compute_dtype(args))
     params = device_params(model, params, mesh, args.shard_embeddings)  # packed, placed once
     out = Path(args.out)
     tmp = out.with_name(out.name + ".tmp")
@@ -418,9 +432,10 @@ def cmd_score(args: argparse.Namespace) -> dict:
     tmp.replace(out)
     seconds = time.perf_counter() - t0
     print(f"scored {rows:,} rows ({skipped:,} bad lines skipped{', first: ' + str(first_skipped) if skipped else ''})"
-          f" in {seconds:.1f}s: {rows / max(seconds, 1e-9):,.0f} rows/s -> {out}")
+          f" in {seconds:.1f}s: {rows / max(seconds, 1e-9):,.0f} rows/s ({args.precision})"
+          f" -> {out}")
     return {"rows": rows, "skipped": skipped, "first_skipped": first_skipped,
-            "seconds": seconds, "rows_per_s": rows / max(seconds, 1e-9), "out": str(out)}
+            "precision": args.precision, "seconds": seconds, "rows_per_s": rows / max(seconds, 1e-9), "out": str(out)}
 
 
 def cmd_export(args: argparse.Namespace) -> dict:
@@ -429,9 +444,11 @@ def cmd_export(args: argparse.Namespace) -> dict:
 
     model, params, _ = load_model_dir(args.model_dir)
     encoder = load_encoder(args.model_dir) if Path(args.model_dir, "encoder.json").is_file() else None
-    out = export(model, params, args.out, encoder=encoder, batch_size=args.batch_size)
-    print(f"exported the scorer of {args.model_dir} ({count_params(params):,} params) to {out}")
-    return {"out": str(out), "params": count_params(params)}
+    out = export(model, params, args.out, encoder=encoder, batch_size=args.batch_size,
+                 compute_dtype=_compute_dtype(args))
+    print(f"exported the scorer of {args.model_dir} ({count_params(params):,} params, "
+          f"{args.precision} products) to {out}")
+    return {"out": str(out), "params": count_params(params), "precision": args.precision}
 
 
 def cmd_train_bench(args: argparse.Namespace) -> dict:
@@ -552,6 +569,7 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(p, required=False)
     p.add_argument("--split", default="test", choices=["train", "valid", "test"],
                    help="the split to score (--data defaults to the model's own data)")
+    _precision_arg(p)
     _device_args(p)
     common(p)
     p.set_defaults(fn=cmd_evaluate)
@@ -596,6 +614,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a malformed line stops the run, or is skipped and counted")
     p.add_argument("--batch-size", type=int, default=8192, help="rows per scoring call")
     p.add_argument("--out", required=True, help="output .parquet: file, line, score per row")
+    _precision_arg(p)
     _device_args(p)
     common(p)
     p.set_defaults(fn=cmd_score)
@@ -622,6 +641,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-dir", required=True, help="written by train or compress")
     p.add_argument("--batch-size", type=int, help="fixed batch size (default: symbolic)")
     p.add_argument("--out", required=True, help="artifact directory")
+    _precision_arg(p, "; baked into the artifact, signature.json records it")
     common(p)
     p.set_defaults(fn=cmd_export)
 

@@ -60,14 +60,38 @@ def from_chunks(y: jax.Array, n: int, shards: int) -> jax.Array:
     return y.reshape(shards, chunks * chunk_rows, *y.shape[3:])[:, :n // shards].reshape(n, *y.shape[3:])
 
 
-def logits_fn(model, chunk_rows: int | None = None, shards: int = 1) -> Callable[[Any, Batch], jax.Array]:
+def precision_name(compute_dtype) -> str:
+    """"float32" or e.g. "bfloat16": the name of a compute dtype (None: float32). Raises
+    ValueError for a dtype that is not a float."""
+    if compute_dtype is None:
+        return "float32"
+    dt = jnp.dtype(compute_dtype)
+    if not jnp.issubdtype(dt, jnp.floating):
+        raise ValueError(f"compute_dtype must be a float dtype (float32, bfloat16), got {dt}")
+    return dt.name
+
+
+def _compute_key(compute_dtype) -> str | None:
+    """The hashable cache key of a compute dtype: None for float32 (the plain scorer)."""
+    name = precision_name(compute_dtype)
+    return None if name == "float32" else name
+
+
+def logits_fn(model, chunk_rows: int | None = None, shards: int = 1,
+              compute_dtype=None) -> Callable[[Any, Batch], jax.Array]:
     """Un-jitted batched logits: (params, {"cat": [B,Fc], "num": [B,Fn]}) -> [B].
 
     chunk_rows: score a batch larger than this in chunks of that many rows (`lax.map`), which
     keeps each chunk's activations in cache on a CPU; None scores the batch at once.
     shards: devices on the batch axis (a batch sharded over a mesh's "data" axis): each chunk
     then takes `chunk_rows` rows from every device's block, so every step stays sharded.
+    compute_dtype: e.g. jnp.bfloat16: every Linear product (`nn._affine`) takes inputs of that
+    dtype and accumulates in float32; all else stays float32. None (or float32): float32 all
+    through. Applied when the function is traced (`nn.compute_dtype`).
     """
+    from afm_jax.nn import compute_dtype as computing_in
+
+    low = _compute_key(compute_dtype)
 
     def one(params, cat, num):
         return model.apply({"params": params}, cat, num)
@@ -81,17 +105,19 @@ def logits_fn(model, chunk_rows: int | None = None, shards: int = 1) -> Callable
         chex.assert_type(cat, int)
         chex.assert_equal_shape_prefix([cat, num], 1)
         n = cat.shape[0]
-        if not chunked(n, shards, chunk_rows):
-            return rows(params, cat, num)
-        parts = (to_chunks(cat, shards, chunk_rows), to_chunks(num, shards, chunk_rows))
-        return from_chunks(jax.lax.map(lambda xs: rows(params, *xs), parts), n, shards)
+        with computing_in(low):   # read while tracing, so it holds in every trace below
+            if not chunked(n, shards, chunk_rows):
+                return rows(params, cat, num)
+            parts = (to_chunks(cat, shards, chunk_rows), to_chunks(num, shards, chunk_rows))
+            return from_chunks(jax.lax.map(lambda xs: rows(params, *xs), parts), n, shards)
 
     return batched
 
 
 @cache_per_model(32)
-def _scorer(model, shards: int) -> Scorer:
-    logits = logits_fn(model, default_chunk_rows(), shards)
+def _scorer(model, shards: int, compute: str | None = None) -> Scorer:
+    # compute (a dtype name or None) is part of the cache key: one compiled scorer per dtype
+    logits = logits_fn(model, default_chunk_rows(), shards, compute)
 
     @jax.jit
     def jitted(params, batch: Batch) -> jax.Array:
@@ -101,6 +127,7 @@ def _scorer(model, shards: int) -> Scorer:
         return jitted(params, batch)
 
     score.model = model   # lets predict/evaluate pack per-field params once per call
+    score.precision = precision_name(compute)
     return score
 
 
@@ -113,7 +140,7 @@ def packed_for(scorer: Scorer, params):
     return params if model is None else pack(model, params)
 
 
-def make_scorer(model, mesh=None) -> Scorer:
+def make_scorer(model, mesh=None, compute_dtype=None) -> Scorer:
     """`score(params, batch) -> probabilities [B]`, jitted; takes every params form of `model`.
 
     The same function scores the original params and any AFM-compressed pytree, per-field or
@@ -122,9 +149,12 @@ def make_scorer(model, mesh=None) -> Scorer:
     model, so every evaluation of one model (each epoch's validation, each train() call) reuses
     the compiled scorer. mesh: score batches sharded over its "data" axis (`predict`,
     `evaluate` with the same mesh place them; params with `distributed.shard_params`).
+    compute_dtype: jnp.bfloat16 (or "bfloat16") runs every Linear product with bfloat16 inputs
+    and float32 accumulation, all else in float32 (`logits_fn`); None: float32 all through.
+    Each dtype has its own cached compiled scorer; `.precision` names it.
     """
     from afm_jax.distributed import data_size
-    return _scorer(model, data_size(mesh))
+    return _scorer(model, data_size(mesh), _compute_key(compute_dtype))
 
 
 def predict(scorer: Scorer, params, split, batch_size: int = 8192, *, mesh=None,
@@ -230,7 +260,8 @@ def bind_scorer(model, params, mesh=None) -> Callable[[Batch], jax.Array]:
     return score
 
 
-def signature(model, n_leaves: int, batch_size: int | None, platforms) -> dict:
+def signature(model, n_leaves: int, batch_size: int | None, platforms,
+              precision: str = "float32") -> dict:
     """What a client in any language needs to feed an exported scorer: inputs in order with
     dtypes, shapes, field names and vocabulary sizes, and the output."""
     from afm_jax.models import model_to_json
@@ -251,19 +282,24 @@ def signature(model, n_leaves: int, batch_size: int | None, platforms) -> dict:
         "params": {"file": "params.npz", "leaves": n_leaves,
                    "order": "leaf_00000, leaf_00001, ... are the scorer's first inputs"},
         "platforms": list(platforms),
+        "precision": {"compute": precision,
+                      "meaning": "dtype of the Linear products' inputs (float32 accumulation); "
+                                 "everything else float32"},
         "model": model_to_json(model),
     }
 
 
 def export(model, params, path, *, encoder=None, batch_size: int | None = None,
-           platforms: tuple[str, ...] | None = None) -> Path:
+           platforms: tuple[str, ...] | None = None, compute_dtype=None) -> Path:
     """Write the scorer as a serialized `jax.export` artifact that runs with jax alone.
 
     path/ gets `scorer.jaxexport` (StableHLO of the packed scorer; the batch dimension is
     symbolic unless `batch_size` is given), `params.npz` (its params leaves, loaded with
     allow_pickle=False), `signature.json` (inputs, dtypes, field names and order, vocabulary
     sizes, output) and, with `encoder`, `encoder.json`. platforms: lowering platforms ("cpu",
-    "cuda", "tpu"); default the current backend. Load with `load_exported(path)`.
+    "cuda", "tpu"); default the current backend. compute_dtype: as for `make_scorer`, baked
+    into the artifact and recorded in signature.json ("precision"). Load with
+    `load_exported(path)`.
     """
     from jax import export as jex
 
@@ -274,7 +310,7 @@ def export(model, params, path, *, encoder=None, batch_size: int | None = None,
     n_cat, n_num = len(model.info.cat_names), len(model.info.num_names)
     b = jex.symbolic_shape("b")[0] if batch_size is None else batch_size
     leaves, treedef = jax.tree_util.tree_flatten(pack(model, params))
-    logits = logits_fn(model)
+    logits = logits_fn(model, compute_dtype=compute_dtype)
 
     def score(flat, cat, num):  # flat leaves: the layout stays in the code, not the inputs
         p = jax.tree_util.tree_unflatten(treedef, flat)
@@ -289,7 +325,8 @@ def export(model, params, path, *, encoder=None, batch_size: int | None = None,
         np.savez(f, **{f"leaf_{i:05d}": np.asarray(x) for i, x in enumerate(leaves)})
     if encoder is not None:
         encoder.save(out / "encoder.json")
-    sig = signature(model, len(leaves), batch_size, exported.platforms)
+    sig = signature(model, len(leaves), batch_size, exported.platforms,
+                    precision_name(compute_dtype))
     (out / SIGNATURE_FILE).write_text(json.dumps(sig, indent=1) + "\n")
     return out
 

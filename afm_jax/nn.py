@@ -24,7 +24,9 @@ Each site sows its output vector (before any activation) into the "afm_outputs" 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator, Sequence
 
 import flax.linen as nn
 import jax
@@ -54,12 +56,43 @@ def _stored_or_new(module: nn.Module, name: str, init: Callable, shape: tuple[in
     return module.param(name, init, shape)
 
 
+_COMPUTE_DTYPE: contextvars.ContextVar = contextvars.ContextVar("afm_jax_compute_dtype",
+                                                               default=None)
+
+
+@contextlib.contextmanager
+def compute_dtype(dtype) -> Iterator[None]:
+    """Within the block, the products of `_affine` (every Linear: full, factor pair, int8, and
+    a single field's embedding projection) take `dtype` inputs (e.g. jnp.bfloat16) and
+    accumulate in float32; None or float32: plain float32 products. Everything else (tables,
+    biases, interactions, activations) stays in the params' dtype.
+
+    Read when a function is traced, not when it runs: set it inside the traced function
+    (`inference.logits_fn(..., compute_dtype=)` does), so a jitted function compiled under it
+    keeps it, and a cache of compiled functions must key on the dtype (`inference._scorer`).
+    """
+    token = _COMPUTE_DTYPE.set(None if dtype is None else jnp.dtype(dtype))
+    try:
+        yield
+    finally:
+        _COMPUTE_DTYPE.reset(token)
+
+
+def _matmul(x: jax.Array, w: jax.Array) -> jax.Array:
+    """x @ w; under `compute_dtype(d)` with both cast to d and a float32 result."""
+    low = _COMPUTE_DTYPE.get()
+    if low is None or low == jnp.float32:
+        return x @ w
+    return jnp.matmul(x.astype(low), w.astype(low), preferred_element_type=jnp.float32)
+
+
 def _affine(p: dict, x: jax.Array) -> jax.Array:
     """x @ W + b for a float kernel, or (x @ q) * scale + b for an int8 one (exact for
-    per-output-channel scales, and no dequantized [in, out] kernel is materialized)."""
+    per-output-channel scales, and no dequantized [in, out] kernel is materialized). The
+    product runs in the `compute_dtype` knob's dtype (float32 accumulation) when it is set."""
     if "kernel_q" in p:
-        return (x @ p["kernel_q"].astype(x.dtype)) * p["kernel_scale"] + p["bias"]
-    return x @ p["kernel"] + p["bias"]
+        return _matmul(x, p["kernel_q"].astype(x.dtype)) * p["kernel_scale"] + p["bias"]
+    return _matmul(x, p["kernel"]) + p["bias"]
 
 
 class Linear(nn.Module):
@@ -86,7 +119,7 @@ class Linear(nn.Module):
             kernel = _stored_or_new(self, "kernel", nn.initializers.lecun_normal(),
                                     (x.shape[-1], self.features))
             bias = _stored_or_new(self, "bias", nn.initializers.zeros, (self.features,))
-            y = x @ kernel + bias
+            y = _affine({"kernel": kernel, "bias": bias}, x)
         _sow_output(self, y)
         return y
 

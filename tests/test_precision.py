@@ -1,0 +1,138 @@
+"""Scoring precision: bfloat16 Linear products with float32 accumulation (issue 16, part 2)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from afm_jax.inference import export, load_exported, logits_fn, make_scorer, packed_for
+from tests.helpers import lively_params, random_batch, small_model
+
+BF16 = jnp.bfloat16
+
+
+def _batch(n: int = 256, seed: int = 0) -> dict:
+    b = random_batch(n, seed)
+    return {"cat": b["cat"], "num": b["num"]}
+
+
+def _low_dots(hlo: str) -> list[str]:
+    """The dot instructions of compiled HLO text whose two operands are both bf16 (HLO names
+    are unique in a module, so an operand's type is that of the line defining it)."""
+    bf16 = set(re.findall(r"%([\w.\-]+) = bf16\[", hlo))
+    bf16 |= set(re.findall(r"[(,]\s*([\w.\-]+): bf16\[", hlo))   # computation parameters
+    dots = re.findall(r"= f32\[[^\]]*\][^=]*? dot\(%([\w.\-]+), %([\w.\-]+)\)", hlo)
+    return [f"{a}, {b}" for a, b in dots if a in bf16 and b in bf16]
+
+
+@pytest.mark.parametrize("name", ["deepfm", "dcnv2"])
+def test_bf16_scores_close_to_float32(name):
+    model = small_model(name)
+    params = lively_params(model)
+    f32, low = make_scorer(model), make_scorer(model, compute_dtype=BF16)
+    assert (f32.precision, low.precision) == ("float32", "bfloat16")
+    for p in (params, packed_for(f32, params)):   # per-field and packed params
+        batch = _batch()
+        a, b = np.asarray(f32(p, batch)), np.asarray(low(p, batch))
+        assert b.dtype == np.float32
+        diff = np.abs(a - b).max()
+        assert 0 < diff < 2e-2, diff   # bfloat16 did run, and stayed close
+
+
+def test_float32_scorer_unchanged_by_the_knob():
+    """The float32 scorer is exactly the plain logits, before and after a bf16 one traced."""
+    model = small_model("deepfm")
+    params = lively_params(model)
+    batch = _batch(64)
+    plain = np.asarray(jax.nn.sigmoid(jax.jit(logits_fn(model))(params, batch)))
+    make_scorer(model, compute_dtype=BF16)(params, batch)
+    np.testing.assert_array_equal(np.asarray(make_scorer(model)(params, batch)), plain)
+    np.testing.assert_array_equal(
+        np.asarray(make_scorer(model, compute_dtype=jnp.float32)(params, batch)), plain)
+
+
+def test_int8_forms_under_bf16():
+    from afm_jax.quantize import quantize
+
+    model = small_model("deepfm")
+    params = jax.tree.map(np.asarray, lively_params(model))
+    q = quantize(params)
+    batch = _batch()
+    a = np.asarray(make_scorer(model)(q, batch))
+    b = np.asarray(make_scorer(model, compute_dtype=BF16)(q, batch))
+    assert np.abs(a - b).max() < 2e-2
+
+
+def test_compiled_bf16_scorer_has_bf16_dots():
+    model = small_model("deepfm")
+    params = packed_for(make_scorer(model), lively_params(model))
+    batch = _batch(64)
+
+    def compiled(dtype) -> str:
+        return jax.jit(logits_fn(model, compute_dtype=dtype)).lower(params, batch).compile().as_text()
+
+    low = compiled(BF16)
+    assert len(_low_dots(low)) >= 2, _low_dots(low)   # mlp dense_0, dense_1 (at least)
+    plain = compiled(None)
+    assert _low_dots(plain) == [] and "bf16[" not in plain
+    # every Linear product's inputs are bf16 with an f32 result, as lowered
+    lowered = jax.jit(logits_fn(model, compute_dtype=BF16)).lower(params, batch).as_text()
+    assert re.search(r"dot_general .*\(tensor<\d+x\d+xbf16>, tensor<\d+x\d+xbf16>\) -> "
+                     r"tensor<\d+x\d+xf32>", lowered)
+
+
+def test_cache_is_per_dtype():
+    model = small_model("dcnv2")
+    f32 = make_scorer(model)
+    low = make_scorer(model, compute_dtype=BF16)
+    assert low is not f32
+    assert make_scorer(model, compute_dtype="bfloat16") is low
+    assert make_scorer(model, compute_dtype=jnp.float32) is f32
+    assert make_scorer(model, compute_dtype="float32") is f32
+    params, batch = lively_params(model), _batch(32)
+    f32(params, batch), low(params, batch)
+    assert not np.array_equal(np.asarray(f32(params, batch)), np.asarray(low(params, batch)))
+    with pytest.raises(ValueError, match="float dtype"):
+        make_scorer(model, compute_dtype=jnp.int8)
+
+
+def test_export_bakes_precision(tmp_path):
+    model = small_model("deepfm")
+    params = jax.tree.map(np.asarray, lively_params(model))
+    batch = _batch(40)
+    export(model, params, tmp_path / "x", compute_dtype=BF16)
+    score = load_exported(tmp_path / "x")
+    assert score.signature["precision"]["compute"] == "bfloat16"
+    live = np.asarray(make_scorer(model, compute_dtype=BF16)(params, batch))
+    np.testing.assert_allclose(np.asarray(score(batch["cat"], batch["num"])), live, atol=1e-6)
+    export(model, params, tmp_path / "y")
+    sig = json.loads((tmp_path / "y" / "signature.json").read_text())
+    assert sig["precision"]["compute"] == "float32"
+
+
+def test_cli_evaluate_bfloat16(tmp_path, capsys):
+    from afm_jax.cli import main
+
+    d = str(tmp_path / "d")
+    assert main(["train", "--data", "synthetic:3000", "--model", "deepfm", "--mlp", "16",
+                 "--epochs", "1", "--out", d, "--no-progress"]) == 0
+    capsys.readouterr()
+    res = {}
+    for precision in ("float32", "bfloat16"):
+        assert main(["evaluate", "--model-dir", d, "--precision", precision, "--json",
+                     "--no-progress"]) == 0
+        res[precision] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert res[precision]["precision"] == precision
+    assert res["bfloat16"]["auc"] == pytest.approx(res["float32"]["auc"], abs=5e-3)
+    assert res["bfloat16"]["logloss"] == pytest.approx(res["float32"]["logloss"], abs=5e-3)
+    assert main(["evaluate", "--model-dir", d, "--precision", "bfloat16", "--no-progress"]) == 0
+    assert "bfloat16" in capsys.readouterr().out
+    assert main(["export", "--model-dir", d, "--out", str(tmp_path / "x"), "--precision",
+                 "bfloat16", "--no-progress"]) == 0
+    sig = json.loads((tmp_path / "x" / "signature.json").read_text())
+    assert sig["precision"]["compute"] == "bfloat16"
