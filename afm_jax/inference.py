@@ -246,12 +246,8 @@ def bind_scorer(model, params, mesh=None) -> Callable[[Batch], jax.Array]:
     bench_cpu.md, "Dispatch at small batches") and did not cut a batch-1 or batch-64 call
     beyond the noise; packing already cuts the leaves per call (e.g. 121 -> 20).
     """
-    from afm_jax.distributed import shard_params
-    from afm_jax.packing import pack
-
     scorer = make_scorer(model, mesh)
-    placed = jax.device_put(pack(model, params)) if mesh is None else \
-        shard_params(pack(model, params), mesh)
+    placed = device_params(model, params, mesh)
 
     def score(batch: Batch) -> jax.Array:
         return scorer(placed, batch)

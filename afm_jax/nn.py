@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from afm_jax import forms
 
@@ -232,6 +233,14 @@ class FieldEmbedding(nn.Module):
         return out
 
 
+def first_order_rows(vocab_sizes: Sequence[int], cat: jax.Array) -> jax.Array:
+    """Each field's id as a row of the first-order weights [sum V]: cat [..., Fc] -> [..., Fc].
+    Ids outside a field's vocabulary map to its id 0 (JAX clamps out-of-range gathers)."""
+    sizes = np.asarray(vocab_sizes, np.int32)
+    offsets = (np.cumsum(sizes) - sizes).astype(np.int32)
+    return jnp.where((cat >= 0) & (cat < sizes), cat, 0) + offsets
+
+
 class FirstOrder(nn.Module):
     """Per-feature weights of logistic regression: sum_f w_f[id_f] + sum_j w_j x_j + b -> scalar."""
 
@@ -240,15 +249,12 @@ class FirstOrder(nn.Module):
 
     @nn.compact
     def __call__(self, cat: jax.Array, num: jax.Array) -> jax.Array:
-        offsets = jnp.cumsum(jnp.array((0, *self.vocab_sizes[:-1]), jnp.int32)) \
-            if self.vocab_sizes else jnp.zeros((0,), jnp.int32)
-        sizes = jnp.array(self.vocab_sizes, jnp.int32)
         # _stored_or_new: a row-sharded table may carry zero padding after the last id
         w = _stored_or_new(self, "weights", nn.initializers.zeros, (int(sum(self.vocab_sizes)),))
         if isinstance(cat, dict):   # rows resolved by the caller (row-wise training)
             idx = cat["linear"]
         else:
-            idx = jnp.where((cat >= 0) & (cat < sizes), cat, 0) + offsets
+            idx = first_order_rows(self.vocab_sizes, cat)
         b = self.param("bias", nn.initializers.zeros, ())
         out = w[idx].sum() + b
         if self.num_fields:  # no zero-size params: checkpoints cannot hold them

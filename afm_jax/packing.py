@@ -156,13 +156,14 @@ def _runs(positions: tuple[int, ...]) -> list[tuple[int, int]]:
     return runs
 
 
-def take_static(x: jax.Array, positions: tuple[int, ...], size: int) -> jax.Array:
-    """x[positions] along axis 0 for static positions, by slices (no gather op); `size` is
-    x.shape[0], so that taking all of x costs nothing."""
-    if positions == tuple(range(size)):
+def take_static(x: jax.Array, positions: tuple[int, ...], axis: int = 0) -> jax.Array:
+    """x[positions] along `axis` for static positions, by slices (no gather op); taking all of
+    x in order costs nothing."""
+    axis = axis % x.ndim
+    if positions == tuple(range(x.shape[axis])):
         return x
-    parts = [x[a:b] for a, b in _runs(positions)]
-    return parts[0] if len(parts) == 1 else jnp.concatenate(parts)
+    parts = [jax.lax.slice_in_dim(x, a, b, axis=axis) for a, b in _runs(positions)]
+    return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=axis)
 
 
 def _ids(layout: PackedLayout, cat: jax.Array) -> jax.Array:
@@ -174,14 +175,20 @@ def _ids(layout: PackedLayout, cat: jax.Array) -> jax.Array:
     return jnp.where((cat >= 0) & (cat < rows), cat, 0) + offsets
 
 
-def gathered_rows(embed: Mapping[str, Any], cat: jax.Array) -> dict[int, jax.Array]:
-    """The table rows a batch reads, per width: cat [B, Fc] -> {w: [B, G_w, w]}."""
+def gathered_rows(embed: Mapping[str, Any], cat) -> dict[int, jax.Array]:
+    """The table rows a batch reads, per width: cat [B, Fc] (or resolved, as `lookup` takes
+    it) -> {w: [B, G_w, w]}."""
     layout: PackedLayout = embed["layout"]
-    ids = _ids(layout, cat)
-    return {w: embed[f"table_{w}"][jnp.moveaxis(take_static(jnp.moveaxis(ids, -1, 0),
-                                                             layout.members(w), ids.shape[-1]),
-                                                0, -1)]
+    ids = cat["embed"] if isinstance(cat, Mapping) else _ids(layout, cat)
+    return {w: embed[f"table_{w}"][take_static(ids, layout.members(w), axis=-1)]
             for w in layout.widths()}
+
+
+def rows_l2(embed: Mapping[str, Any], cat) -> jax.Array:
+    """Mean over the batch of the squared norm of the table rows it reads (cat as
+    `gathered_rows` takes it)."""
+    return sum(((r * r).sum((-2, -1)).mean() for r in gathered_rows(embed, cat).values()),
+               jnp.zeros(()))
 
 
 class Fields(list):
@@ -226,7 +233,7 @@ def lookup(embed: Mapping[str, Any], cat: jax.Array, num: jax.Array) -> Fields:
         ids = _ids(layout, cat)
     for w in layout.widths():
         members = layout.members(w)
-        rows = take_static(ids, members, n_cat)
+        rows = take_static(ids, members)
         got = embed[f"table_{w}"][rows]                                     # [G_w, w]
         if f"scale_{w}" in embed:   # int8 rows times their row scale
             scale = embed[f"scale_{w}"]
@@ -235,7 +242,7 @@ def lookup(embed: Mapping[str, Any], cat: jax.Array, num: jax.Array) -> Fields:
         if projected:
             pos = tuple(members.index(i) for i in projected)
             p = embed[f"proj_{w}"]
-            y = jnp.einsum("gk,gkd->gd", take_static(got, pos, len(members)), p["kernel"]) \
+            y = jnp.einsum("gk,gkd->gd", take_static(got, pos), p["kernel"]) \
                 + p["bias"]
             for n, i in enumerate(projected):
                 out[i], source[i] = y[n], (y, n)

@@ -29,6 +29,7 @@ import optax
 
 from afm_jax.errors import AfmError
 from afm_jax.forms import PackedLayout, is_packed, is_table_leaf
+from afm_jax.nn import first_order_rows
 
 TABLE_OPTIMIZERS = ("auto", "rowwise", "rowwise_adagrad", "dense")
 # "auto": row-wise from this many table rows on, dense below. experiments/results/table_scale.md:
@@ -142,23 +143,23 @@ def resolve_rows(params: Mapping[str, Any], model, cat: jax.Array):
         cols: list[Any] = [jnp.zeros(cat.shape[:1], jnp.int32)] * len(layout.fields)
         for w in layout.widths():
             members = layout.members(w)
-            group = jnp.moveaxis(take_static(jnp.moveaxis(ids, -1, 0), members, ids.shape[-1]),
-                                 0, -1)                                # [B, G_w]
+            group = take_static(ids, members, axis=-1)                 # [B, G_w]
             inv = unique(f"embed/table_{w}", group, embed[f"table_{w}"].shape[0])
             for n, i in enumerate(members):
                 cols[i] = inv[:, n]
         resolved["embed"] = jnp.stack(cols, axis=1) if cols else jnp.zeros_like(cat)
     linear = params.get("linear")
     if isinstance(linear, Mapping) and "weights" in linear:
-        sizes = np.asarray(model.info.vocab_sizes, np.int32)
-        offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int32)
-        ids = jnp.where((cat >= 0) & (cat < sizes), cat, 0) + offsets
-        resolved["linear"] = unique("linear/weights", ids, linear["weights"].shape[0])
+        resolved["linear"] = unique("linear/weights", first_order_rows(model.info.vocab_sizes, cat),
+                                    linear["weights"].shape[0])
     return uniques, resolved
 
 
 def _loss(model, embed_l2: float):
-    """(dense params, gathered rows, resolved ids, batch) -> (loss + L2, loss)."""
+    """(dense params, gathered rows, resolved ids, batch) -> (loss + L2, loss), the loss of
+    `train.make_train_step` on the gathered rows."""
+    from afm_jax.packing import rows_l2
+    from afm_jax.train import batch_loss  # train imports this module
 
     def loss_fn(dense, subs, resolved, batch):
         params = _join(dense, subs)
@@ -166,16 +167,10 @@ def _loss(model, embed_l2: float):
         def one(c, n):
             return model.apply({"params": params}, c, n)
 
-        logits = jax.vmap(one)(resolved, batch["num"])
-        per_row = optax.sigmoid_binary_cross_entropy(logits, batch["label"])
-        if "weight" in batch:
-            w = batch["weight"]
-            loss = (per_row * w).sum() / jnp.maximum(w.sum(), 1.0)
-        else:
-            loss = per_row.mean()
+        loss = batch_loss(jax.vmap(one)(resolved, batch["num"]), batch)
         reg = 0.0
         if embed_l2 and "embed" in resolved and "embed" in params:
-            reg = embed_l2 * _rows_l2(params["embed"], resolved["embed"])
+            reg = embed_l2 * rows_l2(params["embed"], resolved)
         return loss + reg, loss
 
     return loss_fn
@@ -239,17 +234,3 @@ def table_grads(model, params: Mapping[str, Any], batch) -> dict[str, jax.Array]
     in the order of `resolve_rows`' unique rows (duplicate ids combined); for tests and tools."""
     step_loss = _loss(model, 0.0)
     return _grads(step_loss, model, params, batch)[5]
-
-
-def _rows_l2(embed: Mapping[str, Any], rows: jax.Array) -> jax.Array:
-    """Mean over the batch of the squared norm of the (gathered) rows it reads."""
-    layout: PackedLayout = embed["layout"]
-    from afm_jax.packing import take_static
-
-    total = jnp.zeros(())
-    for w in layout.widths():
-        pos = jnp.moveaxis(take_static(jnp.moveaxis(rows, -1, 0), layout.members(w),
-                                       rows.shape[-1]), 0, -1)
-        r = embed[f"table_{w}"][pos]
-        total = total + (r * r).sum((-2, -1)).mean()
-    return total

@@ -61,18 +61,27 @@ def init_params(model, info, seed: int = 0) -> Any:
 def embedding_l2(params: Any, cat: jax.Array) -> jax.Array:
     """Mean over the batch of the squared norm of the embedding rows it reads. cat: [B, Fc]."""
     from afm_jax.forms import is_packed
-    from afm_jax.packing import gathered_rows
+    from afm_jax.packing import rows_l2
 
     tables = params.get("embed", {}) if isinstance(params, dict) else {}
     if is_packed(tables):
-        return sum(((r * r).sum((-2, -1)).mean() for r in gathered_rows(tables, cat).values()),
-                   jnp.zeros(()))
+        return rows_l2(tables, cat)
     total = jnp.zeros(())
     for i, p in enumerate(tables.values()):
         if "embedding" in p and i < cat.shape[1]:
             rows = p["embedding"][jnp.clip(cat[:, i], 0, p["embedding"].shape[0] - 1)]
             total = total + (rows * rows).sum(-1).mean()
     return total
+
+
+def batch_loss(logits: jax.Array, batch) -> jax.Array:
+    """Binary cross-entropy of logits [B] against batch["label"]; the mean weighted by
+    batch["weight"] (0 for padding rows) where the batch has one."""
+    per_row = optax.sigmoid_binary_cross_entropy(logits, batch["label"])
+    if "weight" in batch:
+        w = batch["weight"]
+        return (per_row * w).sum() / jnp.maximum(w.sum(), 1.0)
+    return per_row.mean()
 
 
 def make_train_step(model, tx: optax.GradientTransformation, embed_l2: float = 0.0):
@@ -84,12 +93,7 @@ def make_train_step(model, tx: optax.GradientTransformation, embed_l2: float = 0
     logits = logits_fn(model)
 
     def loss_fn(params, batch):
-        per_row = optax.sigmoid_binary_cross_entropy(logits(params, batch), batch["label"])
-        if "weight" in batch:
-            w = batch["weight"]
-            loss = (per_row * w).sum() / jnp.maximum(w.sum(), 1.0)
-        else:
-            loss = per_row.mean()
+        loss = batch_loss(logits(params, batch), batch)
         reg = embed_l2 * embedding_l2(params, batch["cat"]) if embed_l2 else 0.0
         return loss + reg, loss
 
