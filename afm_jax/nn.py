@@ -125,6 +125,15 @@ class Linear(nn.Module):
         return y
 
 
+def in_vocab(ids: jax.Array, rows) -> jax.Array:
+    """`ids` with every id outside [0, rows) mapped to the reserved out-of-vocabulary id 0.
+
+    JAX clamps out-of-bounds gathers silently, so an id beyond a table would score with its
+    last row (or, in a packed table, another field's row): every lookup goes through this.
+    rows: a number, or an array broadcasting against ids (one bound per field)."""
+    return jnp.where((ids >= 0) & (ids < rows), ids, 0)
+
+
 def tt_row(cores: Sequence[jax.Array], idx: jax.Array) -> jax.Array:
     """Row `idx` of a 3-core tensor-train table (TT-Rec): cores [v1,d1,r1], [v2,r1,d2,r2],
     [v3,r2,d3] -> [d1*d2*d3]. Row i = (i1, i2, i3) in mixed radix (v1, v2, v3)."""
@@ -150,18 +159,18 @@ class _Table(nn.Module):
     def __call__(self, idx: jax.Array) -> jax.Array:
         if forms.table_form(self.variables.get("params", {})) == "tt":
             cores = [self.get_variable("params", k) for k in forms.TT_KEYS]
-            return tt_row(cores, jnp.where((idx >= 0) & (idx < self.vocab_size), idx, 0))
+            return tt_row(cores, in_vocab(idx, self.vocab_size))
         if self.has_variable("params", "embedding_q"):   # int8 rows times their row scale
             q = self.get_variable("params", "embedding_q")
             scale = self.get_variable("params", "embedding_scale")
-            i = jnp.where((idx >= 0) & (idx < min(q.shape[0], self.vocab_size)), idx, 0)
+            i = in_vocab(idx, min(q.shape[0], self.vocab_size))
             return q[i].astype(scale.dtype) * scale[i]
         table = _stored_or_new(self, "embedding", nn.initializers.normal(1e-2),
                                (self.vocab_size, self.features))
         # JAX clamps out-of-bounds gathers silently: map ids outside the table to the
         # reserved out-of-vocabulary id 0 instead of scoring with the last row.
         rows = min(table.shape[0], self.vocab_size)  # rows beyond: padding of a sharded table
-        return table[jnp.where((idx >= 0) & (idx < rows), idx, 0)]
+        return table[in_vocab(idx, rows)]
 
     def projection(self) -> dict | None:
         return self.get_variable("params", "proj") if self.has_variable("params", "proj") else None
@@ -238,7 +247,7 @@ def first_order_rows(vocab_sizes: Sequence[int], cat: jax.Array) -> jax.Array:
     Ids outside a field's vocabulary map to its id 0 (JAX clamps out-of-range gathers)."""
     sizes = np.asarray(vocab_sizes, np.int32)
     offsets = (np.cumsum(sizes) - sizes).astype(np.int32)
-    return jnp.where((cat >= 0) & (cat < sizes), cat, 0) + offsets
+    return in_vocab(cat, sizes) + offsets
 
 
 class FirstOrder(nn.Module):

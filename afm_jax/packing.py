@@ -172,7 +172,8 @@ def _ids(layout: PackedLayout, cat: jax.Array) -> jax.Array:
     would read another field's row)."""
     rows = np.array([f.rows for f in layout.fields], np.int32)
     offsets = np.array([f.offset for f in layout.fields], np.int32)
-    return jnp.where((cat >= 0) & (cat < rows), cat, 0) + offsets
+    from afm_jax.nn import in_vocab
+    return in_vocab(cat, rows) + offsets
 
 
 def gathered_rows(embed: Mapping[str, Any], cat) -> dict[int, jax.Array]:
@@ -221,7 +222,7 @@ def lookup(embed: Mapping[str, Any], cat: jax.Array, num: jax.Array) -> Fields:
     Ids outside a field's vocabulary map to its reserved id 0 before the offset (JAX clamps
     out-of-range gathers silently, which would read another field's row).
     """
-    from afm_jax.nn import tt_row
+    from afm_jax.nn import in_vocab, tt_row
 
     layout: PackedLayout = embed["layout"]
     n_cat = len(layout.fields)
@@ -252,7 +253,7 @@ def lookup(embed: Mapping[str, Any], cat: jax.Array, num: jax.Array) -> Fields:
     for i, f in enumerate(layout.fields):
         if f.kind == "tt":
             cores = [embed["tt"][f.name][f"tt_{j}"] for j in range(3)]
-            out[i] = tt_row(cores, jnp.where((cat[i] >= 0) & (cat[i] < f.rows), cat[i], 0))
+            out[i] = tt_row(cores, in_vocab(cat[i], f.rows))
             source[i] = (out[i][None], 0)
     fields = Fields(out)
     if layout.num_fields:

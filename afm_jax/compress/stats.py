@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from afm_jax._cache import cache_per_model
 from afm_jax.errors import CompressionError
 from afm_jax.inference import chunked, default_chunk_rows, to_chunks
-from afm_jax.nn import SOW_COLLECTION
+from afm_jax.nn import SOW_COLLECTION, in_vocab
 
 
 class SiteStats(NamedTuple):
@@ -177,8 +177,14 @@ def _count_ids(counts: jax.Array, counted: tuple[_Counted, ...], batch) -> jax.A
     idx = []
     for c in counted:
         ids = cat[:, c.column]
-        idx.append(jnp.where((ids >= 0) & (ids < c.rows), ids, 0) + c.offset)
+        idx.append(in_vocab(ids, c.rows) + c.offset)
     return counts.at[jnp.concatenate(idx)].add(jnp.tile(times, len(counted)), mode="drop")
+
+
+def _rows_in(batch) -> jax.Array | int:
+    """Real rows of a batch: all of them, or the (0/1) weights' sum."""
+    w = batch.get("weight")
+    return batch["cat"].shape[0] if w is None else jnp.round(w.sum()).astype(jnp.int32)
 
 
 def _update(model, sites: tuple[str, ...], counted: tuple[_Counted, ...], carry, params, batch):
@@ -195,16 +201,13 @@ def _update(model, sites: tuple[str, ...], counted: tuple[_Counted, ...], carry,
             y = outs[s].astype(jnp.float32)
             ws = None if w is None else jnp.repeat(w, y.shape[0] // w.shape[0])
             new[s] = merge_moments(moments[s], batch_moments(y, ws))
-        seen = part["cat"].shape[0] if w is None else jnp.round(w.sum()).astype(jnp.int32)
-        return (new, rows + seen), None
+        return (new, rows + _rows_in(part)), None
 
     moments, rows, counts = carry
     if counted:
         counts = _count_ids(counts, counted, batch)
     if not sites:  # every requested site is counted by id: no forward pass at all
-        w = batch.get("weight")
-        seen = batch["cat"].shape[0] if w is None else jnp.round(w.sum()).astype(jnp.int32)
-        return moments, rows + seen, counts
+        return moments, rows + _rows_in(batch), counts
     n = batch["cat"].shape[0]
     chunk = default_chunk_rows()
     if not chunked(n, 1, chunk):
