@@ -41,10 +41,6 @@ def _quantize(x: Any, axis: int) -> tuple[np.ndarray, np.ndarray]:
     return np.clip(q, -QMAX, QMAX).astype(np.int8), scale
 
 
-def _dequantize(q: Any, scale: Any, axis: int) -> np.ndarray:
-    return np.asarray(q, np.float32) * np.expand_dims(np.asarray(scale, np.float32), axis)
-
-
 def quantize(params: Any, bits: int = 8) -> Any:
     """params (per-field or packed, original or compressed) -> the same params with int8
     kernels and table rows (see the module docstring); already-int8 sites stay as they are."""
@@ -90,13 +86,13 @@ def dequantize(params: Any) -> Any:
             for key in node:
                 if key.startswith("scale_"):
                     w = key[len("scale_"):]
-                    out[f"table_{w}"] = _dequantize(node[f"table_{w}"], node[key], axis=1)
+                    out[f"table_{w}"] = forms.embedding_of(
+                        {"embedding_q": node[f"table_{w}"], "embedding_scale": node[key]})
             return out
-        if "kernel_q" in node:
-            return {"kernel": _dequantize(node["kernel_q"], node["kernel_scale"], axis=0),
-                    "bias": node["bias"]}
-        if "embedding_q" in node:
-            out = {"embedding": _dequantize(node["embedding_q"], node["embedding_scale"], axis=1)}
+        if forms.is_int8(node) and "kernel_q" in node:
+            return {"kernel": forms.kernel_of(node), "bias": node["bias"]}
+        if forms.is_int8(node):
+            out = {"embedding": forms.embedding_of(node)}
             if "proj" in node:
                 out["proj"] = node["proj"]
             return out
