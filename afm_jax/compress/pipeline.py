@@ -126,12 +126,12 @@ def compress_model(model: Any, params: Params, dataset: Any, plan: str | Plan, *
     t_stats = time.perf_counter() - t0
     found = None
     if target is not None:
-        from afm_jax.inference import evaluate, make_scorer
+        from afm_jax.inference import device_params, evaluate, make_scorer
         scorer = make_scorer(model, mesh)
 
         def score(candidate: Plan) -> dict:
             p = compress(params, stats, candidate, model=model, activation=activation)
-            return evaluate(scorer, distributed.shard_params(p, mesh, shard_embeddings),
+            return evaluate(scorer, device_params(model, p, mesh, shard_embeddings),
                             dataset.valid, mesh=mesh)
 
         found = search_plan(params, stats, target, score, sites)

@@ -20,11 +20,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-import jax
-import numpy as np
-
 from afm_jax.compress.ranks import budget_plan, plan_report, site_shapes
 from afm_jax.errors import CompressionError
+from afm_jax.inference import count_params
 from afm_jax.types import Params, Plan, Stats
 
 QUALITY_KINDS = ("auc-drop", "logloss-rise")
@@ -245,7 +243,7 @@ def bytes_plan(params: Params, stats: Stats, n_bytes: int,
     gets the all-full plan.
     """
     shapes = site_shapes(params, stats, sites)
-    total_model = int(sum(np.size(x) for x in jax.tree_util.tree_leaves(params)))
+    total_model = count_params(params)
     if total_model * BYTES_PER_PARAM <= n_bytes or not shapes:
         return {s: None for s in shapes}
     compressible = sum(sh.full_params() for sh in shapes.values())
