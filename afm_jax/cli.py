@@ -189,13 +189,16 @@ def _model_dir_data(args: argparse.Namespace, meta: dict, model_dir: str, progre
     return _load(spec, options, progress, encoder=encoder)
 
 
-PRECISIONS = ("float32", "bfloat16")
+
+# inference.PRECISIONS, spelled out so that building the parser does not import jax
+PRECISIONS = ("float32", "bfloat16", "int8")
 
 
 def _precision_arg(p: argparse.ArgumentParser, note: str = "") -> None:
     p.add_argument("--precision", default="float32", choices=PRECISIONS,
-                   help="dtype of the scorer's Linear products' inputs (float32 accumulation; "
-                        f"all else float32){note}")
+                   help="dtype of the scorer's Linear products' inputs: bfloat16 with float32 "
+                        "accumulation, or int8 x int8 -> int32 for int8-stored kernels "
+                        f"(afm-jax quantize); all else float32{note}")
 
 
 def _compute_dtype(args: argparse.Namespace):

@@ -60,14 +60,17 @@ def from_chunks(y: jax.Array, n: int, shards: int) -> jax.Array:
     return y.reshape(shards, chunks * chunk_rows, *y.shape[3:])[:, :n // shards].reshape(n, *y.shape[3:])
 
 
+PRECISIONS = ("float32", "bfloat16", "int8")
+
+
 def precision_name(compute_dtype) -> str:
-    """"float32" or e.g. "bfloat16": the name of a compute dtype (None: float32). Raises
-    ValueError for a dtype that is not a float."""
+    """"float32", "bfloat16" or "int8": the name of a compute dtype (None: float32). Raises
+    ValueError for any other dtype."""
     if compute_dtype is None:
         return "float32"
     dt = jnp.dtype(compute_dtype)
-    if not jnp.issubdtype(dt, jnp.floating):
-        raise ValueError(f"compute_dtype must be a float dtype (float32, bfloat16), got {dt}")
+    if dt.name not in PRECISIONS:
+        raise ValueError(f"compute_dtype must be one of {', '.join(PRECISIONS)}, got {dt}")
     return dt.name
 
 
@@ -86,8 +89,10 @@ def logits_fn(model, chunk_rows: int | None = None, shards: int = 1,
     shards: devices on the batch axis (a batch sharded over a mesh's "data" axis): each chunk
     then takes `chunk_rows` rows from every device's block, so every step stays sharded.
     compute_dtype: e.g. jnp.bfloat16: every Linear product (`nn._affine`) takes inputs of that
-    dtype and accumulates in float32; all else stays float32. None (or float32): float32 all
-    through. Applied when the function is traced (`nn.compute_dtype`).
+    dtype and accumulates in float32; all else stays float32. jnp.int8: the products of
+    int8-stored kernels (`quantize`) run int8 x int8 -> int32 on activations quantized per row;
+    float kernels stay float32. None (or float32): float32 all through. Applied when the
+    function is traced (`nn.compute_dtype`).
     """
     from afm_jax.nn import compute_dtype as computing_in
 
@@ -150,7 +155,8 @@ def make_scorer(model, mesh=None, compute_dtype=None) -> Scorer:
     the compiled scorer. mesh: score batches sharded over its "data" axis (`predict`,
     `evaluate` with the same mesh place them; params with `distributed.shard_params`).
     compute_dtype: jnp.bfloat16 (or "bfloat16") runs every Linear product with bfloat16 inputs
-    and float32 accumulation, all else in float32 (`logits_fn`); None: float32 all through.
+    and float32 accumulation, all else in float32 (`logits_fn`); jnp.int8 (or "int8") runs the
+    products of int8-stored kernels in int8 with int32 accumulation; None: float32 all through.
     Each dtype has its own cached compiled scorer; `.precision` names it.
     """
     from afm_jax.distributed import data_size

@@ -64,9 +64,11 @@ _COMPUTE_DTYPE: contextvars.ContextVar = contextvars.ContextVar("afm_jax_compute
 @contextlib.contextmanager
 def compute_dtype(dtype) -> Iterator[None]:
     """Within the block, the products of `_affine` (every Linear: full, factor pair, int8, and
-    a single field's embedding projection) take `dtype` inputs (e.g. jnp.bfloat16) and
-    accumulate in float32; None or float32: plain float32 products. Everything else (tables,
-    biases, interactions, activations) stays in the params' dtype.
+    a single field's embedding projection) and of the grouped projections take `dtype` inputs
+    (e.g. jnp.bfloat16) and accumulate in float32; None or float32: plain float32 products.
+    jnp.int8: the products of int8-stored kernels (`quantize`) run int8 x int8 -> int32, with
+    the activations quantized per row on the fly; every other product stays float32.
+    Everything else (tables, biases, interactions, activations) stays in the params' dtype.
 
     Read when a function is traced, not when it runs: set it inside the traced function
     (`inference.logits_fn(..., compute_dtype=)` does), so a jitted function compiled under it
@@ -79,19 +81,58 @@ def compute_dtype(dtype) -> Iterator[None]:
         _COMPUTE_DTYPE.reset(token)
 
 
-def _matmul(x: jax.Array, w: jax.Array) -> jax.Array:
-    """x @ w; under `compute_dtype(d)` with both cast to d and a float32 result."""
+def _float_products() -> jnp.dtype | None:
+    """The dtype float products take under the knob: None for plain float32 (also under int8,
+    which changes only the products of int8 kernels)."""
     low = _COMPUTE_DTYPE.get()
-    if low is None or low == jnp.float32:
+    if low is None or low == jnp.float32 or not jnp.issubdtype(low, jnp.floating):
+        return None
+    return low
+
+
+def _matmul(x: jax.Array, w: jax.Array) -> jax.Array:
+    """x @ w; under `compute_dtype(d)` for a float d with both cast to d and a float32 result."""
+    low = _float_products()
+    if low is None:
         return x @ w
     return jnp.matmul(x.astype(low), w.astype(low), preferred_element_type=jnp.float32)
+
+
+def einsum_products(spec: str, x: jax.Array, w: jax.Array) -> jax.Array:
+    """`jnp.einsum(spec, x, w)` under the same knob as `_matmul`."""
+    low = _float_products()
+    if low is None:
+        return jnp.einsum(spec, x, w)
+    return jnp.einsum(spec, x.astype(low), w.astype(low), preferred_element_type=jnp.float32)
+
+
+def quantize_rows(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Dynamic symmetric int8 along the last axis: x ~= q * scale, scale = max|x| / 127 per
+    vector (1 for an all-zero one), |x - q * scale| <= scale / 2."""
+    peak = jnp.max(jnp.abs(x), axis=-1, keepdims=True)
+    scale = jnp.where(peak > 0, peak / 127.0, 1.0).astype(jnp.float32)
+    q = jnp.clip(jnp.round(x / scale), -127, 127).astype(jnp.int8)
+    return q, scale
+
+
+def _int8_product(x: jax.Array, q: jax.Array) -> jax.Array:
+    """x @ q for an int8 kernel q as an int8 x int8 -> int32 product: x is quantized per row
+    (`quantize_rows`) and the int32 result scaled back (times the row's scale)."""
+    xq, scale = quantize_rows(x)
+    acc = jax.lax.dot_general(xq, q, (((x.ndim - 1,), (0,)), ((), ())),
+                              preferred_element_type=jnp.int32)
+    return acc.astype(jnp.float32) * scale
 
 
 def _affine(p: dict, x: jax.Array) -> jax.Array:
     """x @ W + b for a float kernel, or (x @ q) * scale + b for an int8 one (exact for
     per-output-channel scales, and no dequantized [in, out] kernel is materialized). The
-    product runs in the `compute_dtype` knob's dtype (float32 accumulation) when it is set."""
+    product runs in the `compute_dtype` knob's dtype (float32 accumulation) when it is a
+    float; under int8 an int8 kernel takes an int8 x int8 -> int32 product (`_int8_product`)
+    and a float kernel a float32 one."""
     if "kernel_q" in p:
+        if _COMPUTE_DTYPE.get() == jnp.int8:
+            return _int8_product(x, p["kernel_q"]) * p["kernel_scale"] + p["bias"]
         return _matmul(x, p["kernel_q"].astype(x.dtype)) * p["kernel_scale"] + p["bias"]
     return _matmul(x, p["kernel"]) + p["bias"]
 
@@ -197,7 +238,7 @@ def project_fields(rows: list[jax.Array], projs: list[dict | None]) -> list[jax.
         e = jnp.stack([rows[i] for i in idxs])
         w = jnp.stack([projs[i]["kernel"] for i in idxs])
         b = jnp.stack([projs[i]["bias"] for i in idxs])
-        y = jnp.einsum("gk,gkd->gd", e, w) + b
+        y = einsum_products("gk,gkd->gd", e, w) + b
         for n, i in enumerate(idxs):
             out[i] = y[n]
     return out

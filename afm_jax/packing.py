@@ -222,7 +222,7 @@ def lookup(embed: Mapping[str, Any], cat: jax.Array, num: jax.Array) -> Fields:
     Ids outside a field's vocabulary map to its reserved id 0 before the offset (JAX clamps
     out-of-range gathers silently, which would read another field's row).
     """
-    from afm_jax.nn import in_vocab, tt_row
+    from afm_jax.nn import einsum_products, in_vocab, tt_row
 
     layout: PackedLayout = embed["layout"]
     n_cat = len(layout.fields)
@@ -243,8 +243,7 @@ def lookup(embed: Mapping[str, Any], cat: jax.Array, num: jax.Array) -> Fields:
         if projected:
             pos = tuple(members.index(i) for i in projected)
             p = embed[f"proj_{w}"]
-            y = jnp.einsum("gk,gkd->gd", take_static(got, pos), p["kernel"]) \
-                + p["bias"]
+            y = einsum_products("gk,gkd->gd", take_static(got, pos), p["kernel"]) + p["bias"]
             for n, i in enumerate(projected):
                 out[i], source[i] = y[n], (y, n)
         for n, i in enumerate(members):

@@ -1,4 +1,5 @@
-"""Scoring precision: bfloat16 Linear products with float32 accumulation (issue 16, part 2)."""
+"""Scoring precision: bfloat16 Linear products with float32 accumulation, and int8 x int8 ->
+int32 products for int8-stored kernels (issue 16, part 2)."""
 
 from __future__ import annotations
 
@@ -97,8 +98,9 @@ def test_cache_is_per_dtype():
     params, batch = lively_params(model), _batch(32)
     f32(params, batch), low(params, batch)
     assert not np.array_equal(np.asarray(f32(params, batch)), np.asarray(low(params, batch)))
-    with pytest.raises(ValueError, match="float dtype"):
-        make_scorer(model, compute_dtype=jnp.int8)
+    assert make_scorer(model, compute_dtype="int8").precision == "int8"
+    with pytest.raises(ValueError, match="float32, bfloat16, int8"):
+        make_scorer(model, compute_dtype=jnp.int16)
 
 
 def test_export_bakes_precision(tmp_path):
@@ -136,3 +138,83 @@ def test_cli_evaluate_bfloat16(tmp_path, capsys):
                  "bfloat16", "--no-progress"]) == 0
     sig = json.loads((tmp_path / "x" / "signature.json").read_text())
     assert sig["precision"]["compute"] == "bfloat16"
+
+
+def _np_int8_affine(x: np.ndarray, q: np.ndarray, k_scale: np.ndarray, bias: np.ndarray):
+    """numpy reference: x quantized per row (round half to even, as jnp.round), an exact
+    integer product, then both scales."""
+    peak = np.abs(x).max(axis=-1, keepdims=True)
+    s = np.where(peak > 0, peak / np.float32(127), 1).astype(np.float32)
+    xq = np.clip(np.rint(x / s), -127, 127).astype(np.int64)
+    acc = xq @ q.astype(np.int64)
+    return acc.astype(np.float32) * s * k_scale + bias
+
+
+def test_int8_product_equals_numpy_reference():
+    from afm_jax.nn import _affine, compute_dtype, quantize_rows
+    from afm_jax.quantize import quantize
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 40)).astype(np.float32)
+    x[3] = 0                                   # an all-zero row keeps scale 1 and scores 0
+    lin = {"kernel": rng.normal(size=(40, 24)).astype(np.float32),
+           "bias": rng.normal(size=24).astype(np.float32)}
+    p = quantize({"mlp": {"dense_0": lin}})["mlp"]["dense_0"]
+
+    with compute_dtype(jnp.int8):
+        got = np.asarray(jax.jit(lambda p, x: _affine(p, x))(p, x))
+        per_row = np.asarray(jax.jit(jax.vmap(lambda x: _affine(p, x)))(x))
+    want = _np_int8_affine(x, np.asarray(p["kernel_q"]), np.asarray(p["kernel_scale"]),
+                           np.asarray(p["bias"]))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(per_row, want, rtol=1e-5, atol=1e-5)   # as the scorer runs it
+    np.testing.assert_array_equal(got[3], np.asarray(p["bias"]))
+    q, s = quantize_rows(jnp.asarray(x))
+    assert q.dtype == jnp.int8
+    assert np.all(np.abs(np.asarray(q) * np.asarray(s) - x) <= np.asarray(s) / 2 + 1e-7)
+    # the int8 path really differs from dequantize-then-float32 (the activations were rounded)
+    f32 = np.asarray(_affine(p, x))
+    assert 0 < np.abs(f32 - got).max() < 0.05 * np.abs(f32).max()
+
+
+@pytest.mark.parametrize("name", ["deepfm", "dcnv2"])
+def test_int8_scorer_on_quantized_params(name):
+    from afm_jax.quantize import quantize
+
+    model = small_model(name)
+    q = quantize(jax.tree.map(np.asarray, lively_params(model)))
+    f32, low = make_scorer(model), make_scorer(model, compute_dtype="int8")
+    batch = _batch()
+    for p in (q, packed_for(f32, q)):
+        a, b = np.asarray(f32(p, batch)), np.asarray(low(p, batch))
+        assert 0 < np.abs(a - b).max() < 2e-2
+    # float kernels under int8 keep float32 products: the original scores exactly as float32
+    params = lively_params(model)
+    np.testing.assert_array_equal(np.asarray(low(params, batch)), np.asarray(f32(params, batch)))
+    hlo = jax.jit(logits_fn(model, compute_dtype=jnp.int8)).lower(
+        packed_for(f32, q), batch).compile().as_text()
+    assert re.search(r"= s32\[[^\]]*\][^=]*? dot\(", hlo), "no int8 x int8 -> int32 product"
+
+
+def test_cli_evaluate_int8(tmp_path, capsys):
+    from afm_jax.cli import PRECISIONS as CLI_PRECISIONS
+    from afm_jax.cli import main
+    from afm_jax.inference import PRECISIONS
+
+    assert CLI_PRECISIONS == PRECISIONS
+    d, q = str(tmp_path / "d"), str(tmp_path / "q")
+    assert main(["train", "--data", "synthetic:3000", "--model", "deepfm", "--mlp", "16",
+                 "--epochs", "1", "--out", d, "--no-progress"]) == 0
+    assert main(["quantize", "--model-dir", d, "--out", q]) == 0
+    capsys.readouterr()
+    res = {}
+    for precision in ("float32", "int8"):
+        assert main(["evaluate", "--model-dir", q, "--precision", precision, "--json",
+                     "--no-progress"]) == 0
+        res[precision] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["int8"]["precision"] == "int8"
+    assert res["int8"]["auc"] == pytest.approx(res["float32"]["auc"], abs=5e-3)
+    assert main(["export", "--model-dir", q, "--out", str(tmp_path / "x"), "--precision",
+                 "int8", "--no-progress"]) == 0
+    sig = json.loads((tmp_path / "x" / "signature.json").read_text())
+    assert sig["precision"]["compute"] == "int8"
