@@ -14,6 +14,18 @@ Tables are the packed "embed/table_<w>" (afm_jax/packing.py) and the first-order
 
 Rules: "adam" (lazy Adam: moments and bias correction as optax.adam, on touched rows only) and
 "adagrad" (row-wise Adagrad: one accumulator per row, the mean of its squared gradient).
+
+Lazy Adam with catch-up. Dense Adam keeps moving a row after its last gradient: its momentum
+decays over the following steps (by b1 a step, its v by b2) and every step applies it. A row
+read once moves ~1 / (1 - b1) = 10x further under dense Adam than under plain lazy Adam, which
+skips those steps; on the Criteo sample that cost 0.0016 test AUC (experiments/results/
+table_optimizer.md). So each row keeps the step it was last updated at ("last"), and when it
+is read again the steps it missed are applied first in closed form: zero gradient, so
+    m_j = b1^i m,  v_j = b2^i v,  update_j = -lr * m_j/(1 - b1^j) / (sqrt(v_j/(1 - b2^j)) + eps)
+for the i-th missed step j. The first CATCHUP_STEPS terms are summed exactly (eps taken out of
+the sum, as sqrt(v) >> eps); the geometric tail past them takes one bias correction (`catchup`).
+`settle` applies the pending tails of every row, for validation and the returned params.
+Untouched rows and their moments stay exactly as they are until they are read or settled.
 """
 
 from __future__ import annotations
@@ -34,8 +46,8 @@ from afm_jax.nn import first_order_rows
 TABLE_OPTIMIZERS = ("auto", "rowwise", "rowwise_adagrad", "dense")
 # "auto": row-wise from this many table rows on, dense below. experiments/results/table_scale.md:
 # dense Adam's step grows with the tables and passes the row-wise one (flat at ~15 ms on 2 CPU
-# cores) between 100k and 300k rows; table_optimizer.md: at 17k rows dense Adam also reaches
-# the better test AUC on the Criteo sample (0.7545 vs 0.7529 over 3 seeds).
+# cores) between 100k and 300k rows; below that dense Adam is as fast (and with catch-up both
+# reach the same Criteo test AUC, table_optimizer.md).
 AUTO_ROWWISE_ROWS = 200_000
 _RULES = {"rowwise": "adam", "rowwise_adagrad": "adagrad"}
 
@@ -94,7 +106,8 @@ def init(params: Mapping[str, Any], learning_rate: float, table_optimizer: str) 
     slots = {}
     for name, t in tables.items():
         if rule == "adam":
-            slots[name] = {"m": zeros(np.shape(t), t), "v": zeros(np.shape(t), t)}
+            slots[name] = {"m": zeros(np.shape(t), t), "v": zeros(np.shape(t), t),
+                           "last": zeros(np.shape(t)[:1], t).astype(jnp.int32)}
         else:
             slots[name] = {"acc": zeros(np.shape(t)[:1], t)}
     return RowwiseState(optax.adam(learning_rate).init(dense), slots, jnp.zeros((), jnp.int32))
@@ -176,6 +189,74 @@ def _loss(model, embed_l2: float):
     return loss_fn
 
 
+CATCHUP_STEPS = 16   # missed steps summed term by term; the tail past them in closed form
+
+
+def catchup(last: jax.Array, count: jax.Array, b1: float, b2: float) -> jax.Array:
+    """sum over the missed steps j = last+1 .. count-1 of (b1/sqrt(b2))^(j-last) *
+    sqrt(1 - b2^j) / (1 - b1^j): times -lr * m / (sqrt(v) + eps) it is what dense Adam moves a
+    row (moments m, v as left at step `last`) over the steps it had no gradient. Elementwise
+    over `last` (int, any shape); `count` is the current step."""
+    r = b1 / np.sqrt(b2)
+    last = last.astype(jnp.float32)
+    missed = count.astype(jnp.float32) - 1.0 - last
+
+    def bias(j):
+        return jnp.sqrt(1.0 - b2 ** j) / (1.0 - b1 ** j)
+
+    total = jnp.zeros_like(last)
+    for i in range(1, CATCHUP_STEPS + 1):
+        total += jnp.where(missed >= i, r ** i * bias(last + i), 0.0)
+    # steps past CATCHUP_STEPS: a geometric sum in r, the bias term taken at the tail's mean
+    # step (CATCHUP_STEPS + 1/(1-r) past `last`): within 0.8% of the exact sum in the first
+    # steps of training (where sqrt(1 - b2^j) still grows fast), within 0.2% from step 500 on
+    tail = missed - CATCHUP_STEPS
+    geometric = r ** (CATCHUP_STEPS + 1) * (1.0 - r ** jnp.maximum(tail, 0.0)) / (1.0 - r)
+    centre = last + CATCHUP_STEPS + 1.0 / (1.0 - r)
+    return total + jnp.where(tail > 0, geometric * bias(centre), 0.0)
+
+
+def _adam_catchup(m, v, last, count, lr, b1, b2, eps):
+    """(delta of the missed steps, m and v decayed over them) for rows with moments m, v [.., w]
+    last updated at step `last` [..]; `count` is the current step (nothing is missed at
+    last = count - 1)."""
+    missed = (count - 1 - last).astype(jnp.float32)
+    shape = (-1,) + (1,) * (m.ndim - 1)
+    c = catchup(last, count, b1, b2).reshape(shape)
+    delta = -lr * c * m / (jnp.sqrt(v) + eps)
+    return delta, m * (b1 ** missed).reshape(shape), v * (b2 ** missed).reshape(shape)
+
+
+def settle(params: Mapping[str, Any], state: RowwiseState, learning_rate: float,
+           table_optimizer: str, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
+           table_learning_rate: float | None = None) -> dict:
+    """A copy of `params` with every table row's pending lazy-Adam tail applied (the steps
+    since it was last read, as dense Adam would have moved it), for validation and the
+    returned params: what dense Adam's params would be now. Neither `params` nor the state
+    change; training goes on from them. Row-wise Adagrad has no tail: a plain copy."""
+    if _rule(table_optimizer) != "adam":
+        return jax.tree.map(jnp.copy, dict(params))
+    lr = learning_rate if table_learning_rate is None else table_learning_rate
+    return _settle(dict(params), state, lr, b1, b2, eps)
+
+
+@partial(jax.jit, static_argnums=(3, 4, 5, 6))
+def _settle_tables(tables, slots, count, lr, b1, b2, eps):
+    out = {}
+    for k, t in tables.items():
+        m, v, last = slots[k]["m"], slots[k]["v"], slots[k]["last"]
+        # the step of `count` is done: catch up to count + 1 exclusive, i.e. through count
+        delta, _, _ = _adam_catchup(m, v, last, count + 1, lr, b1, b2, eps)
+        out[k] = t + delta.astype(t.dtype)
+    return out
+
+
+def _settle(params, state, lr, b1, b2, eps):
+    dense, tables = _split(params, table_paths(params))
+    return _join(jax.tree.map(jnp.copy, dense),
+                 _settle_tables(tables, state.slots, state.count, lr, b1, b2, eps))
+
+
 def make_step(model, learning_rate: float, table_optimizer: str = "rowwise",
               embed_l2: float = 0.0, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
               table_learning_rate: float | None = None):
@@ -189,13 +270,18 @@ def make_step(model, learning_rate: float, table_optimizer: str = "rowwise",
 
     def update_rows(table, slot, rows, g, count):
         if rule == "adam":
-            m = b1 * slot["m"].at[rows].get(mode="fill", fill_value=0) + (1 - b1) * g
-            v = b2 * slot["v"].at[rows].get(mode="fill", fill_value=0) + (1 - b2) * g * g
-            m_hat = m / (1 - b1 ** count)
-            v_hat = v / (1 - b2 ** count)
-            delta = -table_lr * m_hat / (jnp.sqrt(v_hat) + eps)
+            last = slot["last"].at[rows].get(mode="fill", fill_value=0)
+            caught, m, v = _adam_catchup(slot["m"].at[rows].get(mode="fill", fill_value=0),
+                                         slot["v"].at[rows].get(mode="fill", fill_value=0),
+                                         last, count, table_lr, b1, b2, eps)
+            m = b1 * m + (1 - b1) * g
+            v = b2 * v + (1 - b2) * g * g
+            m_hat = m / (1 - b1 ** count.astype(jnp.float32))
+            v_hat = v / (1 - b2 ** count.astype(jnp.float32))
+            delta = caught - table_lr * m_hat / (jnp.sqrt(v_hat) + eps)
             slot = {"m": slot["m"].at[rows].set(m, mode="drop"),
-                    "v": slot["v"].at[rows].set(v, mode="drop")}
+                    "v": slot["v"].at[rows].set(v, mode="drop"),
+                    "last": slot["last"].at[rows].set(count.astype(jnp.int32), mode="drop")}
         else:
             g2 = (g * g).reshape(g.shape[0], -1).mean(-1)
             acc = slot["acc"].at[rows].get(mode="fill", fill_value=0) + g2
@@ -213,7 +299,7 @@ def make_step(model, learning_rate: float, table_optimizer: str = "rowwise",
         slots = {}
         for k in tables:
             tables[k], slots[k] = update_rows(tables[k], state.slots[k], uniques[k], g_subs[k],
-                                              count.astype(jnp.float32))
+                                              count)
         return _join(dense, tables), RowwiseState(dense_state, slots, count), loss
 
     return step

@@ -246,8 +246,19 @@ def _check_finite(run: _Run, loop: _Loop, value: float, epoch: int) -> None:
                        "checkpoint is kept" + (f" in {run.out_dir}." if run.out_dir else "."))
 
 
-def _validate(run: _Run, loop: _Loop, tag: str) -> dict:
-    res = evaluate(run.scorer, loop.params, run.dataset.valid, mesh=run.mesh)
+def _snapshot(run: _Run, loop: _Loop) -> Any:
+    """A copy of the params as they stand (the step donates loop.params); with row-wise lazy
+    Adam, every row's pending momentum tail applied (`rowwise.settle`), as dense Adam would
+    have them."""
+    c = run.config
+    if c.table_optimizer == "dense":
+        return jax.tree.map(jnp.copy, loop.params)
+    return rowwise.settle(loop.params, loop.opt_state, c.learning_rate, c.table_optimizer,
+                          table_learning_rate=c.table_learning_rate)
+
+
+def _validate(run: _Run, loop: _Loop, tag: str, params: Any) -> dict:
+    res = evaluate(run.scorer, params, run.dataset.valid, mesh=run.mesh)
     res.update(tag=tag, step=loop.step)
     return res
 
@@ -274,7 +285,8 @@ def _train_epoch(run: _Run, loop: _Loop, epoch: int, start: int) -> float:
                 _check_finite(run, loop, float(loss_sum), epoch)
                 bar.set_postfix(loss=f"{float(loss_sum) / loss_n:.4f}")
             if config.eval_every and loop.step % config.eval_every == 0:
-                loop.history.append(_validate(run, loop, f"step {loop.step}"))
+                loop.history.append(_validate(run, loop, f"step {loop.step}",
+                                              _snapshot(run, loop)))
             if (run.manager is not None and config.checkpoint_every
                     and loop.step % config.checkpoint_every == 0 and i + 1 < steps_per_epoch):
                 _check_finite(run, loop, float(loss_sum), epoch)
@@ -293,7 +305,8 @@ def _run_epochs(run: _Run, loop: _Loop) -> None:
         if loop.bad_epochs >= run.config.patience:
             break
         train_loss = _train_epoch(run, loop, epoch, loop.batch_in_epoch if epoch == first else 0)
-        res = _validate(run, loop, f"epoch {epoch + 1}")
+        current = _snapshot(run, loop)
+        res = _validate(run, loop, f"epoch {epoch + 1}", current)
         res["train_loss"] = train_loss
         loop.history.append(res)
         if run.progress and distributed.is_primary():
@@ -301,9 +314,10 @@ def _run_epochs(run: _Run, loop: _Loop) -> None:
                        f"{res['auc']:.4f}  logloss {res['logloss']:.4f}")
         if res["auc"] > loop.best_auc:
             loop.best_auc, loop.bad_epochs = res["auc"], 0
-            loop.best_params = jax.tree.map(jnp.copy, loop.params)  # params are donated next step
+            loop.best_params = current
         else:
             loop.bad_epochs += 1
+        del current
         if run.manager is not None:
             _save(run, loop, epoch + 1, 0)
 
