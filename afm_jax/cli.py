@@ -654,11 +654,16 @@ def build_parser() -> argparse.ArgumentParser:
                    "else ../shared/data beside the repository)")
     p.add_argument("--out", default="experiments/results",
                    help="where paper_table.md, plots and per-cell JSON (resumable) go")
-    p.add_argument("--datasets", help="comma-separated (default: all real samples)")
+    p.add_argument("--datasets", help="comma-separated (default: all real samples, whole); "
+                   "NAME_Nk is the first N thousand rows of NAME, e.g. criteo_40k")
     p.add_argument("--models", help="comma-separated (default: the paper's seven)")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
-    p.add_argument("--max-rows", default="criteo=40000",
-                   help="per-dataset row caps (first N rows of the file), e.g. criteo=40000")
+    p.add_argument("--methods", default="all", choices=("all", "core"),
+                   help="method groups: all, or core (no TT-Rec, seed-code config, fine-tunes, "
+                   "calibration sweep)")
+    p.add_argument("--max-rows", default="",
+                   help="per-dataset row caps (first N rows of the file), e.g. criteo=40000; "
+                   "a capped dataset's cells are named NAME_Nk (default: no cap)")
     p.add_argument("--epochs", type=int, default=2, help="training epochs per cell")
     common(p)
     p.set_defaults(fn=cmd_experiment)
@@ -694,7 +699,7 @@ def cmd_experiment(args: argparse.Namespace) -> dict:
     md = paper_table.run(args.data, args.out,
                          datasets=tuple(args.datasets.split(",")) if args.datasets else None,
                          models=models, seeds=seeds, max_rows=caps, epochs=args.epochs,
-                         command=command, progress=not args.no_progress)
+                         methods=args.methods, command=command, progress=not args.no_progress)
     if not args.json:
         print(md.read_text())
     return {"report": str(md)}
