@@ -281,7 +281,10 @@ def make_step(model, learning_rate: float, table_optimizer: str = "rowwise",
             delta = caught - table_lr * m_hat / (jnp.sqrt(v_hat) + eps)
             slot = {"m": slot["m"].at[rows].set(m, mode="drop"),
                     "v": slot["v"].at[rows].set(v, mode="drop"),
-                    "last": slot["last"].at[rows].set(count.astype(jnp.int32), mode="drop")}
+                    # max(last, count) = count; written as a function of the rows read, so
+                    # XLA orders the read before the in-place write instead of copying [N]
+                    "last": slot["last"].at[rows].set(jnp.maximum(last, count.astype(jnp.int32)),
+                                                      mode="drop")}
         else:
             g2 = (g * g).reshape(g.shape[0], -1).mean(-1)
             acc = slot["acc"].at[rows].get(mode="fill", fill_value=0) + g2
