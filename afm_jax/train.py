@@ -142,7 +142,8 @@ class _Loop:
 
     params: Any
     opt_state: Any
-    best_params: Any             # own buffers: the step donates (frees) the params' buffers
+    best_params: Any = None      # own buffers (the step donates the params'); None until the
+                                 # first validation, so a fresh run holds one copy of the tables
     best_auc: float = -1.0
     step: int = 0
     bad_epochs: int = 0
@@ -151,8 +152,12 @@ class _Loop:
     history: list[dict] = field(default_factory=list)
 
     def checkpoint(self, epoch_done: int, batch_in_epoch: int) -> dict[str, Any]:
-        return {"params": self.params, "opt_state": self.opt_state, "best_params": self.best_params,
+        return {"params": self.params, "opt_state": self.opt_state, "best_params": self.best(),
                 **_counters(epoch_done, self.step, self.best_auc, self.bad_epochs, batch_in_epoch)}
+
+    def best(self) -> Any:
+        """The best params so far; before any validation, the params as they are."""
+        return self.params if self.best_params is None else self.best_params
 
     @classmethod
     def from_checkpoint(cls, state: dict[str, Any], history: list[dict]) -> _Loop:
@@ -199,7 +204,7 @@ def _start(model, info, config: TrainConfig, params: Any, mesh, shard_embeddings
             opt_state = opt_state._replace(
                 dense=jax.device_put(opt_state.dense, distributed.replicated(mesh)),
                 count=jax.device_put(opt_state.count, distributed.replicated(mesh)))
-    return _Loop(params=params, opt_state=opt_state, best_params=jax.tree.map(jnp.copy, params))
+    return _Loop(params=params, opt_state=opt_state)
 
 
 def _restore(run: _Run, loop: _Loop) -> _Loop:
@@ -329,8 +334,8 @@ def _finish(run: _Run, loop: _Loop, best_valid: dict, extra_meta: dict | None) -
 
     meta = {"train_config": dataclasses.asdict(run.config), "best_valid": best_valid,
             **(extra_meta or {})}
-    best = loop.best_params if run.mesh is None else distributed.host_params(loop.best_params,
-                                                                           run.model.info)
+    best = loop.best() if run.mesh is None else distributed.host_params(loop.best(),
+                                                                       run.model.info)
     save_model_dir(run.out_dir, run.model, unpack(run.model, best),
                    encoder=getattr(run.dataset, "encoder", None), extra=meta)
 
@@ -370,6 +375,6 @@ def train(model, dataset, config: TrainConfig = TrainConfig(), *, out_dir: str |
     best_valid = next((h for h in loop.history if h["auc"] == loop.best_auc), {"auc": loop.best_auc})
     if out is not None:
         _finish(run, loop, best_valid, extra_meta)
-    return TrainResult(params=unpack(model, loop.best_params), best_valid=best_valid,
+    return TrainResult(params=unpack(model, loop.best()), best_valid=best_valid,
                        history=loop.history,
                        seconds=seconds)
