@@ -48,6 +48,20 @@ def test_tiny_run_afm_jax_only():
     assert by["afm_jax epoch"]["rows_s_no_valid"]["median"] > by["afm_jax epoch"]["rows_s"]["median"]
     md = train_bench.to_markdown(res, "python experiments/train_bench.py --test")
     assert md.splitlines()[2] == "Command: `python experiments/train_bench.py --test`"
+    # the bare step's FLOP rate against the measured matmul ceiling
+    bare = by["bare step"]
+    assert bare["flops_per_step"] > 2 * 256 * 16 * 4   # at least the MLP's forward products
+    assert bare["gflops_s"]["median"] > 0 and res["matmul_ceiling_gflops"][256] > 0
+    assert "| deepfm | 256 |" in md.split("Bare step's FLOP rate")[1]
+
+
+def test_step_flops_counts_a_matmul():
+    import jax
+    import jax.numpy as jnp
+
+    f = jax.jit(lambda a, b: a @ b)
+    flops = train_bench.step_flops(f, jnp.ones((64, 32)), jnp.ones((32, 16)))
+    assert flops == pytest.approx(2 * 64 * 32 * 16, rel=0.01)
 
 
 def test_tiny_run_deepctr_peer():

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib
+import math
 import os
 import tempfile
 import threading
@@ -36,6 +37,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -220,11 +222,45 @@ def _bare_step(model, ds, bs: int, seed: int) -> dict:
         params, opt_state, loss = step(params, opt_state, b)
     loss.block_until_ready()
     compile_s = time.perf_counter() - t0
+    flops = sum(step_flops(step, params, opt_state, b) for b in batches)
     t0 = time.perf_counter()
     for b in batches:
         params, opt_state, loss = step(params, opt_state, b)
     jax.block_until_ready((params, loss))
-    return {"seconds": time.perf_counter() - t0, "compile_seconds": compile_s}
+    seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "compile_seconds": compile_s, "flops": flops,
+            "gflops_s": flops / seconds / 1e9 if flops else None}
+
+
+def step_flops(step, *args) -> float:
+    """XLA's count of floating-point operations in one call of the jitted `step` on `args`
+    (compiled cost analysis; 0 where the backend gives none). Cached per argument shapes."""
+    key = (step, jax.tree.structure(args),
+           tuple((np.shape(x), str(getattr(x, "dtype", ""))) for x in jax.tree.leaves(args)))
+    if key not in _FLOPS:
+        cost = step.lower(*args).compile().cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        _FLOPS[key] = float((cost or {}).get("flops", 0.0))
+    return _FLOPS[key]
+
+
+_FLOPS: dict = {}
+
+
+def matmul_ceiling(rows: int, width: int = 400, repeats: int = 20) -> float:
+    """GFLOP/s of a jitted float32 [rows, width] @ [width, width], the step's own product shape
+    (median of `repeats` calls): the machine's measured ceiling for the step's FLOP rate."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(rows, width)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(width, width)), jnp.float32)
+    f = jax.jit(jnp.dot)
+    f(x, w).block_until_ready()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        f(x, w).block_until_ready()
+        times.append(time.perf_counter() - t0)
+    return 2 * rows * width * width / float(np.median(times)) / 1e9
 
 
 def _deepctr(name: str, ds, bs: int, seed: int, embed_dim: int, mlp) -> dict:
@@ -451,12 +487,16 @@ def run(dataset, models=("deepfm", "dcnv2"), batch_sizes=(1024, 4096), rounds: i
             row["valid_warm_seconds"] = _summary([o["valid_warm_seconds"] for o in outs])
         if "compile_seconds" in outs[0]:
             row["compile_seconds"] = _summary([o["compile_seconds"] for o in outs])
+        if outs[0].get("gflops_s"):
+            row["gflops_s"] = _summary([o["gflops_s"] for o in outs])
+            row["flops_per_step"] = outs[0]["flops"] / max(1, math.ceil(n / bs))
         rows.append(row)
     result = {"train_rows": n, "valid_rows": len(ds.valid), "models": list(models),
               "batch_sizes": list(batch_sizes), "rounds": rounds, "mlp": list(mlp),
               "embed_dim": embed_dim, "fields": len(ds.info.cat_names),
               "numeric_fields": len(ds.info.num_names), "versions": versions,
               "skipped": skipped, "device": f"{jax.devices()[0].platform}", "rows": rows}
+    result["matmul_ceiling_gflops"] = {bs: matmul_ceiling(bs, max(mlp)) for bs in batch_sizes}
     if extras:
         result["extras"] = extra_rates(built, ds)
     return result
@@ -559,6 +599,22 @@ def to_markdown(result: dict, command: str, machine: str = "") -> str:
                          f"{ep['valid_warm_seconds']['median']:.2f} s warm, bare-step loop "
                          f"{n / bare['rows_s']['median']:.2f} s + its compile "
                          f"{bare['compile_seconds']['median']:.2f} s")
+    ceiling = result.get("matmul_ceiling_gflops")
+    if ceiling:
+        lines += ["", "Bare step's FLOP rate: XLA's FLOP count of the compiled step (cost "
+                  "analysis) x steps / the timed loop, against the measured ceiling: a jitted "
+                  "float32 [batch, w] @ [w, w] product, w the widest MLP layer, timed in the "
+                  "same run.", "", "| model | batch | GFLOP per step | bare step GFLOP/s | "
+                  "matmul ceiling GFLOP/s | share of ceiling |", "|---|---|---:|---:|---:|---:|"]
+        for m in result["models"]:
+            for bs in result["batch_sizes"]:
+                bare = _get(result, m, bs, "bare step")
+                top = ceiling.get(bs, ceiling.get(str(bs)))
+                if not bare or "gflops_s" not in bare or not top:
+                    continue
+                rate = bare["gflops_s"]["median"]
+                lines.append(f"| {m} | {bs} | {bare['flops_per_step'] / 1e9:.2f} | {rate:.1f} | "
+                             f"{top:.1f} | {rate / top:.0%} |")
     if "extras" in result:
         lines += ["", "Other passes (warm second call; finetune: 50 steps of 1024, "
                   "trainable='all'; its two validation passes subtracted in the last figure):",
