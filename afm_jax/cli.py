@@ -256,10 +256,8 @@ def cmd_compress(args: argparse.Namespace) -> dict:
                          finetune_steps=args.finetune_steps,
                          calibration_rows=None if calibration == 0 else calibration,
                          stats_rows=args.stats_rows, progress=progress,
-                         mesh=(mesh := _mesh(args)), shard_embeddings=args.shard_embeddings)
-    if args.int8:
-        from afm_jax.quantize import quantize
-        res = res._replace(params=quantize(jax_to_host(res.params)))
+                         mesh=(mesh := _mesh(args)), shard_embeddings=args.shard_embeddings,
+                         int8=args.int8)
     from afm_jax.distributed import shard_params
     scorer = make_scorer(model, mesh)
     before, after = (evaluate(scorer, shard_params(p, mesh, args.shard_embeddings), ds.test,
@@ -596,7 +594,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="deprecated: calibrate on the FIRST N training rows (use "
                         "--calibration-rows)")
     p.add_argument("--int8", action="store_true",
-                   help="store the compressed kernels and tables as int8 (afm-jax quantize)")
+                   help="store the compressed kernels and tables as int8 (afm-jax quantize); "
+                        "bytes:N then fits the int8 model, a quality plan scores int8")
     p.add_argument("--out", required=True, help="model directory of the compressed model")
     _device_args(p)
     common(p)

@@ -178,6 +178,33 @@ def test_bytes_plan_fits_the_whole_model(data):
         bytes_plan(params, stats, 10)
 
 
+def test_int8_bytes_plan_fits_the_int8_model_and_keeps_more(trained):
+    """With int8, bytes:N fits the stored int8 model, so it keeps higher ranks than the float
+    plan for the same N; fit_bytes measures what it fits."""
+    from afm_jax.forms import is_int8
+    from afm_jax.inference import count_bytes
+
+    data, model, params = trained
+    n_bytes = int(4 * count_params(params) * 0.3)
+    common = dict(calibration_rows=2000, batch_size=1000, progress=False)
+    flt = compress_model(model, params, data, f"bytes:{n_bytes}", **common)
+    q = compress_model(model, params, data, f"bytes:{n_bytes}", int8=True, **common)
+    assert count_bytes(flt.params) <= n_bytes and count_bytes(q.params) <= n_bytes
+    assert 0.8 * n_bytes < count_bytes(q.params)                  # it fills the bytes
+    assert q.report.params_after > flt.report.params_after        # int8 affords more
+    assert is_int8(q.params["mlp"]["dense_0"]) or is_int8(q.params["mlp"]["dense_0"]["u"])
+    with pytest.raises(CompressionError, match="cannot be met"):
+        compress_model(model, params, data, "bytes:100", int8=True, **common)
+    # a quality target with int8 scores the int8 candidates: the stored model keeps the drop
+    d = 0.003
+    res = compress_model(model, params, data, f"auc-drop:{d}", int8=True, **common)
+    scorer = make_scorer(model)
+    base, after = (evaluate(scorer, p, data.valid) for p in (params, res.params))
+    assert base["auc"] - after["auc"] <= d + 1e-9
+    assert res.search.chosen is None or res.search.chosen.auc == pytest.approx(after["auc"],
+                                                                                abs=1e-6)
+
+
 # --- the search on a model ---------------------------------------------------------------------
 
 def test_auc_drop_plan_never_exceeds_the_drop_on_validation(trained):

@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+import jax
 import numpy as np
 
 from afm_jax.compress.afm import compress
@@ -22,6 +23,7 @@ from afm_jax.compress.ranks import PlanReport, make_plan, plan_report
 from afm_jax.compress.search import (
     SearchResult,
     bytes_plan,
+    fit_bytes,
     is_quality_spec,
     parse_bytes,
     parse_quality_target,
@@ -29,6 +31,7 @@ from afm_jax.compress.search import (
 )
 from afm_jax.compress.stats import collect_stats
 from afm_jax.errors import CompressionError
+from afm_jax.inference import count_bytes
 from afm_jax.types import Params, Plan, Stats
 
 DEFAULT_CALIBRATION_ROWS = 100_000
@@ -96,7 +99,7 @@ def compress_model(model: Any, params: Params, dataset: Any, plan: str | Plan, *
                    calibration_rows: int | None = DEFAULT_CALIBRATION_ROWS,
                    stats_rows: int | None = None, batch_size: int = 2048,
                    progress: bool = True, mesh: Any = None,
-                   shard_embeddings: bool = False) -> CompressionResult:
+                   shard_embeddings: bool = False, int8: bool = False) -> CompressionResult:
     """Statistics on `dataset.train`, a rank plan, the AFM map, and an optional fine-tune.
 
     plan: a spec ("rank:K", "energy:E", "budget:F", see `make_plan`; "bytes:N", the whole
@@ -109,9 +112,19 @@ def compress_model(model: Any, params: Params, dataset: Any, plan: str | Plan, *
     the pass does not grow with the training set. stats_rows (deprecated): the first N rows
     instead, as before; not with calibration_rows. mesh: statistics, scoring and fine-tuning
     run over it (params host-side in, host-side out); the eigen-decompositions run on the host.
+    int8: store the result as int8 (`quantize`, after any fine-tune); "bytes:N" then fits the
+    int8 model in N bytes (`search.fit_bytes` on the measured size), and a quality search
+    scores the int8 candidates.
     """
     from afm_jax import distributed
     from afm_jax.data import iterate_batches
+
+    def stored(p: Params) -> Params:
+        """The params as they will be stored: int8 with `int8`."""
+        if not int8:
+            return p
+        from afm_jax.quantize import quantize
+        return quantize(jax.tree.map(np.asarray, p))
 
     target = parse_quality_target(plan) if is_quality_spec(plan) else None
     n_bytes = parse_bytes(plan) if isinstance(plan, str) and plan.startswith("bytes:") else None
@@ -130,12 +143,17 @@ def compress_model(model: Any, params: Params, dataset: Any, plan: str | Plan, *
         scorer = make_scorer(model, mesh)
 
         def score(candidate: Plan) -> dict:
-            p = compress(params, stats, candidate, model=model, activation=activation)
+            p = stored(compress(params, stats, candidate, model=model, activation=activation))
             return evaluate(scorer, device_params(model, p, mesh, shard_embeddings),
                             dataset.valid, mesh=mesh)
 
         found = search_plan(params, stats, target, score, sites)
         rank_plan = found.plan
+    elif n_bytes is not None and int8:
+        rank_plan, _ = fit_bytes(
+            params, stats, n_bytes, sites,
+            lambda plan: compress(params, stats, plan, model=model, activation=activation),
+            lambda p: count_bytes(stored(p)))
     elif n_bytes is not None:
         rank_plan = bytes_plan(params, stats, n_bytes, sites)
     elif isinstance(plan, str):
@@ -152,6 +170,7 @@ def compress_model(model: Any, params: Params, dataset: Any, plan: str | Plan, *
                            shard_embeddings=shard_embeddings)
         if mesh is not None:
             new = distributed.host_params(new, model.info)
-    return CompressionResult(params=new, stats=stats, plan=rank_plan, report=report,
+    return CompressionResult(params=stored(new), stats=stats, plan=rank_plan, report=report,
                              stats_seconds=t_stats, compress_seconds=t_compress, finetune=ft,
                              search=found, calibration_rows=len(sub))
+

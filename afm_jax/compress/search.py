@@ -259,6 +259,61 @@ def bytes_plan(params: Params, stats: Stats, n_bytes: int,
         raise CompressionError(f"bytes:{n_bytes} cannot be met: {e}") from None
 
 
+def fit_bytes(params: Params, stats: Stats, n_bytes: int, sites: Sequence[str] | None,
+              build: Callable[[Plan], Params], size: Callable[[Params], int], *,
+              rel_tolerance: float = 1e-3, max_tries: int = 16) -> tuple[Plan, Params]:
+    """The largest `budget_plan` whose model, as `build(plan)` makes it, stores in at most
+    `n_bytes` (as `size` counts it): `bytes_plan` when that already fits, then a bisection of
+    the budget fraction upward on the measured size, until the bracket is narrower than
+    `rel_tolerance` of its top or `max_tries` plans were built. For forms whose bytes no
+    formula gives, e.g. int8 after AFM (`build` = compress then quantize, `size` =
+    `inference.count_bytes`). Returns (plan, built params); CompressionError when none fits.
+    """
+    shapes = site_shapes(params, stats, sites)
+    full = {s: None for s in shapes}
+    best = (full, build(full))
+    if size(best[1]) <= n_bytes:
+        return best
+    compressible = sum(sh.full_params() for sh in shapes.values())
+    fixed = count_params(params) - compressible
+    lo, hi = (n_bytes / BYTES_PER_PARAM - fixed) / compressible, 1.0
+    best = None
+    if lo > 0:   # float32 bytes would fit here, so any smaller form fits too
+        plan = bytes_plan(params, stats, n_bytes, sites)
+        built = build(plan)
+        if size(built) <= n_bytes:
+            best = (plan, built)
+    if best is None:   # start from the smallest plan there is
+        lo = 0.0
+        plan = {s: 1 for s in shapes}
+        built = build(plan)
+        if size(built) > n_bytes:
+            raise CompressionError(f"bytes:{n_bytes} cannot be met: rank 1 at every site "
+                                   f"stores {size(built):,} bytes")
+        best = (plan, built)
+    seen = {_key(best[0]): True}
+    tries = 1
+    while tries < max_tries and hi - lo > rel_tolerance * hi:
+        mid = (lo + hi) / 2
+        try:
+            cand = budget_plan(params, stats, mid, sites)
+        except CompressionError:
+            lo = mid
+            continue
+        key = _key(cand)
+        if key not in seen:
+            built = build(cand)
+            tries += 1
+            seen[key] = size(built) <= n_bytes
+            if seen[key]:
+                best = (cand, built)
+        if seen[key]:
+            lo = mid
+        else:
+            hi = mid
+    return best
+
+
 def parse_bytes(spec: str) -> int:
     """"bytes:N" -> N (underscores, and suffixes k, M, G in powers of 1024 allowed)."""
     text = spec.partition(":")[2].strip().replace("_", "")

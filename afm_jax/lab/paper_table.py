@@ -40,8 +40,6 @@ from tqdm.auto import tqdm
 
 from afm_jax._cache import clear_compiled
 from afm_jax.compress import (
-    budget_plan,
-    bytes_plan,
     collect_stats,
     compress,
     finetune,
@@ -52,7 +50,7 @@ from afm_jax.compress import (
 )
 from afm_jax.compress.afm import get_path
 from afm_jax.compress.ranks import site_shapes
-from afm_jax.compress.search import BYTES_PER_PARAM
+from afm_jax.compress.search import BYTES_PER_PARAM, fit_bytes
 from afm_jax.compress.ttrec import tt_plan_like, tt_tables
 from afm_jax.data import iterate_batches, load_dataset
 from afm_jax.errors import AfmError, CompressionError
@@ -132,41 +130,15 @@ def afm_at_bytes(params, stats, sites, n_bytes: int, model, *, int8: bool = Fals
                  rel_tol: float = 1e-3, max_tries: int = 12):
     """AFM over `sites` with the largest budget plan whose whole model stores in at most
     `n_bytes` bytes (`count_bytes` of the compressed params; with `int8`, of the compressed
-    params after `quantize`). Returns (plan, params), the params float (quantize them for int8).
-
-    Starts at `bytes_plan` (which counts projections a fold removes as kept, so its model
-    fits) and bisects the budget fraction upward on the measured bytes of the compressed model,
-    until the bracket is narrower than `rel_tol` of its top or `max_tries` plans were mapped.
-    Raises CompressionError when no plan fits.
+    params after `quantize`), by `search.fit_bytes`. Returns (plan, params), the params float
+    (quantize them for int8). Raises CompressionError when no plan fits.
     """
     def size(p) -> int:
         return count_bytes(quantize(p) if int8 else p)
 
-    plan = bytes_plan(params, stats, n_bytes, sites)
-    best = (plan, compress(params, stats, plan, model=model))
-    if size(best[1]) > n_bytes:
-        raise CompressionError(f"bytes:{n_bytes}: the bytes_plan model has "
-                               f"{size(best[1]):,} bytes")
-    shapes = site_shapes(params, stats, sites)
-    compressible = sum(sh.full_params() for sh in shapes.values())
-    lo = (n_bytes / BYTES_PER_PARAM - (count_params(params) - compressible)) / compressible
-    hi, tries = 1.0, 1
-    fits = {tuple(sorted(plan.items(), key=str)): True}
-    while tries < max_tries and hi - lo > rel_tol * hi:
-        mid = (lo + hi) / 2
-        cand = budget_plan(params, stats, mid, sites)
-        key = tuple(sorted(cand.items(), key=str))
-        if key not in fits:
-            small = compress(params, stats, cand, model=model)
-            tries += 1
-            fits[key] = size(small) <= n_bytes
-            if fits[key]:
-                best = (cand, small)
-        if fits[key]:
-            lo = mid
-        else:
-            hi = mid
-    return best
+    return fit_bytes(params, stats, n_bytes, sites,
+                     lambda plan: compress(params, stats, plan, model=model), size,
+                     rel_tolerance=rel_tol, max_tries=max_tries)
 
 
 def run_cell(ds, dname: str, mname: str, seed: int, *, epochs: int = 2,
