@@ -9,6 +9,8 @@ All math runs in float64 numpy on the small d x d covariance; results take the p
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
@@ -31,12 +33,34 @@ def principal_directions(cov: np.ndarray, rank: int) -> tuple[np.ndarray, np.nda
     d = cov.shape[0]
     if not 0 <= rank <= d:
         raise CompressionError(f"rank {rank} is outside [0, {d}] for a {d}-dim output")
+    evecs, evals = _eigen(cov)
+    return evecs[:, :rank].copy(), evals[:rank].copy()
+
+
+_EIGEN: OrderedDict[tuple, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+_EIGEN_SIZE = 256
+
+
+def _eigen(cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """All eigenvectors (descending eigenvalue, signs fixed) and eigenvalues (>= 0) of `cov`,
+    remembered by content for the last _EIGEN_SIZE matrices: a plan search maps the same
+    statistics many times, and eigh dominated each map."""
+    key = (cov.shape, hashlib.blake2b(np.ascontiguousarray(cov).tobytes(), digest_size=16).digest())
+    if key in _EIGEN:
+        _EIGEN.move_to_end(key)
+        return _EIGEN[key]
     evals, evecs = np.linalg.eigh((cov + cov.T) / 2.0)
-    evals, evecs = evals[::-1][:rank], evecs[:, ::-1][:, :rank]
+    evals, evecs = evals[::-1], evecs[:, ::-1]
     idx = np.argmax(np.abs(evecs), axis=0)
-    signs = np.sign(evecs[idx, np.arange(rank)])
+    signs = np.sign(evecs[idx, np.arange(evecs.shape[1])])
     signs[signs == 0] = 1.0
-    return evecs * signs, np.maximum(evals, 0.0)
+    out = (evecs * signs, np.maximum(evals, 0.0))
+    for a in out:
+        a.flags.writeable = False
+    _EIGEN[key] = out
+    if len(_EIGEN) > _EIGEN_SIZE:
+        _EIGEN.popitem(last=False)
+    return out
 
 
 def variance_kept(cov: np.ndarray) -> np.ndarray:
