@@ -41,9 +41,19 @@ def _quantize(x: Any, axis: int) -> tuple[np.ndarray, np.ndarray]:
     return np.clip(q, -QMAX, QMAX).astype(np.int8), scale
 
 
+def smaller_as_int8(shape: tuple[int, ...], axis: int) -> bool:
+    """Whether an array of `shape` stores in fewer bytes as int8 with a float32 scale per
+    index of the other axis (scales reduced along `axis`) than as float32: not for a width-1
+    table row or a 1-input kernel, where the scale costs as much as the values save."""
+    n = int(np.prod(shape))
+    return n + 4 * (n // max(int(shape[axis]), 1)) < 4 * n
+
+
 def quantize(params: Any, bits: int = 8) -> Any:
     """params (per-field or packed, original or compressed) -> the same params with int8
-    kernels and table rows (see the module docstring); already-int8 sites stay as they are."""
+    kernels and table rows (see the module docstring); already-int8 sites stay as they are,
+    and so do arrays that int8 would not make smaller (`smaller_as_int8`: rank-1 tables,
+    1-input kernels)."""
     if bits != 8:
         raise CompressionError(f"quantize: only bits=8 is supported, got {bits}")
 
@@ -54,15 +64,20 @@ def quantize(params: Any, bits: int = 8) -> Any:
             out = dict(node)
             for key, value in node.items():
                 w = key[len("table_"):] if key.startswith("table_") else None
-                if w is not None and f"scale_{w}" not in node:
+                if (w is not None and f"scale_{w}" not in node
+                        and smaller_as_int8(np.shape(value), axis=1)):
                     out[key], out[f"scale_{w}"] = _quantize(value, axis=1)
             return out
         if forms.linear_form(node) == "full":
+            if not smaller_as_int8(np.shape(node["kernel"]), axis=0):
+                return node
             q, scale = _quantize(node["kernel"], axis=0)
             return {"kernel_q": q, "kernel_scale": scale, "bias": node["bias"]}
         if forms.linear_form(node) == "factor":
             return {k: walk(v) for k, v in node.items()}
         if forms.table_form(node) in ("full", "compressed", "folded"):
+            if not smaller_as_int8(np.shape(node["embedding"]), axis=1):
+                return node
             q, scale = _quantize(node["embedding"], axis=1)
             out = {"embedding_q": q, "embedding_scale": scale}
             if "proj" in node:

@@ -124,3 +124,29 @@ def test_cli_quantize_on_a_tiny_trained_model(tmp_path, capsys):
     assert res["bytes_after"] < res["bytes_before"] / 2
     _, loaded, meta = load_model_dir(tmp_path / "m9")
     assert meta["compression"]["int8"] and forms.is_int8(loaded["mlp"]["dense_0"]["v"])
+
+
+def test_int8_only_where_it_stores_smaller():
+    """A rank-1 table or a 1-input kernel would grow as int8 (a 4-byte scale per 1-byte value):
+    they stay float32, and quantize never makes a model larger."""
+    from afm_jax.quantize import smaller_as_int8
+
+    assert not smaller_as_int8((1000, 1), axis=1) and smaller_as_int8((1000, 2), axis=1)
+    assert not smaller_as_int8((1, 64), axis=0) and smaller_as_int8((2, 64), axis=0)
+    model = small_model("deepfm")
+    params = np_tree(lively_params(model))
+    stats = collect_stats(model, params, batches(1), progress=False)
+    rank1 = np_tree(compress(params, stats, fixed_plan(params, stats, 1, list(stats)),
+                             model=model))
+    q = quantize(rank1)
+    assert count_bytes(q) <= count_bytes(rank1)
+    field = next(iter(rank1["embed"]))
+    assert forms.table_form(rank1["embed"][field]) == "compressed"
+    assert not forms.is_int8(q["embed"][field])                      # [V, 1] stays float
+    assert forms.is_int8(q["mlp"]["dense_0"]["u"])                   # [in, 1] gets int8
+    assert not forms.is_int8(q["mlp"]["dense_0"]["v"])               # [1, out] stays float
+    packed = quantize(pack(model, rank1))
+    assert "scale_1" not in packed["embed"]
+    batch = random_batch(64, 0)
+    np.testing.assert_allclose(logits(model, unpack(model, packed), batch),
+                               logits(model, q, batch), rtol=1e-5, atol=1e-6)
