@@ -289,3 +289,16 @@ def test_driver_flags(tmp_path, capsys):
     # experiments/paper_table.py is the same command
     proc = subprocess.run([sys.executable, str(DRIVER), "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "--methods" in proc.stdout
+
+
+def test_goals_count_a_model_that_cannot_fit_as_a_fail():
+    cells = [goal_cell("movielens", "deepfm", s) for s in (0, 1)]
+    bad = goal_cell("movielens", "autoint", 0)
+    bad["rows"] = [r for r in bad["rows"] if (r["method"], r["plan"]) != AFM_INT8_GOAL]
+    bad["rows"].append({"method": AFM_INT8_GOAL[0], "plan": AFM_INT8_GOAL[1],
+                        "skipped": "bytes:90770 cannot be met"})
+    text, summary = summarize(cells + [bad])
+    ml = summary["goals"]["datasets"]["movielens"]
+    assert ml["passing"] == 1 and len(ml["models"]) == 2
+    assert "| autoint | 1 | no plan fits: bytes:90770 cannot be met | | | no |" in text
+    assert "{GOAL" not in text
