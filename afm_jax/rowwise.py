@@ -145,7 +145,10 @@ def resolve_rows(params: Mapping[str, Any], model, cat: jax.Array):
 
     def unique(name: str, ids: jax.Array, rows: int) -> jax.Array:
         flat = ids.reshape(-1)
-        u, inv = jnp.unique(flat, size=flat.size, fill_value=rows, return_inverse=True)
+        # a batch reads at most min(its ids, the table's rows) distinct rows: the static size
+        # bounds the gathered rows, their gradient and (over a mesh) its all-reduce
+        u, inv = jnp.unique(flat, size=min(flat.size, rows), fill_value=rows,
+                            return_inverse=True)
         uniques[name] = u
         return inv.reshape(ids.shape).astype(jnp.int32)
 

@@ -8,7 +8,7 @@
    then statistics, one training epoch and scoring of all of it in a process held under that
    limit (see `limit_note` below for what is enforced and what is measured).
 
-Writes experiments/results/scale.md (and scale.json).
+Writes experiments/results/scale.md (and scale.json; --out names them).
 """
 
 from __future__ import annotations
@@ -224,17 +224,30 @@ def _run(argv: list[str], devices: int = 1, timeout: int = 900) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _two_processes(common: list[str]) -> list[dict]:
+PINNED_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+
+
+def _two_processes(common: list[str], pinned: bool = False) -> list[dict]:
+    """Two worker processes joined by jax.distributed. pinned: each process on a core of its
+    own (sched_setaffinity) with XLA's CPU thread pool cut to one thread, as on hosts that each
+    have their own cores; otherwise both processes spread their threads over all cores."""
     with socket.socket() as s:
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
-    env.update(XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu",
+    env.update(XLA_FLAGS="--xla_force_host_platform_device_count=1"
+               + (f" {PINNED_FLAGS}" if pinned else ""), JAX_PLATFORMS="cpu",
                PYTHONPATH=str(ROOT))
+    cores = sorted(os.sched_getaffinity(0))
+
+    def pin(i: int):
+        return (lambda: os.sched_setaffinity(0, {cores[i % len(cores)]})) if pinned else None
+
     procs = [subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--worker", "throughput",
                                *common, "--port", str(port), "--num-processes", "2",
                                "--process-id", str(i)], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+                              stderr=subprocess.PIPE, text=True, preexec_fn=pin(i))
+             for i in range(2)]
     outs = []
     for p in procs:
         out, err = p.communicate(timeout=900)
@@ -258,6 +271,8 @@ def main() -> None:
     ap.add_argument("--anon-limit-mib", type=int, default=1024)
     ap.add_argument("--data-limit-mib", type=int, default=1536)
     ap.add_argument("--skip-big", action="store_true")
+    ap.add_argument("--out", default="scale",
+                    help="results name: experiments/results/OUT.md and OUT.json")
     ap.add_argument("--table-optimizer", default="dense", choices=["dense", "rowwise"],
                     help="tables in the timed training steps (packed params either way)")
     args = ap.parse_args()
@@ -279,6 +294,9 @@ def main() -> None:
         print(rows[-1], flush=True)
     two = _two_processes(common)
     rows.append({"run": "2 processes x 1 device (gloo)", **two[0]})
+    print(rows[-1], flush=True)
+    two = _two_processes(common, pinned=True)
+    rows.append({"run": "2 processes x 1 device (gloo), a core and 1 XLA thread each", **two[0]})
     print(rows[-1], flush=True)
 
     big = None
@@ -313,9 +331,12 @@ def main() -> None:
         "updates)",
         "",
         "Each row is its own subprocess with `XLA_FLAGS=--xla_force_host_platform_device_count=N`; "
-        "the two-process row is two subprocesses joined by `jax.distributed.initialize` on "
+        "the two-process rows are two subprocesses joined by `jax.distributed.initialize` on "
         "localhost (gloo CPU collectives), one device each, global batches built from each "
-        "process's own rows.",
+        "process's own rows; in the last row each process is pinned to a core of its own "
+        f"(`sched_setaffinity`) with `XLA_FLAGS={PINNED_FLAGS}`, as processes on separate "
+        "hosts would each have their own cores, instead of both spreading XLA's thread pool "
+        "over the same two cores.",
         "",
         "| run | devices | statistics rows/s | vs 1 device | training rows/s | vs 1 device |",
         "|---|---:|---:|---:|---:|---:|",
@@ -385,8 +406,8 @@ def main() -> None:
         ]
     text = "\n".join(lines) + "\n"
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "scale.md").write_text(text)
-    (RESULTS / "scale.json").write_text(json.dumps({"command": command_line(), "throughput": rows,
+    (RESULTS / f"{args.out}.md").write_text(text)
+    (RESULTS / f"{args.out}.json").write_text(json.dumps({"command": command_line(), "throughput": rows,
                                                     "larger_than_memory": big}, indent=1))
     print(text)
 
