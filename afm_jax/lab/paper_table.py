@@ -852,7 +852,11 @@ def plot(cells: list[dict], out_dir: Path) -> list[Path]:
                 ax.set_xlabel(xlabel, fontsize=8)
                 ax.set_ylabel("test AUC (mean, std over seeds)", fontsize=8)
                 ax.tick_params(labelsize=7)
-            axes[0].legend(fontsize=6)
+            labelled: dict = {}   # every series of any panel, once (a panel may lack some)
+            for ax in axes:
+                for h, lab in zip(*ax.get_legend_handles_labels()):
+                    labelled.setdefault(lab, h)
+            axes[0].legend(list(labelled.values()), list(labelled), fontsize=6)
             paths.append(_save(plt, fig, f"{dname}: {title}", out_dir / fname))
 
         fig, axes = _panels(plt, len(models))
