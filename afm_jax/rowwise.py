@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import NamedSharding, PartitionSpec
 
 from afm_jax.errors import AfmError
 from afm_jax.forms import PackedLayout, is_packed, is_table_leaf
@@ -98,16 +99,22 @@ def init(params: Mapping[str, Any], learning_rate: float, table_optimizer: str) 
     rule = _rule(table_optimizer)
     dense, tables = _split(params, table_paths(params))
 
-    def zeros(shape, like):
-        z = jnp.zeros(shape, jnp.float32)
-        sharding = getattr(like, "sharding", None)
-        return jax.device_put(z, sharding) if isinstance(like, jax.Array) else z
+    def zeros(shape, like, dtype=jnp.float32):
+        """Zeros of `shape` placed like `like`'s rows (a per-row slot keeps the row axis's
+        sharding of its [N, w] table)."""
+        z = jnp.zeros(shape, dtype)
+        if not isinstance(like, jax.Array):
+            return z
+        sharding = like.sharding
+        if isinstance(sharding, NamedSharding) and len(sharding.spec) > len(shape):
+            sharding = NamedSharding(sharding.mesh, PartitionSpec(*sharding.spec[:len(shape)]))
+        return jax.device_put(z, sharding)
 
     slots = {}
     for name, t in tables.items():
         if rule == "adam":
             slots[name] = {"m": zeros(np.shape(t), t), "v": zeros(np.shape(t), t),
-                           "last": zeros(np.shape(t)[:1], t).astype(jnp.int32)}
+                           "last": zeros(np.shape(t)[:1], t, jnp.int32)}
         else:
             slots[name] = {"acc": zeros(np.shape(t)[:1], t)}
     return RowwiseState(optax.adam(learning_rate).init(dense), slots, jnp.zeros((), jnp.int32))
