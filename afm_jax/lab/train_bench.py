@@ -502,20 +502,37 @@ def run(dataset, models=("deepfm", "dcnv2"), batch_sizes=(1024, 4096), rounds: i
     return result
 
 
-def extra_rates(built: dict, ds, finetune_steps: int = 50) -> dict:
-    """Rows/s of the statistics pass and of compress.finetune (second, warm call of each)."""
+def extra_rates(built: dict, ds, finetune_steps: int = 50, rounds: int = 3) -> dict:
+    """Rows/s of the statistics pass against the scorer's over the same training rows (both
+    in 4096-row batches, warm, alternating, median of `rounds`), and of compress.finetune."""
     from afm_jax.compress import collect_stats
     from afm_jax.compress.finetune import finetune
+    from afm_jax.inference import device_params, predict
 
     out = {}
     n = len(ds.train)
     for name, model in built.items():
         params = init_params(model, ds.info, 0)
-        times = []
-        for _ in range(2):
-            t0 = time.perf_counter()
+        scorer, placed = make_scorer(model), device_params(model, params)
+
+        def stats(model=model, params=params):
             collect_stats(model, params, iterate_batches(ds.train, 4096), progress=False)
-            times.append(time.perf_counter() - t0)
+
+        def score(scorer=scorer, placed=placed):
+            jax.block_until_ready(predict(scorer, placed, ds.train, batch_size=4096))
+
+        cold = time.perf_counter()
+        stats()
+        cold = time.perf_counter() - cold
+        score()
+        runs: dict[str, list[float]] = {"stats": [], "score": []}
+        for _ in range(rounds):
+            for k, f in (("stats", stats), ("score", score)):
+                t0 = time.perf_counter()
+                f()
+                runs[k].append(time.perf_counter() - t0)
+        times = [cold, float(np.median(runs["stats"]))]
+        score_rows_s = n / float(np.median(runs["score"]))
         ft = []
         for _ in range(2):
             t0 = time.perf_counter()
@@ -528,6 +545,7 @@ def extra_rates(built: dict, ds, finetune_steps: int = 50) -> dict:
         evaluate(scorer, params, ds.valid)
         val = time.perf_counter() - t0
         out[name] = {"stats_rows_s_cold": n / times[0], "stats_rows_s": n / times[1],
+                     "score_rows_s": score_rows_s,
                      "finetune_rows_s": finetune_steps * 1024 / ft[1],
                      "finetune_rows_s_no_valid": finetune_steps * 1024 / max(ft[1] - 2 * val,
                                                                              1e-9),
@@ -616,12 +634,17 @@ def to_markdown(result: dict, command: str, machine: str = "") -> str:
                 lines.append(f"| {m} | {bs} | {bare['flops_per_step'] / 1e9:.2f} | {rate:.1f} | "
                              f"{top:.1f} | {rate / top:.0%} |")
     if "extras" in result:
-        lines += ["", "Other passes (warm second call; finetune: 50 steps of 1024, "
+        lines += ["", "Other passes (statistics and scorer: warm, alternating, median of 3; "
+                  "finetune: second call, 50 steps of 1024, "
                   "trainable='all'; its two validation passes subtracted in the last figure):",
                   ""]
         for m, e in result["extras"].items():
+            vs = (f", {e['stats_rows_s'] / e['score_rows_s']:.2f}x the scorer's "
+                  f"{e['score_rows_s']:,.0f} rows/s over the same rows" if "score_rows_s" in e
+                  else "")
             lines.append(f"- {m}: collect_stats over iterate_batches(train, 4096) "
-                         f"{e['stats_rows_s']:,.0f} rows/s (cold {e['stats_rows_s_cold']:,.0f}); "
+                         f"{e['stats_rows_s']:,.0f} rows/s (cold {e['stats_rows_s_cold']:,.0f}"
+                         f"{vs}); "
                          f"finetune {e['finetune_rows_s']:,.0f} rows/s, "
                          f"{e['finetune_rows_s_no_valid']:,.0f} without its validation")
     return "\n".join(lines) + "\n"
