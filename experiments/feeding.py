@@ -8,7 +8,7 @@ beforehand ("bare step"), on the first --max-rows training rows of the shared Cr
   - "grain": grain over one record per batch (a MapDataset of the epoch's batch indices, mapped
     to the cut and placed batch, `to_iter_dataset` with 1 read thread and a 2-batch buffer);
   - "no prefetch": batches cut and placed in the loop, one after the other.
-Writes experiments/results/feeding.md and .json.
+Writes experiments/results/feeding.md and .json. grain comes with `pip install -e ".[bench]"`.
 
     python experiments/feeding.py [--models deepfm dcnv2] [--batch-sizes 1024 4096]
         [--rounds 5] [--max-rows 50000]
