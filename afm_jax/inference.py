@@ -202,17 +202,12 @@ def evaluate(scorer: Scorer, params, split, batch_size: int = 8192, *, mesh=None
 def throughput(scorer: Scorer, params, split, batch_size: int = 8192, repeats: int = 5) -> float:
     """Rows/s of the jitted scorer on one fixed batch of real rows (median of repeats, warm)."""
     from afm_jax.data import iterate_batches
+    from afm_jax.timing import median_seconds
 
     first = next(iterate_batches(split, batch_size, pad_last=True))
     batch = jax.device_put({"cat": first["cat"], "num": first["num"]})
     params = jax.device_put(packed_for(scorer, params))
-    scorer(params, batch).block_until_ready()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        scorer(params, batch).block_until_ready()
-        times.append(time.perf_counter() - t0)
-    return batch_size / float(np.median(times))
+    return batch_size / median_seconds(scorer, params, batch, repeats=repeats)
 
 
 def count_params(params) -> int:

@@ -24,6 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 from common import RESULTS, command_line, machine
 
+from afm_jax.timing import median_seconds
+
 ISA_FLAGS = ("amx_bf16", "amx_int8", "avx512_bf16", "avx512_vnni", "avx_vnni")
 
 
@@ -37,16 +39,6 @@ def isa_flags() -> dict[str, bool]:
         if line.startswith("flags"):
             flags |= set(line.split(":", 1)[1].split())
     return {f: f in flags for f in ISA_FLAGS}
-
-
-def median_seconds(fn, *args, repeats: int) -> float:
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
 
 
 def dot_rates(repeats: int) -> dict:

@@ -46,6 +46,7 @@ from afm_jax.data.batching import to_device
 from afm_jax.data.dataset import EncodedSplit
 from afm_jax.inference import evaluate, make_scorer
 from afm_jax.models import build_model
+from afm_jax.timing import median_seconds
 from afm_jax.train import TrainConfig, init_params, train
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -253,14 +254,8 @@ def matmul_ceiling(rows: int, width: int = 400, repeats: int = 20) -> float:
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(rows, width)), jnp.float32)
     w = jnp.asarray(rng.normal(size=(width, width)), jnp.float32)
-    f = jax.jit(jnp.dot)
-    f(x, w).block_until_ready()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        f(x, w).block_until_ready()
-        times.append(time.perf_counter() - t0)
-    return 2 * rows * width * width / float(np.median(times)) / 1e9
+    return 2 * rows * width * width / median_seconds(jax.jit(jnp.dot), x, w,
+                                                     repeats=repeats) / 1e9
 
 
 def _deepctr(name: str, ds, bs: int, seed: int, embed_dim: int, mlp) -> dict:
