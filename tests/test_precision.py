@@ -117,19 +117,36 @@ def test_export_bakes_precision(tmp_path):
     assert sig["precision"]["compute"] == "float32"
 
 
-def test_cli_evaluate_bfloat16(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def trained_dir(tmp_path_factory) -> str:
+    """A tiny DeepFM model directory, trained once for the CLI tests below."""
     from afm_jax.cli import main
 
-    d = str(tmp_path / "d")
+    d = str(tmp_path_factory.mktemp("precision") / "d")
     assert main(["train", "--data", "synthetic:3000", "--model", "deepfm", "--mlp", "16",
                  "--epochs", "1", "--out", d, "--no-progress"]) == 0
+    return d
+
+
+def _cli_evaluate(model_dir: str, precisions, capsys) -> dict:
+    """`afm-jax evaluate --json` of `model_dir` at each precision -> {precision: result}."""
+    from afm_jax.cli import main
+
     capsys.readouterr()
     res = {}
-    for precision in ("float32", "bfloat16"):
-        assert main(["evaluate", "--model-dir", d, "--precision", precision, "--json",
+    for precision in precisions:
+        assert main(["evaluate", "--model-dir", model_dir, "--precision", precision, "--json",
                      "--no-progress"]) == 0
         res[precision] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         assert res[precision]["precision"] == precision
+    return res
+
+
+def test_cli_evaluate_bfloat16(trained_dir, tmp_path, capsys):
+    from afm_jax.cli import main
+
+    d = trained_dir
+    res = _cli_evaluate(d, ("float32", "bfloat16"), capsys)
     assert res["bfloat16"]["auc"] == pytest.approx(res["float32"]["auc"], abs=5e-3)
     assert res["bfloat16"]["logloss"] == pytest.approx(res["float32"]["logloss"], abs=5e-3)
     assert main(["evaluate", "--model-dir", d, "--precision", "bfloat16", "--no-progress"]) == 0
@@ -196,23 +213,15 @@ def test_int8_scorer_on_quantized_params(name):
     assert re.search(r"= s32\[[^\]]*\][^=]*? dot\(", hlo), "no int8 x int8 -> int32 product"
 
 
-def test_cli_evaluate_int8(tmp_path, capsys):
+def test_cli_evaluate_int8(trained_dir, tmp_path, capsys):
     from afm_jax.cli import PRECISIONS as CLI_PRECISIONS
     from afm_jax.cli import main
     from afm_jax.inference import PRECISIONS
 
     assert CLI_PRECISIONS == PRECISIONS
-    d, q = str(tmp_path / "d"), str(tmp_path / "q")
-    assert main(["train", "--data", "synthetic:3000", "--model", "deepfm", "--mlp", "16",
-                 "--epochs", "1", "--out", d, "--no-progress"]) == 0
-    assert main(["quantize", "--model-dir", d, "--out", q]) == 0
-    capsys.readouterr()
-    res = {}
-    for precision in ("float32", "int8"):
-        assert main(["evaluate", "--model-dir", q, "--precision", precision, "--json",
-                     "--no-progress"]) == 0
-        res[precision] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert res["int8"]["precision"] == "int8"
+    q = str(tmp_path / "q")
+    assert main(["quantize", "--model-dir", trained_dir, "--out", q]) == 0
+    res = _cli_evaluate(q, ("float32", "int8"), capsys)
     assert res["int8"]["auc"] == pytest.approx(res["float32"]["auc"], abs=5e-3)
     assert main(["export", "--model-dir", q, "--out", str(tmp_path / "x"), "--precision",
                  "int8", "--no-progress"]) == 0
