@@ -240,12 +240,13 @@ def _adam_catchup(m, v, last, count, lr, b1, b2, eps):
 def settle(params: Mapping[str, Any], state: RowwiseState, learning_rate: float,
            table_optimizer: str, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
            table_learning_rate: float | None = None) -> dict:
-    """A copy of `params` with every table row's pending lazy-Adam tail applied (the steps
-    since it was last read, as dense Adam would have moved it), for validation and the
-    returned params: what dense Adam's params would be now. Neither `params` nor the state
-    change; training goes on from them. Row-wise Adagrad has no tail: a plain copy."""
+    """`params` with every table row's pending lazy-Adam tail applied (the steps since it was
+    last read, as dense Adam would have moved it), for validation and the returned params:
+    what dense Adam's params would be now, in buffers of their own. Neither `params` nor the
+    state change; training goes on from them. Row-wise Adagrad has no tail: `params` come
+    back as they are (the caller copies them if it keeps them past a donating step)."""
     if _rule(table_optimizer) != "adam":
-        return jax.tree.map(jnp.copy, dict(params))
+        return params
     lr = learning_rate if table_learning_rate is None else table_learning_rate
     return _settle(dict(params), state, lr, b1, b2, eps)
 

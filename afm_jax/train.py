@@ -251,13 +251,13 @@ def _check_finite(run: _Run, loop: _Loop, value: float, epoch: int) -> None:
                        "checkpoint is kept" + (f" in {run.out_dir}." if run.out_dir else "."))
 
 
-def _snapshot(run: _Run, loop: _Loop) -> Any:
-    """A copy of the params as they stand (the step donates loop.params); with row-wise lazy
-    Adam, every row's pending momentum tail applied (`rowwise.settle`), as dense Adam would
-    have them."""
+def _current(run: _Run, loop: _Loop) -> Any:
+    """The params as they stand: with row-wise lazy Adam, every row's pending momentum tail
+    applied (`rowwise.settle`, new buffers), as dense Adam would have them; otherwise
+    loop.params themselves (which the next step donates: copy them to keep them)."""
     c = run.config
     if c.table_optimizer == "dense":
-        return jax.tree.map(jnp.copy, loop.params)
+        return loop.params
     return rowwise.settle(loop.params, loop.opt_state, c.learning_rate, c.table_optimizer,
                           table_learning_rate=c.table_learning_rate)
 
@@ -291,7 +291,7 @@ def _train_epoch(run: _Run, loop: _Loop, epoch: int, start: int) -> float:
                 bar.set_postfix(loss=f"{float(loss_sum) / loss_n:.4f}")
             if config.eval_every and loop.step % config.eval_every == 0:
                 loop.history.append(_validate(run, loop, f"step {loop.step}",
-                                              _snapshot(run, loop)))
+                                              _current(run, loop)))
             if (run.manager is not None and config.checkpoint_every
                     and loop.step % config.checkpoint_every == 0 and i + 1 < steps_per_epoch):
                 _check_finite(run, loop, float(loss_sum), epoch)
@@ -310,7 +310,7 @@ def _run_epochs(run: _Run, loop: _Loop) -> None:
         if loop.bad_epochs >= run.config.patience:
             break
         train_loss = _train_epoch(run, loop, epoch, loop.batch_in_epoch if epoch == first else 0)
-        current = _snapshot(run, loop)
+        current = _current(run, loop)
         res = _validate(run, loop, f"epoch {epoch + 1}", current)
         res["train_loss"] = train_loss
         loop.history.append(res)
@@ -319,7 +319,9 @@ def _run_epochs(run: _Run, loop: _Loop) -> None:
                        f"{res['auc']:.4f}  logloss {res['logloss']:.4f}")
         if res["auc"] > loop.best_auc:
             loop.best_auc, loop.bad_epochs = res["auc"], 0
-            loop.best_params = current
+            # own buffers: the step donates (frees) the params' buffers
+            loop.best_params = (jax.tree.map(jnp.copy, current) if current is loop.params
+                                else current)
         else:
             loop.bad_epochs += 1
         del current
