@@ -65,18 +65,11 @@ def dot_rates(repeats: int) -> dict:
 def precisions_of(model_dir: str) -> tuple[str, ...]:
     """float32 and bfloat16 for every form; int8 products only where kernels are int8."""
     from afm_jax.checkpoint import load_model_dir
-    from afm_jax.forms import is_int8
 
     _, params, _ = load_model_dir(model_dir)
-    int8 = any(is_int8(n) for n in _nodes(params))
+    int8 = any(getattr(path[-1], "key", None) == "kernel_q"
+               for path, _ in jax.tree_util.tree_leaves_with_path(params))
     return ("float32", "bfloat16", "int8") if int8 else ("float32", "bfloat16")
-
-
-def _nodes(tree):
-    if isinstance(tree, dict):
-        yield tree
-        for v in tree.values():
-            yield from _nodes(v)
 
 
 def scorer_rates(forms: dict[str, str], data: str, batch: int, repeats: int) -> dict:
