@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -80,20 +81,44 @@ def test_injected_bad_lines_in_a_real_file_are_each_reported(tmp_path):
     assert sum(ds.report["splits"].values()) == 3000
 
 
-def test_rowwise_lazy_adam_matches_dense_adam_on_criteo(tmp_path):
+@pytest.fixture(scope="module")
+def criteo_deepfm(tmp_path_factory):
+    """The Criteo sample (8:1:1 in file order, min-count 10) and DeepFM trained on it with
+    dense Adam (2 epochs, seed 0): (dataset, model, params)."""
+    from afm_jax.lab.datasets import load_real
+
+    ds = load_real("criteo", SHARED, progress=False,
+                   cache_dir=str(tmp_path_factory.mktemp("criteo_cache")))
+    model = build_model("deepfm", ds.info)
+    params = train(model, ds, TrainConfig(epochs=2, seed=0, table_optimizer="dense"),
+                   progress=False).params
+    return ds, model, params
+
+
+def test_rowwise_lazy_adam_matches_dense_adam_on_criteo(criteo_deepfm):
     """Criteo sample DeepFM (8:1:1 in file order, min-count 10, 2 epochs, seed 0): row-wise lazy
     Adam with catch-up reaches dense Adam's test AUC and logloss within the seed spread (std
     over 3 seeds: 0.0005 AUC, 0.0009 logloss; experiments/results/table_optimizer.md)."""
-    from afm_jax.lab.datasets import load_real
-
-    ds = load_real("criteo", SHARED, progress=False, cache_dir=str(tmp_path))
-    model = build_model("deepfm", ds.info)
+    ds, model, dense = criteo_deepfm
     scorer = make_scorer(model)
-    res = {}
-    for tables in ("rowwise", "dense"):
-        params = train(model, ds, TrainConfig(epochs=2, seed=0, table_optimizer=tables),
-                       progress=False).params
-        res[tables] = evaluate(scorer, params, ds.test)
+    rowwise = train(model, ds, TrainConfig(epochs=2, seed=0, table_optimizer="rowwise"),
+                    progress=False).params
+    res = {"rowwise": evaluate(scorer, rowwise, ds.test), "dense": evaluate(scorer, dense, ds.test)}
     assert res["dense"]["auc"] > 0.75                    # the reference figure is 0.7548
     assert abs(res["rowwise"]["auc"] - res["dense"]["auc"]) <= 0.0005, res
     assert abs(res["rowwise"]["logloss"] - res["dense"]["logloss"]) <= 0.0009, res
+
+
+def test_int8_original_keeps_criteo_test_auc(criteo_deepfm):
+    """Quantizing the original DeepFM at 8 bits keeps its Criteo test AUC within 0.001, at
+    under a third of the bytes."""
+    from afm_jax.inference import count_bytes
+    from afm_jax.quantize import quantize
+
+    ds, model, params = criteo_deepfm
+    q = quantize(jax.tree.map(np.asarray, params))
+    scorer = make_scorer(model)
+    before, after = evaluate(scorer, params, ds.test), evaluate(scorer, q, ds.test)
+    assert abs(after["auc"] - before["auc"]) <= 0.001, (before, after)
+    assert abs(after["logloss"] - before["logloss"]) <= 0.001, (before, after)
+    assert count_bytes(q) < count_bytes(params) / 3
