@@ -180,6 +180,7 @@ class _Run:
     manager: ocp.CheckpointManager | None  # with an out_dir
     progress: bool
     step_fn: Any                           # the jitted Adam step (`_adam_step`)
+    lockstep: bool                         # wait for each step (`distributed.lockstep`)
     scorer: Any                            # the jitted validation scorer (`make_scorer`)
 
 
@@ -237,8 +238,11 @@ def _save(run: _Run, loop: _Loop, epoch_done: int, batch_in_epoch: int) -> None:
     """Checkpoint the loop (orbax, every process) and its history (process 0)."""
     from afm_jax import distributed
 
-    run.manager.save(loop.step, args=ocp.args.StandardSave(loop.checkpoint(epoch_done, batch_in_epoch)),
-                     force=True)
+    state = loop.checkpoint(epoch_done, batch_in_epoch)
+    # every step dispatched so far finishes here, on this thread: orbax's own threads then
+    # only copy finished buffers to the host and never race a step's collectives
+    jax.block_until_ready(state)
+    run.manager.save(loop.step, args=ocp.args.StandardSave(state), force=True)
     run.manager.wait_until_finished()
     if distributed.is_primary():
         (run.out_dir / "history.json").write_text(json.dumps(loop.history, indent=1))
@@ -270,21 +274,23 @@ def _validate(run: _Run, loop: _Loop, tag: str, params: Any) -> dict:
 
 def _train_epoch(run: _Run, loop: _Loop, epoch: int, start: int) -> float:
     """Train epoch `epoch` from its batch `start` on; returns its mean training loss."""
-    from afm_jax.data import iterate_batches
-    from afm_jax.data.batching import prefetch
+    from afm_jax.data.batching import host_batches, place_batch, prefetch
 
     config = run.config
     steps_per_epoch = math.ceil(len(run.dataset.train) / config.batch_size)
-    batches = iterate_batches(run.dataset.train, config.batch_size, shuffle=True,
-                              seed=config.seed * 100_003 + epoch, start_batch=start,
-                              pad_last=True, mesh=run.mesh)
+    batches = host_batches(run.dataset.train, config.batch_size, shuffle=True,
+                           seed=config.seed * 100_003 + epoch, start_batch=start,
+                           pad_last=True, mesh=run.mesh)
     loss_sum, loss_n = jnp.zeros(()), 0
-    # the next batches are cut and placed on the device by a thread while the step runs
-    with prefetch(batches, size=2) as batches:
+    # a thread cuts the next host batches while the step runs; this thread places each one
+    # (an asynchronous transfer) right before its step, so only this thread touches devices
+    with prefetch(batches, size=2, place=partial(place_batch, mesh=run.mesh)) as batches:
         bar = tqdm(batches, total=steps_per_epoch, initial=start,
                    desc=f"epoch {epoch + 1}/{config.epochs}", disable=not run.progress, leave=False)
         for i, batch in enumerate(bar, start=start):
             loop.params, loop.opt_state, loss = run.step_fn(loop.params, loop.opt_state, batch)
+            if run.lockstep:
+                loss.block_until_ready()
             loss_sum, loss_n, loop.step = loss_sum + loss, loss_n + 1, loop.step + 1
             if loop.step % config.log_every == 0:
                 _check_finite(run, loop, float(loss_sum), epoch)
@@ -359,6 +365,8 @@ def train(model, dataset, config: TrainConfig = TrainConfig(), *, out_dir: str |
     params stay on the mesh. Training runs in the packed layout (`packing.pack`) and so do its
     checkpoints; the returned params and the model directory are per-field.
     """
+    from afm_jax import distributed
+
     config = dataclasses.replace(
         config, table_optimizer=rowwise.resolve(config.table_optimizer, dataset.info))
     t_start = time.perf_counter()
@@ -369,7 +377,7 @@ def train(model, dataset, config: TrainConfig = TrainConfig(), *, out_dir: str |
     run = _Run(model, dataset, config, mesh, out, None if out is None else _state_manager(out),
                progress, _adam_step(model, config.learning_rate, config.embed_l2,
                                     config.table_optimizer, config.table_learning_rate),
-               make_scorer(model, mesh))
+               distributed.lockstep(mesh), make_scorer(model, mesh))
     if run.manager is not None:
         loop = _restore(run, loop)
     _run_epochs(run, loop)

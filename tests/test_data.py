@@ -444,17 +444,27 @@ def _threads_named(name: str) -> list:
     return [t for t in threading.enumerate() if t.name == name and t.is_alive()]
 
 
-def test_prefetch_same_batches_in_order_on_device():
+def test_prefetch_same_batches_in_order_placed_on_the_consumer_thread():
+    """The thread cuts host batches; `place` runs on the thread that takes them (issue 21)."""
+    import threading
+
     import jax
 
-    from afm_jax.data.batching import prefetch
+    from afm_jax.data.batching import host_batches, place_batch, prefetch
 
     ds = synthetic_dataset(3000, seed=1, n_categorical=3, n_numeric=1, vocab_sizes=[10, 20, 30])
     want = list(iterate_batches(ds.train, 256, shuffle=True, seed=5, pad_last=True, start_batch=2))
-    with prefetch(iterate_batches(ds.train, 256, shuffle=True, seed=5, pad_last=True, start_batch=2),
-                  size=2) as it:
+    placed_on = []
+
+    def place(batch):
+        placed_on.append(threading.current_thread().name)
+        return place_batch(batch)
+
+    with prefetch(host_batches(ds.train, 256, shuffle=True, seed=5, pad_last=True, start_batch=2),
+                  size=2, place=place) as it:
         got = list(it)
     assert len(got) == len(want) == 8
+    assert set(placed_on) == {threading.current_thread().name}
     for g, w in zip(got, want):
         assert set(g) == set(w) == {"cat", "num", "label", "weight"}
         for k in w:
@@ -464,6 +474,18 @@ def test_prefetch_same_batches_in_order_on_device():
     assert list(prefetch(iter([]))) == []
     with pytest.raises(DataError, match="prefetch size"):
         prefetch(iter([1]), size=0)
+
+
+def test_prefetch_refuses_device_arrays_from_its_thread():
+    """A source that places batches itself (so dispatches from the prefetch thread) is refused
+    at that item, with the way out, instead of racing the step's collectives."""
+    from afm_jax.data.batching import prefetch, to_device
+
+    ds = synthetic_dataset(1000, seed=1, n_categorical=2, n_numeric=1, vocab_sizes=[10, 20])
+    it = prefetch(map(to_device, iterate_batches(ds.train, 256)), size=2)
+    with pytest.raises(DataError, match=r"item 0 holds a device array at \['cat'\].*host_batches"):
+        next(it)
+    assert not _threads_named("afm_jax-prefetch")
 
 
 def test_prefetch_raises_the_source_error_at_its_position():
@@ -632,7 +654,8 @@ def test_train_with_prefetch_is_bit_identical_to_direct_feeding(monkeypatch):
     model = build_model("deepfm", ds.info, mlp=(16,))
     cfg = TrainConfig(epochs=2, batch_size=256, patience=5)
     fed = train(model, ds, cfg, progress=False).params
-    monkeypatch.setattr(batching, "prefetch", lambda batches, size=2: contextlib.nullcontext(batches))
+    monkeypatch.setattr(batching, "prefetch", lambda batches, size=2, place=None:
+                        contextlib.nullcontext(map(place, batches)))
     direct = train(model, ds, cfg, progress=False).params
     jax.tree.map(np.testing.assert_array_equal, fed, direct)
     assert not _threads_named("afm_jax-prefetch")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import jax
@@ -91,33 +92,77 @@ def _host_rows(arr: Any, idx: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(arr[idx])
 
 
-def _rows(arr: Any, idx: np.ndarray, mesh: Mesh | None) -> np.ndarray | jax.Array:
-    """arr[idx]: a host array without a mesh; with one, a global array sharded on axis 0 over
-    "data", for which each process reads only the rows of its own devices."""
-    if mesh is None:
+@dataclass(frozen=True)
+class LocalRows:
+    """The rows of one global batch array that this process's devices hold (a multi-process
+    mesh): `blocks[(start, stop)]` is rows start:stop of the global array of `shape`."""
+
+    shape: tuple[int, ...]
+    blocks: dict[tuple[int, int], np.ndarray]
+
+
+def _host_array(arr: Any, idx: np.ndarray, mesh: Mesh | None) -> np.ndarray | LocalRows:
+    """arr[idx] on the host: the whole batch, or in a multi-process mesh only the row blocks
+    of this process's devices (`LocalRows`). Host work only: nothing is placed on a device."""
+    if mesh is None or jax.process_count() == 1:
         return _host_rows(arr, idx)
-    sharding = batch_sharding(mesh, np.ndim(arr))
-    if jax.process_count() == 1 and len(sharding.device_set) == 1:
-        return jax.device_put(_host_rows(arr, idx), sharding)
-
-    def device_rows(index: tuple) -> np.ndarray:  # index: this device's block of the result
-        return np.ascontiguousarray(_host_rows(arr, idx[index[0]])[(slice(None),) + tuple(index[1:])])
-
-    return jax.make_array_from_callback((len(idx),) + tuple(np.shape(arr)[1:]), sharding, device_rows)
+    shape = (len(idx),) + tuple(np.shape(arr)[1:])
+    spans = {(s.start or 0, len(idx) if s.stop is None else s.stop)
+             for s, *_ in batch_sharding(mesh, len(shape)).addressable_devices_indices_map(shape).values()}
+    return LocalRows(shape, {(a, b): _host_rows(arr, idx[a:b]) for a, b in sorted(spans)})
 
 
-def _take(arrays: Mapping[str, Any], idx: np.ndarray, real: int | None,
-          mesh: Mesh | None) -> dict[str, Any]:
-    """One batch {k: arrays[k][idx]}. real: add "weight" [len(idx)], 1 on the first `real` rows
-    (times the arrays' own "weight", if any) and 0 on the padding after them; None: no weight."""
-    batch = {k: _rows(v, idx, mesh) for k, v in arrays.items() if k != "weight"}
+def _place_array(value: np.ndarray | LocalRows, mesh: Mesh) -> jax.Array:
+    """A host array (or `LocalRows`) as a global array sharded on axis 0 over "data". Dispatches
+    to devices: call it on the thread that runs the steps, never from a background thread."""
+    if isinstance(value, np.ndarray):
+        return jax.device_put(value, batch_sharding(mesh, value.ndim))
+
+    def block(index: tuple) -> np.ndarray:  # index: this device's block of the result
+        span = (index[0].start or 0, value.shape[0] if index[0].stop is None else index[0].stop)
+        return value.blocks[span][(slice(None),) + tuple(index[1:])]
+
+    return jax.make_array_from_callback(value.shape, batch_sharding(mesh, len(value.shape)), block)
+
+
+def _host_take(arrays: Mapping[str, Any], idx: np.ndarray, real: int | None,
+               mesh: Mesh | None) -> dict[str, Any]:
+    """One host batch {k: arrays[k][idx]}. real: add "weight" [len(idx)], 1 on the first `real`
+    rows (times the arrays' own "weight", if any) and 0 on the padding after them; None: no
+    weight. With a mesh, in a multi-process run, each array holds only this process's rows."""
+    batch = {k: _host_array(v, idx, mesh) for k, v in arrays.items() if k != "weight"}
     if real is not None:
         weight = np.zeros(len(idx), np.float32)
         weight[:real] = 1.0
         if "weight" in arrays:
             weight *= _host_rows(np.asarray(arrays["weight"], np.float32), idx)
-        batch["weight"] = _rows(weight, np.arange(len(idx)), mesh)
+        batch["weight"] = _host_array(weight, np.arange(len(idx)), mesh)
     return batch
+
+
+def place_batch(batch: Mapping[str, Any], mesh: Mesh | None = None) -> dict[str, Any]:
+    """A host batch (from `host_batches`) ready for a step: without a mesh, its numpy arrays put
+    on the default device; with one, global arrays sharded on axis 0 over "data". Arrays already
+    placed are kept. This dispatches to devices: under a mesh, call it on the thread that runs
+    the steps, in program order (a second dispatching thread deadlocks the step's collectives)."""
+    if mesh is None:
+        return to_device(batch)
+    return {k: v if isinstance(v, jax.Array) else _place_array(v, mesh) for k, v in batch.items()}
+
+
+def host_batches(split: EncodedSplit, batch_size: int, *, shuffle: bool = False, seed: int = 0,
+                 drop_remainder: bool = False, start_batch: int = 0, pad_last: bool = False,
+                 mesh: Mesh | None = None) -> Iterator[dict[str, Any]]:
+    """The batches of `iterate_batches` with the same arguments, as host numpy arrays (with a
+    mesh: padded and weighted for it, and in a multi-process run only this process's rows, as
+    `LocalRows`); `place_batch(b, mesh)` makes each the batch `iterate_batches` yields. Host work
+    only, so it may run in a background thread (`prefetch`)."""
+    pad = pad_last or mesh is not None
+    arrays = {k: getattr(split, k) for k in ("cat", "num", "label")}
+    for idx, real in batch_indices(len(split), batch_size, shuffle=shuffle, seed=seed,
+                                   drop_remainder=drop_remainder, start_batch=start_batch,
+                                   pad_to=padded_size(batch_size, mesh) if pad else None):
+        yield _host_take(arrays, idx, real if pad else None, mesh)
 
 
 def iterate_batches(split: EncodedSplit, batch_size: int, *, shuffle: bool = False, seed: int = 0,
@@ -135,15 +180,14 @@ def iterate_batches(split: EncodedSplit, batch_size: int, *, shuffle: bool = Fal
     mesh: the same rows in the same order as global arrays sharded on axis 0 over its "data"
     axis, each process reading from `split` only the rows of its own devices. Mesh batches are
     always padded and weighted as with pad_last, to batch_size rounded up to a multiple of the
-    data axis. Without a mesh, host numpy arrays.
+    data axis. Without a mesh, host numpy arrays. (`host_batches` + `place_batch` are the two
+    halves, for a consumer that cuts in a background thread: `prefetch`.)
     Memory is O(batch) for splits over LARGE_SHUFFLE_ROWS rows (read from memory-mapped arrays).
     """
-    pad = pad_last or mesh is not None
-    arrays = {k: getattr(split, k) for k in ("cat", "num", "label")}
-    for idx, real in batch_indices(len(split), batch_size, shuffle=shuffle, seed=seed,
-                                   drop_remainder=drop_remainder, start_batch=start_batch,
-                                   pad_to=padded_size(batch_size, mesh) if pad else None):
-        yield _take(arrays, idx, real if pad else None, mesh)
+    for batch in host_batches(split, batch_size, shuffle=shuffle, seed=seed,
+                              drop_remainder=drop_remainder, start_batch=start_batch,
+                              pad_last=pad_last, mesh=mesh):
+        yield batch if mesh is None else place_batch(batch, mesh)
 
 
 def shard_batch(batch: Mapping[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
@@ -157,9 +201,9 @@ def shard_batch(batch: Mapping[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
     if sharded and b % data_size(mesh) == 0:
         out = dict(batch)
         if "weight" not in out:
-            out["weight"] = _rows(np.ones(b, np.float32), np.arange(b), mesh)
+            out["weight"] = _place_array(_host_array(np.ones(b, np.float32), np.arange(b), mesh), mesh)
         return out
-    return _take(batch, pad_indices(np.arange(b), padded_size(b, mesh)), b, mesh)
+    return place_batch(_host_take(batch, pad_indices(np.arange(b), padded_size(b, mesh)), b, mesh), mesh)
 
 
 def to_device(batch: Mapping[str, Any]) -> dict[str, Any]:
@@ -173,8 +217,15 @@ _ITEM, _END, _ERROR = 0, 1, 2
 
 class Prefetcher:
     """An iterator over `batches` that a background thread runs up to `size` items ahead of the
-    consumer, each item passed through `place` there (e.g. `to_device`), so that cutting and
-    transferring the next batches overlaps the current step. Built by `prefetch`.
+    consumer, so that cutting the next host batches overlaps the current step; each item is
+    passed through `place` (e.g. `place_batch`) on the consumer's thread as `next` returns it.
+    Built by `prefetch`.
+
+    The thread does host work only. Anything that dispatches to devices (placing arrays, jitted
+    calls) stays on the consumer's thread, in program order: under a mesh, a second thread that
+    places batches interleaves with the step differently on each device, and the step's
+    all-reduce waits forever for a device (XLA aborts the process). So the source must yield
+    host data: an item holding a `jax.Array` is refused with a DataError at its position.
 
     Items come in the source's order. An exception raised by the source (or by `place`) is
     raised by `next` at that item's position. `close()` (also on `with` exit, and when the
@@ -183,14 +234,15 @@ class Prefetcher:
     """
 
     def __init__(self, batches: Iterable[Any], size: int = 2,
-                 place: Callable[[Any], Any] | None = to_device):
+                 place: Callable[[Any], Any] | None = None):
         if int(size) < 1:
             raise DataError(f"prefetch size must be >= 1, got {size}", field="size")
         self._queue: queue.Queue = queue.Queue(maxsize=int(size))
         self._stop = threading.Event()
         self._done = False
         self._thread = threading.Thread(target=_prefetch_worker, name="afm_jax-prefetch", daemon=True,
-                                        args=(iter(batches), place, self._queue, self._stop))
+                                        args=(iter(batches), self._queue, self._stop))
+        self._place = place
         self._thread.start()
 
     def __iter__(self) -> Prefetcher:
@@ -201,7 +253,7 @@ class Prefetcher:
             raise StopIteration
         kind, value = self._queue.get()
         if kind == _ITEM:
-            return value
+            return value if self._place is None else self._place(value)
         self._done = True
         self._thread.join()
         if kind == _ERROR:
@@ -233,8 +285,15 @@ class Prefetcher:
             stop.set()
 
 
-def _prefetch_worker(source: Iterator[Any], place: Callable[[Any], Any] | None, out: queue.Queue,
-                     stop: threading.Event) -> None:
+def _device_leaf(item: Any) -> str | None:
+    """The path of the first `jax.Array` in `item` (a pytree), or None when it is host data."""
+    for path, leaf in jax.tree_util.tree_leaves_with_path(item):
+        if isinstance(leaf, jax.Array):
+            return jax.tree_util.keystr(path) or "the item"
+    return None
+
+
+def _prefetch_worker(source: Iterator[Any], out: queue.Queue, stop: threading.Event) -> None:
     """The Prefetcher's thread: (kind, value) messages into `out` until the source ends, raises,
     or `stop` is set; then closes the source (a generator's cleanup runs in this thread)."""
 
@@ -248,8 +307,14 @@ def _prefetch_worker(source: Iterator[Any], place: Callable[[Any], Any] | None, 
         return False
 
     try:
-        for item in source:
-            if stop.is_set() or not put((_ITEM, item if place is None else place(item))):
+        for n, item in enumerate(source):
+            placed = _device_leaf(item)
+            if placed is not None:
+                raise DataError(f"prefetch: item {n} holds a device array at {placed}; the prefetch "
+                                "thread takes host batches only (`host_batches`), placed on the "
+                                "consumer's thread (`place=`), so that no second thread dispatches "
+                                "to the devices", field="batches")
+            if stop.is_set() or not put((_ITEM, item)):
                 return
         put((_END, None))
     except BaseException as e:  # noqa: BLE001 - handed to the consumer, raised there
@@ -261,13 +326,16 @@ def _prefetch_worker(source: Iterator[Any], place: Callable[[Any], Any] | None, 
 
 
 def prefetch(batches: Iterable[Any], size: int = 2, *,
-             place: Callable[[Any], Any] | None = to_device) -> Prefetcher:
-    """`batches` made up to `size` ahead in a background thread and placed with `place`
-    (default `to_device`: host arrays to the default device; None: as they come), so the next
-    batches are cut and transferred while the current step runs. Use it as a context manager
-    (or call `close()`) when the consumer may stop early::
+             place: Callable[[Any], Any] | None = None) -> Prefetcher:
+    """Host `batches` made up to `size` ahead in a background thread, each passed through
+    `place` on the calling thread as it is taken (None: as they come). The thread only cuts and
+    copies numpy batches; placing them (`place_batch`) is an asynchronous transfer that the
+    calling thread issues in program order with the steps, so it overlaps the running step
+    without a second thread touching the devices. Use it as a context manager (or call
+    `close()`) when the consumer may stop early::
 
-        with prefetch(iterate_batches(split, 1024, shuffle=True)) as batches:
+        with prefetch(host_batches(split, 1024, shuffle=True, mesh=mesh),
+                      place=partial(place_batch, mesh=mesh)) as batches:
             for batch in batches:
                 params, opt_state, loss = step(params, opt_state, batch)
     """

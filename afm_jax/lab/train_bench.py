@@ -109,7 +109,7 @@ def in_memory(dataset):
 def epoch_vs_bare_step(model, ds, batch_size: int = 1024, rounds: int = 5, seed: int = 0,
                        config: TrainConfig | None = None,
                        variants: Mapping[str, Callable[[], contextlib.AbstractContextManager]]
-                       | None = None) -> dict:
+                       | None = None, mesh=None) -> dict:
     """How close a warm training epoch comes to its bare step, the feeding overhead alone.
 
     Inside one `train()` call (so the very step function, params layout and optimizer state
@@ -118,6 +118,7 @@ def epoch_vs_bare_step(model, ds, batch_size: int = 1024, rounds: int = 5, seed:
     the epoch's seed) placed on the device beforehand. Every contender runs once untimed (warm),
     then `rounds` times, alternating, the order rotated each round. variants: epoch contenders,
     each run inside its context (e.g. one that patches the feeding); default one, "warm epoch".
+    mesh: train data-parallel over it (batches sharded on "data"), the bare step's batches too.
 
     Returns {"rows", "batch_size", "rows_s": {name: [per round]}, "ratio": {name: [per round:
     epoch rows/s / that round's bare-step rows/s]}, "ratio_median": {name: median}}.
@@ -165,7 +166,7 @@ def epoch_vs_bare_step(model, ds, batch_size: int = 1024, rounds: int = 5, seed:
 
     train_module._train_epoch = measure
     try:
-        train_module.train(model, ds, cfg, progress=False)
+        train_module.train(model, ds, cfg, progress=False, mesh=mesh)
     finally:
         train_module._train_epoch = inner
     return result
