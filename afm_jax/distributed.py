@@ -109,6 +109,20 @@ def make_mesh(devices: int | Sequence[jax.Device] | None = None, model_axis: int
     return Mesh(grid, (DATA, MODEL))
 
 
+def lockstep(mesh: Mesh | None) -> bool:
+    """Whether a loop over `mesh` must wait for each program with collectives (a train step)
+    before it dispatches the next: True for a multi-device mesh on the CPU backend.
+
+    XLA's CPU runtime can deadlock when such programs run back to back on several host devices
+    of one process: some devices wait in one step's all-reduce while another never arrives, and
+    XLA aborts the process after 40 s. It needs no thread of ours: a plain loop of jitted
+    all-reduce steps on 4 forced host devices aborted in 8 of 8 processes run 4 at a time on 2
+    cores, and in none of 8 when each step was waited for (`experiments/mesh_lockstep.py`).
+    GPUs and TPUs keep asynchronous dispatch; on a CPU the wait costs only the overlap of
+    Python with the step."""
+    return mesh is not None and mesh.size > 1 and mesh.devices.flat[0].platform == "cpu"
+
+
 def data_size(mesh: Mesh | None) -> int:
     """Devices on the batch axis (1 without a mesh)."""
     return 1 if mesh is None else int(mesh.shape[DATA])

@@ -53,12 +53,15 @@ def finetune(model, params: Any, dataset, steps: int, *, learning_rate: float = 
     if mesh is not None:
         opt_state = distributed.place_like(opt_state, params)
     step_fn = make_train_step(model, tx)
+    lockstep = distributed.lockstep(mesh)
     done, epoch = 0, 0
     bar = tqdm(total=steps, desc="fine-tune", disable=not progress, leave=False)
     while done < steps:
         for batch in iterate_batches(dataset.train, batch_size, shuffle=True,
                                      seed=seed * 7919 + epoch, mesh=mesh):
-            params, opt_state, _ = step_fn(params, opt_state, batch)
+            params, opt_state, loss = step_fn(params, opt_state, batch)
+            if lockstep:  # see distributed.lockstep
+                loss.block_until_ready()
             done += 1
             bar.update(1)
             if done >= steps:
