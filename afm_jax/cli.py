@@ -150,7 +150,8 @@ def cmd_train(args: argparse.Namespace) -> dict:
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size,
                          learning_rate=args.lr, seed=args.seed, embed_l2=args.embed_l2,
                          patience=args.patience, checkpoint_every=args.checkpoint_every,
-                         table_optimizer=args.table_optimizer, table_learning_rate=args.table_lr)
+                         eval_every=args.eval_every, table_optimizer=args.table_optimizer,
+                         table_learning_rate=args.table_lr)
     mesh = _mesh(args)
     res = train(model, ds, config, out_dir=args.out, progress=progress,
                 extra_meta={"data": {"spec": args.data, **options}}, mesh=mesh,
@@ -555,6 +556,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="learning rate of row-wise tables (default: --lr)")
     p.add_argument("--patience", type=int, default=1,
                    help="stop after this many epochs without a better validation AUC")
+    p.add_argument("--eval-every", type=int, default=0,
+                   help="also validate every N steps, into the history (0: once per epoch)")
     p.add_argument("--checkpoint-every", type=int, default=0,
                    help="with --out, also checkpoint every N steps (resume mid-epoch; 0: "
                         "once per epoch)")
