@@ -8,6 +8,7 @@ must happen before JAX starts). Prints one JSON object on its last line.
 from __future__ import annotations
 
 import json
+import math
 import sys
 import tempfile
 
@@ -20,9 +21,39 @@ def rel(a, b) -> float:
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
 
 
-def stats_diff(got, ref) -> dict:
+EPS32 = float(np.finfo(np.float32).eps)
+
+
+def f32_sum_bound(depth: int, scale: float = 1.0) -> float:
+    """How far two float32 sums of the same terms may differ when added in different orders
+    (another chunking, a tree all-reduce, a merge of per-device partial sums): each is within
+    depth * eps * scale of the exact sum, where `scale` is the sum of the terms' magnitudes and
+    `depth` the number of roundings a term goes through (about log2(rows) for a pairwise or
+    tree sum, plus one per sequential merge; Higham, Accuracy and Stability, 4.2). Twice that."""
+    return 2.0 * depth * EPS32 * scale
+
+
+def moments_tolerance(stat, depth: int) -> tuple[float, float]:
+    """Bounds on `rel` (relative Frobenius) of a site's mean and cov computed in another order.
+    The sums behind cov are of y_i y_j, whose magnitudes are at most sqrt(m_ii m_jj) with
+    m = E[y y^T] (Cauchy-Schwarz): so the scale relative to ||cov|| is ||sqrt(diag m) ...||
+    / ||cov||, large when the mean is large next to the spread."""
+    mean, cov = np.asarray(stat.mean, np.float64), np.asarray(stat.cov, np.float64)
+    second = np.sqrt(np.diag(cov) + mean * mean)
+    cov_scale = np.linalg.norm(np.outer(second, second)) / max(np.linalg.norm(cov), 1e-30)
+    mean_scale = np.linalg.norm(second) / max(np.linalg.norm(mean), 1e-30)
+    return f32_sum_bound(depth, mean_scale), f32_sum_bound(depth, cov_scale)
+
+
+def stats_diff(got, ref, rows_per_batch: int = 4096, batches: int = 1) -> dict:
+    """The largest relative differences of means and covariances over the sites, and their
+    float32 rounding bounds ("mean_tol", "cov_tol") for sums over `batches` batches of
+    `rows_per_batch` rows (a pairwise sum inside a batch, sequential merges across them)."""
+    depth = math.ceil(math.log2(max(rows_per_batch, 2))) + batches + 2  # +2: device merges
+    tols = [moments_tolerance(ref[s], depth) for s in ref]
     return {"cov": max(rel(got[s].cov, ref[s].cov) for s in ref),
             "mean": max(rel(got[s].mean, ref[s].mean) for s in ref),
+            "mean_tol": min(t[0] for t in tols), "cov_tol": min(t[1] for t in tols),
             "counts_equal": all(got[s].count == ref[s].count for s in ref),
             "same_sites": sorted(got) == sorted(ref), "sites": len(ref)}
 
@@ -61,12 +92,12 @@ def mesh_checks() -> dict:
     ref = collect_stats(model, params, afm_jax.iterate_batches(ds.train, 999), progress=False)
     got = collect_stats(model, dist.shard_params(params, four),
                         afm_jax.iterate_batches(ds.train, 999, mesh=four), progress=False, mesh=four)
-    out["stats"] = stats_diff(got, ref)
+    out["stats"] = stats_diff(got, ref, 999, 4)  # 3200 training rows
     # host batches handed to collect_stats(mesh=...) are sharded there
     got = collect_stats(model, dist.shard_params(params, four),
                         afm_jax.iterate_batches(ds.train, 1000), progress=False, mesh=four)
     out["stats_host_batches"] = stats_diff(got, collect_stats(
-        model, params, afm_jax.iterate_batches(ds.train, 1000), progress=False))
+        model, params, afm_jax.iterate_batches(ds.train, 1000), progress=False), 1000, 4)
 
     # one data-parallel Adam step equals the single-device step on the same global batch
     tx = optax.adam(1e-2)
@@ -79,6 +110,8 @@ def mesh_checks() -> dict:
     diffs = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()),
                                          p1, p4))
     out["step"] = {"loss_diff": abs(float(loss1) - float(loss4)), "param_max_diff": max(diffs),
+                   # the loss: a mean of 1024 positive terms, tree-summed across the devices
+                   "loss_tol": f32_sum_bound(math.ceil(math.log2(1024)) + 2, float(loss1)),
                    "params_replicated": all(x.sharding.is_fully_replicated for x in jax.tree.leaves(p4)),
                    "batch_sharded": shard_batch(batch, four)["cat"].sharding.spec[0] == "data",
                    # a host batch of 3 rows over 4 devices: one padding row at weight 0
@@ -126,6 +159,7 @@ def mesh_checks() -> dict:
             "after_spec": rows_axis(p2["embed"][key]),
             "slot_spec": rows_axis(s2.slots[f"embed/{key}"]["m"]),
             "loss_diff": abs(float(loss) - float(ref_loss)),
+            "loss_tol": f32_sum_bound(math.ceil(math.log2(1024)) + 2, float(ref_loss)),
             "param_max_diff": max(float(np.abs(np.asarray(a) - np.asarray(b)).max()) for a, b in
                                   zip(jax.tree.leaves(host), jax.tree.leaves(ref_p), strict=True))}
 
@@ -220,7 +254,7 @@ def process_checks(port: int, index: int, count: int) -> dict:
     read = [getattr(split, k).read for k in ("cat", "num", "label")]
     return {"process": jax.process_index(), "processes": jax.process_count(),
             "global_devices": jax.device_count(), "local_devices": jax.local_device_count(),
-            "stats_global_batches": stats_diff(got, ref), "batches": batches,
+            "stats_global_batches": stats_diff(got, ref, 1000, 4), "batches": batches,
             "reads_own_rows_only": all(r == own for r in read), "rows_read": len(read[0]),
             "rows": len(split)}
 

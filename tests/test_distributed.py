@@ -62,13 +62,23 @@ def test_sharded_statistics_equal_single_device(mesh_result):
     for key in ("stats", "stats_host_batches"):
         st = mesh_result[key]
         assert st["counts_equal"] and st["sites"] > 0
-        assert st["cov"] < 1e-6 and st["mean"] < 1e-6, (key, st)
+        # float32 sums in another order: within their rounding bound (worker.stats_diff)
+        assert st["cov"] <= st["cov_tol"] and st["mean"] <= st["mean_tol"], (key, st)
 
 
 def test_data_parallel_step_equals_single_device_step(mesh_result):
     st = mesh_result["step"]
     assert st["batch_sharded"] and st["params_replicated"] and st["shard_pads"]
-    assert st["loss_diff"] < 1e-6 and st["param_max_diff"] < 1e-6, st
+    assert st["loss_diff"] <= st["loss_tol"], st
+    # Adam's first step moves each param by about lr * sign(grad): rounding in the gradient's
+    # all-reduce cannot change it (unless |grad| ~ Adam's eps 1e-8); what remains is the
+    # rounding of params of magnitude <= ~1, a few float32 ulps
+    assert st["param_max_diff"] < 1e-6, st
+
+
+# Scores below are compared at 1e-6 absolute on probabilities in (0, 1): each row's score is
+# the same per-row computation on every layout (no sum across rows; a row-sharded table's
+# masked gather adds exact zeros), so they differ by at most a few float32 ulps of 1.
 
 
 def test_row_sharded_embeddings_score_identically(mesh_result):
@@ -84,7 +94,7 @@ def test_packed_row_sharded_tables_score_identically_and_rowwise_steps_stay_shar
     for layout, st in mesh_result["packed"].items():
         assert st["table_spec"] == st["after_spec"] == st["slot_spec"] == "model", st
         assert st["max_diff"] < 1e-6, (layout, st)
-        assert st["loss_diff"] < 1e-6 and st["param_max_diff"] < 1e-6, (layout, st)
+        assert st["loss_diff"] <= st["loss_tol"] and st["param_max_diff"] < 1e-6, (layout, st)
 
 
 def test_compressed_params_keep_a_valid_sharding(mesh_result):
@@ -124,7 +134,7 @@ def test_two_processes_collect_statistics_across_both():
     for o in outs:
         assert o["processes"] == 2 and o["global_devices"] == 4 and o["local_devices"] == 2
         st = o["stats_global_batches"]
-        assert st["counts_equal"] and st["cov"] < 1e-6 and st["mean"] < 1e-6, st
+        assert st["counts_equal"] and st["cov"] <= st["cov_tol"] and st["mean"] <= st["mean_tol"], st
         assert o["batches"]["rows_equal"] and o["batches"]["pad_weight_zero"], o["batches"]
         # each process reads only its devices' half of every batch, not the whole split
         assert o["reads_own_rows_only"] and o["rows_read"] < o["rows"], o

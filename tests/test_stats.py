@@ -63,9 +63,9 @@ def test_counted_table_statistics_equal_per_row_statistics(lively):
     rows = collect_stats(model, params, data, progress=False, exact_tables=False)
     embed = [s for s in rows if s.startswith("embed/")]
     assert len(embed) == len(info.cat_names)
-    d = stats_diff(exact, rows)
+    d = stats_diff(exact, rows, 1500, 3)
     assert d["same_sites"] and d["counts_equal"], d
-    assert d["cov"] < 1e-6 and d["mean"] < 1e-6, d
+    assert d["cov"] <= d["cov_tol"] and d["mean"] <= d["mean_tol"], d  # float32 rounding bound
 
     # against float64 numpy: the rows of weight > 0, ids outside the table looked up as id 0
     for i, (name, v) in enumerate(zip(info.cat_names, info.vocab_sizes)):
@@ -86,8 +86,8 @@ def test_counted_sites_alone_need_no_forward_pass(lively):
     got = collect_stats(model, params, data, sites=["embed/b"], progress=False)
     ref = collect_stats(model, params, data, sites=["embed/b"], progress=False, exact_tables=False)
     assert list(got) == ["embed/b"]
-    d = stats_diff(got, ref)
-    assert d["counts_equal"] and d["cov"] < 1e-6 and d["mean"] < 1e-6, d
+    d = stats_diff(got, ref, 700, 2)
+    assert d["counts_equal"] and d["cov"] <= d["cov_tol"] and d["mean"] <= d["mean_tol"], d
 
 
 def test_only_full_tables_are_counted(lively):
@@ -131,7 +131,9 @@ def test_sharded_statistics_equal_single_device(mesh_result):
     assert mesh_result["devices"] == 4
     for key, st in mesh_result["stats"].items():
         assert st["same_sites"] and st["counts_equal"] and st["sites"] > 0, key
-        assert st["cov"] < 1e-6 and st["mean"] < 1e-6, (key, st)
+        # the same float32 sums in another order (4 devices' partial moments merged): within
+        # their rounding bound (distributed_worker.stats_diff), not a fixed 1e-6
+        assert st["cov"] <= st["cov_tol"] and st["mean"] <= st["mean_tol"], (key, st)
 
 
 def test_per_batch_update_has_no_all_reduce(mesh_result):
@@ -162,17 +164,19 @@ def mesh_checks() -> dict:
                                 progress=False, exact_tables=exact)
             got = collect_stats(model, placed, afm_jax.iterate_batches(ds.train, size, mesh=four),
                                 progress=False, mesh=four, exact_tables=exact)
-            out["stats"][f"batch {size}, exact_tables={exact}"] = stats_diff(got, ref)
+            out["stats"][f"batch {size}, exact_tables={exact}"] = stats_diff(
+                got, ref, size, -(-len(ds.train) // size))
     odd = odd_batches(ds.info, 3, 1001, seed=7)
     out["stats"]["odd ids, padding"] = stats_diff(
         collect_stats(model, placed, odd, progress=False, mesh=four),
-        collect_stats(model, params, odd, progress=False, exact_tables=False))
+        collect_stats(model, params, odd, progress=False, exact_tables=False), 1001, 3)
     # row-sharded tables ("model" axis left to the compiler inside the shard_map)
     mesh = dist.make_mesh(4, model_axis=2)
     out["stats"]["2x2, row-sharded tables"] = stats_diff(
         collect_stats(model, dist.shard_params(params, mesh, shard_embeddings=True),
                       afm_jax.iterate_batches(ds.train, 999, mesh=mesh), progress=False, mesh=mesh),
-        collect_stats(model, params, afm_jax.iterate_batches(ds.train, 999), progress=False))
+        collect_stats(model, params, afm_jax.iterate_batches(ds.train, 999), progress=False),
+        999, -(-len(ds.train) // 999))
 
     # the compiled per-batch update on the 4-device mesh: 8192 rows, 2048 a device (a scan)
     batch = shard_batch(next(afm_jax.iterate_batches(ds.train, 8192, pad_last=True)), four)
