@@ -130,6 +130,17 @@ def _counters(epoch: int, step: int, best_auc: float, bad_epochs: int,
             "batch_in_epoch": np.array(batch_in_epoch, np.int32)}
 
 
+def _exact_best_auc(saved: np.float32, history: list[dict]) -> float:
+    """The best validation AUC as the loop held it (float64), from the float32 one a checkpoint
+    holds: the epoch entry of the history (JSON, float64) that rounds to it. Comparing the
+    float32 value with the float64 history would lose the best entry's record and shift the
+    "did this epoch improve?" decisions after a resume."""
+    for h in history:
+        if "train_loss" in h and np.float32(h["auc"]) == saved:
+            return float(h["auc"])
+    return float(saved)
+
+
 def _state_manager(out_dir: Path) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(
         (out_dir / "state").absolute(),
@@ -162,7 +173,8 @@ class _Loop:
     @classmethod
     def from_checkpoint(cls, state: dict[str, Any], history: list[dict]) -> _Loop:
         return cls(params=state["params"], opt_state=state["opt_state"],
-                   best_params=state["best_params"], best_auc=float(state["best_auc"]),
+                   best_params=state["best_params"],
+                   best_auc=_exact_best_auc(np.float32(state["best_auc"]), history),
                    step=int(state["step"]), bad_epochs=int(state["bad_epochs"]),
                    epoch=int(state["epoch"]), batch_in_epoch=int(state["batch_in_epoch"]),
                    history=history)

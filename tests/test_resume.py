@@ -120,3 +120,25 @@ def test_corrupted_or_half_written_checkpoints(tmp_path):
         p.write_bytes(p.read_bytes()[: p.stat().st_size // 3])
     with pytest.raises(CheckpointError, match="params"):
         load_model_dir(tmp_path / "m")
+
+
+def test_resume_keeps_the_best_validation_record_and_decisions(tmp_path):
+    """A second train() on a finished run's directory resumes after its last epoch: its
+    best_valid and model.json equal the first run's, every key (issue 25: the float32 best AUC
+    in the checkpoint no longer matched the float64 history, so only {"auc"} was left)."""
+    import json
+
+    ds = synthetic_dataset(3000, seed=4)
+    model = build_model("deepfm", ds.info, mlp=(16,))
+    cfg = TrainConfig(epochs=2, batch_size=256, patience=5)
+    first = train(model, ds, cfg, out_dir=str(tmp_path), progress=False)
+    meta = json.loads((tmp_path / "model.json").read_text())
+    again = train(model, ds, cfg, out_dir=str(tmp_path), progress=False)
+    assert set(first.best_valid) >= {"auc", "logloss", "rows", "step", "tag", "train_loss"}
+    assert again.best_valid == first.best_valid and again.history == first.history
+    assert json.loads((tmp_path / "model.json").read_text())["best_valid"] == meta["best_valid"]
+    # one more epoch after the resume: kept or not by the float64 comparison, as uninterrupted
+    longer = train(model, ds, TrainConfig(epochs=3, batch_size=256, patience=5),
+                   out_dir=str(tmp_path), progress=False)
+    straight = train(model, ds, TrainConfig(epochs=3, batch_size=256, patience=5), progress=False)
+    assert longer.best_valid == {**straight.best_valid, "seconds": longer.best_valid["seconds"]}
