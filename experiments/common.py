@@ -22,7 +22,10 @@ def load(name: str, progress: bool = True):
 
 
 def command_line() -> str:
-    return "python " + " ".join([os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]])
+    """The command that ran this script, with XLA_FLAGS when set (e.g. forced host devices)."""
+    flags = os.environ.get("XLA_FLAGS")
+    env = f"XLA_FLAGS={flags} " if flags else ""
+    return env + "python " + " ".join([os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]])
 
 
 def machine() -> str:

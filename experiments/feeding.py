@@ -90,8 +90,10 @@ def grain_feeding():
 @contextlib.contextmanager
 def thread_places():
     """The old design: the prefetch thread cuts and places (`to_device`) each batch."""
+    threaded = batching.prefetch
+
     def old(batches, size=2, *, place=None):
-        return batching.prefetch(map(batching.to_device, batches), size)
+        return threaded(map(batching.to_device, batches), size)
 
     # the thread's items are device arrays, which prefetch now refuses: let them through here
     with _patched(batching, "prefetch", old), _patched(batching, "_device_leaf", lambda item: None):

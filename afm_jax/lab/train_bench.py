@@ -140,6 +140,8 @@ def epoch_vs_bare_step(model, ds, batch_size: int = 1024, rounds: int = 5, seed:
         def bare():
             for b in placed:
                 loop.params, loop.opt_state, loss = run.step_fn(loop.params, loop.opt_state, b)
+                if run.lockstep:  # as train's loop does (see distributed.lockstep)
+                    loss.block_until_ready()
             jax.block_until_ready((loop.params, loss))
 
         def epoch_in(context):
