@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -223,6 +224,7 @@ def _start(model, info, config: TrainConfig, params: Any, mesh, shard_embeddings
 def _restore(run: _Run, loop: _Loop) -> _Loop:
     """The loop as the last checkpoint in run.out_dir left it, or `loop` when there is none."""
     from afm_jax import distributed
+    from afm_jax.checkpoint import discarding_closed_loop_reports
 
     latest = run.manager.latest_step()
     if latest is None:
@@ -234,7 +236,8 @@ def _restore(run: _Run, loop: _Loop) -> _Loop:
                   for k, v in target.items()}
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
     try:
-        state = run.manager.restore(latest, args=ocp.args.StandardRestore(abstract))
+        with discarding_closed_loop_reports():
+            state = run.manager.restore(latest, args=ocp.args.StandardRestore(abstract))
     except Exception as e:
         raise AfmError(f"{run.out_dir / 'state'}: cannot resume from epoch {latest} "
                        f"({type(e).__name__}: {e}); was it written for another model "
@@ -386,17 +389,19 @@ def train(model, dataset, config: TrainConfig = TrainConfig(), *, out_dir: str |
     out = None if out_dir is None else Path(out_dir)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-    run = _Run(model, dataset, config, mesh, out, None if out is None else _state_manager(out),
-               progress, _adam_step(model, config.learning_rate, config.embed_l2,
-                                    config.table_optimizer, config.table_learning_rate),
-               distributed.lockstep(mesh), make_scorer(model, mesh))
-    if run.manager is not None:
-        loop = _restore(run, loop)
-    _run_epochs(run, loop)
-    seconds = time.perf_counter() - t_start
-    best_valid = next((h for h in loop.history if h["auc"] == loop.best_auc), {"auc": loop.best_auc})
-    if out is not None:
-        _finish(run, loop, best_valid, extra_meta)
+    # the manager's threads and files are released however training ends
+    with contextlib.nullcontext(None) if out is None else _state_manager(out) as manager:
+        run = _Run(model, dataset, config, mesh, out, manager,
+                   progress, _adam_step(model, config.learning_rate, config.embed_l2,
+                                        config.table_optimizer, config.table_learning_rate),
+                   distributed.lockstep(mesh), make_scorer(model, mesh))
+        if run.manager is not None:
+            loop = _restore(run, loop)
+        _run_epochs(run, loop)
+        seconds = time.perf_counter() - t_start
+        best_valid = next((h for h in loop.history if h["auc"] == loop.best_auc), {"auc": loop.best_auc})
+        if out is not None:
+            _finish(run, loop, best_valid, extra_meta)
     return TrainResult(params=unpack(model, loop.best()), best_valid=best_valid,
                        history=loop.history,
                        seconds=seconds)
