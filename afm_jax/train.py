@@ -120,15 +120,20 @@ def _adam_step(model, learning_rate: float, embed_l2: float, table_optimizer: st
 
 
 def _counters(epoch: int, step: int, best_auc: float, bad_epochs: int,
-              batch_in_epoch: int = 0) -> dict[str, np.ndarray]:
+              batch_in_epoch: int = 0, epoch_loss_sum: Any = 0.0, epoch_loss_n: int = 0
+              ) -> dict[str, np.ndarray]:
     """The loop's scalars as 0-d arrays (what orbax saves), float32/int32 as JAX runs them.
 
-    epoch: epochs finished; batch_in_epoch: batches of the next epoch already trained.
+    epoch: epochs finished; batch_in_epoch: batches of the next epoch already trained, and
+    epoch_loss_sum (float32, as the loop sums it) / epoch_loss_n the sum and count of their
+    losses, so that a run resumed mid-epoch reports the same epoch train_loss.
     """
     return {"epoch": np.array(epoch, np.int32), "step": np.array(step, np.int32),
             "best_auc": np.array(best_auc, np.float32),
             "bad_epochs": np.array(bad_epochs, np.int32),
-            "batch_in_epoch": np.array(batch_in_epoch, np.int32)}
+            "batch_in_epoch": np.array(batch_in_epoch, np.int32),
+            "epoch_loss_sum": np.array(epoch_loss_sum, np.float32),
+            "epoch_loss_n": np.array(epoch_loss_n, np.int32)}
 
 
 def _exact_best_auc(saved: np.float32, history: list[dict]) -> float:
@@ -161,11 +166,14 @@ class _Loop:
     bad_epochs: int = 0
     epoch: int = 0               # epochs finished
     batch_in_epoch: int = 0      # batches of the next epoch already trained
+    epoch_loss_sum: Any = 0.0    # float32 sum of those batches' losses (a device scalar while
+    epoch_loss_n: int = 0        # the epoch runs) and their count
     history: list[dict] = field(default_factory=list)
 
     def checkpoint(self, epoch_done: int, batch_in_epoch: int) -> dict[str, Any]:
         return {"params": self.params, "opt_state": self.opt_state, "best_params": self.best(),
-                **_counters(epoch_done, self.step, self.best_auc, self.bad_epochs, batch_in_epoch)}
+                **_counters(epoch_done, self.step, self.best_auc, self.bad_epochs, batch_in_epoch,
+                            self.epoch_loss_sum, self.epoch_loss_n)}
 
     def best(self) -> Any:
         """The best params so far; before any validation, the params as they are."""
@@ -178,6 +186,8 @@ class _Loop:
                    best_auc=_exact_best_auc(np.float32(state["best_auc"]), history),
                    step=int(state["step"]), bad_epochs=int(state["bad_epochs"]),
                    epoch=int(state["epoch"]), batch_in_epoch=int(state["batch_in_epoch"]),
+                   epoch_loss_sum=np.float32(state["epoch_loss_sum"]),
+                   epoch_loss_n=int(state["epoch_loss_n"]),
                    history=history)
 
 
@@ -296,7 +306,9 @@ def _train_epoch(run: _Run, loop: _Loop, epoch: int, start: int) -> float:
     batches = host_batches(run.dataset.train, config.batch_size, shuffle=True,
                            seed=config.seed * 100_003 + epoch, start_batch=start,
                            pad_last=True, mesh=run.mesh)
-    loss_sum, loss_n = jnp.zeros(()), 0
+    # resumed mid-epoch: continue the float32 sum of the batches before the checkpoint
+    loss_sum, loss_n = ((jnp.asarray(loop.epoch_loss_sum, jnp.float32), loop.epoch_loss_n) if start
+                        else (jnp.zeros(()), 0))
     # a thread cuts the next host batches while the step runs; this thread places each one
     # (an asynchronous transfer) right before its step, so only this thread touches devices
     with prefetch(batches, size=2, place=partial(place_batch, mesh=run.mesh)) as batches:
@@ -316,8 +328,10 @@ def _train_epoch(run: _Run, loop: _Loop, epoch: int, start: int) -> float:
             if (run.manager is not None and config.checkpoint_every
                     and loop.step % config.checkpoint_every == 0 and i + 1 < steps_per_epoch):
                 _check_finite(run, loop, float(loss_sum), epoch)
+                loop.epoch_loss_sum, loop.epoch_loss_n = loss_sum, loss_n
                 _save(run, loop, epoch, i + 1)
     _check_finite(run, loop, float(loss_sum), epoch)
+    loop.epoch_loss_sum, loop.epoch_loss_n = 0.0, 0
     return float(loss_sum) / max(loss_n, 1)
 
 
