@@ -59,20 +59,19 @@ def init_params(model, info, seed: int = 0) -> Any:
     return model.init(jax.random.key(seed), cat, num)["params"]
 
 
-def embedding_l2(params: Any, cat: jax.Array) -> jax.Array:
-    """Mean over the batch of the squared norm of the embedding rows it reads. cat: [B, Fc]."""
+def embedding_l2(params: Any, cat: jax.Array, weight: jax.Array | None = None) -> jax.Array:
+    """Mean over the batch (weighted by `weight` [B], 0 for padding rows) of the squared norm of
+    the embedding rows it reads. cat: [B, Fc]. The tables must be packed (`packing.pack`, as
+    `train` trains them); a model without embedding tables has no L2 (0)."""
     from afm_jax.forms import is_packed
     from afm_jax.packing import rows_l2
 
     tables = params.get("embed", {}) if isinstance(params, dict) else {}
-    if is_packed(tables):
-        return rows_l2(tables, cat)
-    total = jnp.zeros(())
-    for i, p in enumerate(tables.values()):
-        if "embedding" in p and i < cat.shape[1]:
-            rows = p["embedding"][jnp.clip(cat[:, i], 0, p["embedding"].shape[0] - 1)]
-            total = total + (rows * rows).sum(-1).mean()
-    return total
+    if not tables:
+        return jnp.zeros(())
+    if not is_packed(tables):
+        raise AfmError("embed_l2 needs packed embedding tables: pass packing.pack(model, params)")
+    return rows_l2(tables, cat, weight)
 
 
 def batch_loss(logits: jax.Array, batch) -> jax.Array:
@@ -88,14 +87,15 @@ def batch_loss(logits: jax.Array, batch) -> jax.Array:
 def make_train_step(model, tx: optax.GradientTransformation, embed_l2: float = 0.0):
     """Jitted `(params, opt_state, batch) -> (params, opt_state, loss)`, donating its state.
 
-    A batch may carry "weight" [B] (0 for padding rows): the loss is then the weighted mean, so
-    a padded last batch trains exactly like the short one without a second compilation.
+    A batch may carry "weight" [B] (0 for padding rows): the loss (and the embedding L2) is then
+    the weighted mean, so a padded last batch trains like the short one without a second
+    compilation. embed_l2 > 0 needs packed params (`embedding_l2`).
     """
     logits = logits_fn(model)
 
     def loss_fn(params, batch):
         loss = batch_loss(logits(params, batch), batch)
-        reg = embed_l2 * embedding_l2(params, batch["cat"]) if embed_l2 else 0.0
+        reg = embed_l2 * embedding_l2(params, batch["cat"], batch.get("weight")) if embed_l2 else 0.0
         return loss + reg, loss
 
     @partial(jax.jit, donate_argnums=(0, 1))
