@@ -109,7 +109,7 @@ def test_evaluate_demands_labels(criteo, capsys):
                                                   for row in table.to_pylist()])
     parquet = d / "eval_nolabel.parquet"
     pq.write_table(table, parquet)
-    cache = ["--cache-dir", str(d / "cache")]
+    cache = ["--cache-dir", str(d / "cache"), "--no-progress"]
     assert main(["evaluate", "--model-dir", model_dir, "--data", f"criteo:{stripped}", *cache]) == 2
     err = capsys.readouterr().err
     assert stripped in err and "line 1" in err and "layout without the label" in err, err
