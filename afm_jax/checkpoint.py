@@ -8,10 +8,13 @@ DIR/state/         training state for resuming (orbax CheckpointManager), writte
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,49 +48,60 @@ def load_params(path: str | os.PathLike) -> Any:
     path = Path(path).absolute()
     if not path.is_dir():
         raise CheckpointError(f"{path}: no params checkpoint here")
-    # before the restore: a failing one's stragglers can report before its error reaches us
-    _discard_reads_into_closed_loop()
-    with ocp.StandardCheckpointer() as ckptr:
+    with discarding_closed_loop_reports(), ocp.StandardCheckpointer() as ckptr:
         try:
             return ckptr.restore(path)
         except Exception as e:  # orbax raises many types for a damaged directory
             raise CheckpointError(f"{path}: cannot restore params ({type(e).__name__}: {e})") from e
 
 
-def _discard_reads_into_closed_loop() -> None:
-    """Keep a failed restore from printing tracebacks after its error (installed once).
+def _is_closed_loop_report(exc: BaseException | None) -> bool:
+    # whichever object reports it (a callback, a future, none), the message is the same
+    return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
+
+
+@contextlib.contextmanager
+def discarding_closed_loop_reports(quiet_s: float = 0.2, max_wait_s: float = 2.0) -> Iterator[None]:
+    """Around an orbax restore: keep a failed one from printing tracebacks after its error.
 
     orbax runs a restore's reads in an event loop of its own and closes that loop as soon as one
     read fails; the reads still in flight (tensorstore) then complete into the closed loop and
-    each reports `RuntimeError: Event loop is closed` through `sys.unraisablehook`, up to the
-    process's exit. Their results are discarded either way, so drop exactly those reports and
-    pass every other one to the hook that was there before.
+    each reports `RuntimeError: Event loop is closed` through `sys.unraisablehook` (some through
+    `sys.excepthook`), from tensorstore's threads, after the error has been raised. Their results
+    are discarded either way, so for the duration of the block those reports are dropped and every
+    other one goes to the hook that was there before. When the block raises, it first waits for
+    the stragglers: until none has come for `quiet_s` seconds (at most `max_wait_s`). On the way
+    out, in every case, the previous hooks are put back (unless someone replaced ours meanwhile).
     """
-    previous = sys.unraisablehook
-    if getattr(previous, "afm_jax_discards_closed_loop", False):
-        previous = None
+    previous_unraisable, previous_except = sys.unraisablehook, sys.excepthook
+    last_report = [time.monotonic()]
 
-    def hook(unraisable: sys.UnraisableHookArgs) -> None:
-        exc = unraisable.exc_value
-        # whichever object reports it (a callback, a future, none), the message is the same
-        if not (isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"):
-            previous(unraisable)
-
-    hook.afm_jax_discards_closed_loop = True  # type: ignore[attr-defined]
-    if previous is not None:
-        sys.unraisablehook = hook
-    # some of those reads report through the interpreter's error printing (sys.excepthook)
-    # instead, when tensorstore's callback thread hands the error back
-    previous_except = sys.excepthook
-    if getattr(previous_except, "afm_jax_discards_closed_loop", False):
-        return
+    def unraisable(report: sys.UnraisableHookArgs) -> None:
+        if _is_closed_loop_report(report.exc_value):
+            last_report[0] = time.monotonic()
+        else:
+            previous_unraisable(report)
 
     def excepthook(kind, value, tb) -> None:
-        if not (isinstance(value, RuntimeError) and str(value) == "Event loop is closed"):
+        if _is_closed_loop_report(value):
+            last_report[0] = time.monotonic()
+        else:
             previous_except(kind, value, tb)
 
-    excepthook.afm_jax_discards_closed_loop = True  # type: ignore[attr-defined]
-    sys.excepthook = excepthook
+    sys.unraisablehook, sys.excepthook = unraisable, excepthook
+    try:
+        yield
+    except BaseException:
+        deadline = time.monotonic() + max_wait_s
+        last_report[0] = time.monotonic()
+        while time.monotonic() < min(deadline, last_report[0] + quiet_s):
+            time.sleep(quiet_s / 10)
+        raise
+    finally:
+        if sys.unraisablehook is unraisable:
+            sys.unraisablehook = previous_unraisable
+        if sys.excepthook is excepthook:
+            sys.excepthook = previous_except
 
 
 def save_model_dir(out_dir: str | os.PathLike, model: CTRModel, params: Any, *, encoder=None,

@@ -407,7 +407,8 @@ def cmd_score(args: argparse.Namespace) -> dict:
     model, params, meta = load_model_dir(args.model_dir)
     encoder = load_encoder(args.model_dir)
     schema = args.schema or meta.get("data", {}).get("schema")
-    source = make_source(parse_data_spec(args.data), schema)
+    # scores need no labels: files without the label column are read as well (make_source)
+    source = make_source(parse_data_spec(args.data), schema, require_label=False)
     mesh = _mesh(args)
     scorer = make_scorer(model, mesh, _compute_dtype(args))
     params = device_params(model, params, mesh, args.shard_embeddings)  # packed, placed once
@@ -613,7 +614,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("score", "score a file with a model directory, write parquet")
     p.add_argument("--model-dir", required=True, help="written by train or compress")
-    p.add_argument("--data", required=True, help="criteo:PATH | avazu:PATH | ... (as in train)")
+    p.add_argument("--data", required=True, help="criteo:PATH | avazu:PATH | ... (as in train); the "
+                   "label column may be absent (Criteo: 39 columns I1..I13, C1..C26)")
     p.add_argument("--schema", help="JSON schema file for csv:/parquet: data")
     p.add_argument("--on-bad-lines", default="error", choices=["error", "skip"],
                    help="a malformed line stops the run, or is skipped and counted")

@@ -185,11 +185,15 @@ def gathered_rows(embed: Mapping[str, Any], cat) -> dict[int, jax.Array]:
             for w in layout.widths()}
 
 
-def rows_l2(embed: Mapping[str, Any], cat) -> jax.Array:
-    """Mean over the batch of the squared norm of the table rows it reads (cat as
-    `gathered_rows` takes it)."""
-    return sum(((r * r).sum((-2, -1)).mean() for r in gathered_rows(embed, cat).values()),
-               jnp.zeros(()))
+def rows_l2(embed: Mapping[str, Any], cat, weight=None) -> jax.Array:
+    """Mean over the batch of the squared norm of the table rows each example reads (cat as
+    `gathered_rows` takes it). weight [B] (0 for padding rows): the mean weighted by it, as
+    `train.batch_loss` weights the loss, so a padded batch regularizes like the short one."""
+    per_example = sum(((r * r).sum((-2, -1)) for r in gathered_rows(embed, cat).values()),
+                      jnp.zeros(()))
+    if weight is None:
+        return jnp.mean(per_example)
+    return (per_example * weight).sum() / jnp.maximum(weight.sum(), 1.0)
 
 
 class Fields(list):

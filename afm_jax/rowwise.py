@@ -193,7 +193,7 @@ def _loss(model, embed_l2: float):
         loss = batch_loss(jax.vmap(one)(resolved, batch["num"]), batch)
         reg = 0.0
         if embed_l2 and "embed" in resolved and "embed" in params:
-            reg = embed_l2 * rows_l2(params["embed"], resolved)
+            reg = embed_l2 * rows_l2(params["embed"], resolved, batch.get("weight"))
         return loss + reg, loss
 
     return loss_fn

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -58,20 +59,19 @@ def init_params(model, info, seed: int = 0) -> Any:
     return model.init(jax.random.key(seed), cat, num)["params"]
 
 
-def embedding_l2(params: Any, cat: jax.Array) -> jax.Array:
-    """Mean over the batch of the squared norm of the embedding rows it reads. cat: [B, Fc]."""
+def embedding_l2(params: Any, cat: jax.Array, weight: jax.Array | None = None) -> jax.Array:
+    """Mean over the batch (weighted by `weight` [B], 0 for padding rows) of the squared norm of
+    the embedding rows it reads. cat: [B, Fc]. The tables must be packed (`packing.pack`, as
+    `train` trains them); a model without embedding tables has no L2 (0)."""
     from afm_jax.forms import is_packed
     from afm_jax.packing import rows_l2
 
     tables = params.get("embed", {}) if isinstance(params, dict) else {}
-    if is_packed(tables):
-        return rows_l2(tables, cat)
-    total = jnp.zeros(())
-    for i, p in enumerate(tables.values()):
-        if "embedding" in p and i < cat.shape[1]:
-            rows = p["embedding"][jnp.clip(cat[:, i], 0, p["embedding"].shape[0] - 1)]
-            total = total + (rows * rows).sum(-1).mean()
-    return total
+    if not tables:
+        return jnp.zeros(())
+    if not is_packed(tables):
+        raise AfmError("embed_l2 needs packed embedding tables: pass packing.pack(model, params)")
+    return rows_l2(tables, cat, weight)
 
 
 def batch_loss(logits: jax.Array, batch) -> jax.Array:
@@ -87,14 +87,15 @@ def batch_loss(logits: jax.Array, batch) -> jax.Array:
 def make_train_step(model, tx: optax.GradientTransformation, embed_l2: float = 0.0):
     """Jitted `(params, opt_state, batch) -> (params, opt_state, loss)`, donating its state.
 
-    A batch may carry "weight" [B] (0 for padding rows): the loss is then the weighted mean, so
-    a padded last batch trains exactly like the short one without a second compilation.
+    A batch may carry "weight" [B] (0 for padding rows): the loss (and the embedding L2) is then
+    the weighted mean, so a padded last batch trains like the short one without a second
+    compilation. embed_l2 > 0 needs packed params (`embedding_l2`).
     """
     logits = logits_fn(model)
 
     def loss_fn(params, batch):
         loss = batch_loss(logits(params, batch), batch)
-        reg = embed_l2 * embedding_l2(params, batch["cat"]) if embed_l2 else 0.0
+        reg = embed_l2 * embedding_l2(params, batch["cat"], batch.get("weight")) if embed_l2 else 0.0
         return loss + reg, loss
 
     @partial(jax.jit, donate_argnums=(0, 1))
@@ -119,15 +120,20 @@ def _adam_step(model, learning_rate: float, embed_l2: float, table_optimizer: st
 
 
 def _counters(epoch: int, step: int, best_auc: float, bad_epochs: int,
-              batch_in_epoch: int = 0) -> dict[str, np.ndarray]:
+              batch_in_epoch: int = 0, epoch_loss_sum: Any = 0.0, epoch_loss_n: int = 0
+              ) -> dict[str, np.ndarray]:
     """The loop's scalars as 0-d arrays (what orbax saves), float32/int32 as JAX runs them.
 
-    epoch: epochs finished; batch_in_epoch: batches of the next epoch already trained.
+    epoch: epochs finished; batch_in_epoch: batches of the next epoch already trained, and
+    epoch_loss_sum (float32, as the loop sums it) / epoch_loss_n the sum and count of their
+    losses, so that a run resumed mid-epoch reports the same epoch train_loss.
     """
     return {"epoch": np.array(epoch, np.int32), "step": np.array(step, np.int32),
             "best_auc": np.array(best_auc, np.float32),
             "bad_epochs": np.array(bad_epochs, np.int32),
-            "batch_in_epoch": np.array(batch_in_epoch, np.int32)}
+            "batch_in_epoch": np.array(batch_in_epoch, np.int32),
+            "epoch_loss_sum": np.array(epoch_loss_sum, np.float32),
+            "epoch_loss_n": np.array(epoch_loss_n, np.int32)}
 
 
 def _exact_best_auc(saved: np.float32, history: list[dict]) -> float:
@@ -160,11 +166,14 @@ class _Loop:
     bad_epochs: int = 0
     epoch: int = 0               # epochs finished
     batch_in_epoch: int = 0      # batches of the next epoch already trained
+    epoch_loss_sum: Any = 0.0    # float32 sum of those batches' losses (a device scalar while
+    epoch_loss_n: int = 0        # the epoch runs) and their count
     history: list[dict] = field(default_factory=list)
 
     def checkpoint(self, epoch_done: int, batch_in_epoch: int) -> dict[str, Any]:
         return {"params": self.params, "opt_state": self.opt_state, "best_params": self.best(),
-                **_counters(epoch_done, self.step, self.best_auc, self.bad_epochs, batch_in_epoch)}
+                **_counters(epoch_done, self.step, self.best_auc, self.bad_epochs, batch_in_epoch,
+                            self.epoch_loss_sum, self.epoch_loss_n)}
 
     def best(self) -> Any:
         """The best params so far; before any validation, the params as they are."""
@@ -177,6 +186,8 @@ class _Loop:
                    best_auc=_exact_best_auc(np.float32(state["best_auc"]), history),
                    step=int(state["step"]), bad_epochs=int(state["bad_epochs"]),
                    epoch=int(state["epoch"]), batch_in_epoch=int(state["batch_in_epoch"]),
+                   epoch_loss_sum=np.float32(state["epoch_loss_sum"]),
+                   epoch_loss_n=int(state["epoch_loss_n"]),
                    history=history)
 
 
@@ -223,6 +234,7 @@ def _start(model, info, config: TrainConfig, params: Any, mesh, shard_embeddings
 def _restore(run: _Run, loop: _Loop) -> _Loop:
     """The loop as the last checkpoint in run.out_dir left it, or `loop` when there is none."""
     from afm_jax import distributed
+    from afm_jax.checkpoint import discarding_closed_loop_reports
 
     latest = run.manager.latest_step()
     if latest is None:
@@ -234,7 +246,8 @@ def _restore(run: _Run, loop: _Loop) -> _Loop:
                   for k, v in target.items()}
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
     try:
-        state = run.manager.restore(latest, args=ocp.args.StandardRestore(abstract))
+        with discarding_closed_loop_reports():
+            state = run.manager.restore(latest, args=ocp.args.StandardRestore(abstract))
     except Exception as e:
         raise AfmError(f"{run.out_dir / 'state'}: cannot resume from epoch {latest} "
                        f"({type(e).__name__}: {e}); was it written for another model "
@@ -293,7 +306,9 @@ def _train_epoch(run: _Run, loop: _Loop, epoch: int, start: int) -> float:
     batches = host_batches(run.dataset.train, config.batch_size, shuffle=True,
                            seed=config.seed * 100_003 + epoch, start_batch=start,
                            pad_last=True, mesh=run.mesh)
-    loss_sum, loss_n = jnp.zeros(()), 0
+    # resumed mid-epoch: continue the float32 sum of the batches before the checkpoint
+    loss_sum, loss_n = ((jnp.asarray(loop.epoch_loss_sum, jnp.float32), loop.epoch_loss_n) if start
+                        else (jnp.zeros(()), 0))
     # a thread cuts the next host batches while the step runs; this thread places each one
     # (an asynchronous transfer) right before its step, so only this thread touches devices
     with prefetch(batches, size=2, place=partial(place_batch, mesh=run.mesh)) as batches:
@@ -313,8 +328,10 @@ def _train_epoch(run: _Run, loop: _Loop, epoch: int, start: int) -> float:
             if (run.manager is not None and config.checkpoint_every
                     and loop.step % config.checkpoint_every == 0 and i + 1 < steps_per_epoch):
                 _check_finite(run, loop, float(loss_sum), epoch)
+                loop.epoch_loss_sum, loop.epoch_loss_n = loss_sum, loss_n
                 _save(run, loop, epoch, i + 1)
     _check_finite(run, loop, float(loss_sum), epoch)
+    loop.epoch_loss_sum, loop.epoch_loss_n = 0.0, 0
     return float(loss_sum) / max(loss_n, 1)
 
 
@@ -386,17 +403,19 @@ def train(model, dataset, config: TrainConfig = TrainConfig(), *, out_dir: str |
     out = None if out_dir is None else Path(out_dir)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-    run = _Run(model, dataset, config, mesh, out, None if out is None else _state_manager(out),
-               progress, _adam_step(model, config.learning_rate, config.embed_l2,
-                                    config.table_optimizer, config.table_learning_rate),
-               distributed.lockstep(mesh), make_scorer(model, mesh))
-    if run.manager is not None:
-        loop = _restore(run, loop)
-    _run_epochs(run, loop)
-    seconds = time.perf_counter() - t_start
-    best_valid = next((h for h in loop.history if h["auc"] == loop.best_auc), {"auc": loop.best_auc})
-    if out is not None:
-        _finish(run, loop, best_valid, extra_meta)
+    # the manager's threads and files are released however training ends
+    with contextlib.nullcontext(None) if out is None else _state_manager(out) as manager:
+        run = _Run(model, dataset, config, mesh, out, manager,
+                   progress, _adam_step(model, config.learning_rate, config.embed_l2,
+                                        config.table_optimizer, config.table_learning_rate),
+                   distributed.lockstep(mesh), make_scorer(model, mesh))
+        if run.manager is not None:
+            loop = _restore(run, loop)
+        _run_epochs(run, loop)
+        seconds = time.perf_counter() - t_start
+        best_valid = next((h for h in loop.history if h["auc"] == loop.best_auc), {"auc": loop.best_auc})
+        if out is not None:
+            _finish(run, loop, best_valid, extra_meta)
     return TrainResult(params=unpack(model, loop.best()), best_valid=best_valid,
                        history=loop.history,
                        seconds=seconds)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -63,6 +64,19 @@ def test_sigkill_at_a_random_step_then_resume_is_bit_identical(tmp_path):
     _run(killed)  # the same command resumes from the last checkpoint
     a, b = load_params(reference / "params"), load_params(killed / "params")
     jax.tree.map(np.testing.assert_array_equal, a, b)
+    # and the same record of it: best_valid (model.json) and the history, all but timings
+    best, history = _record(reference)
+    assert set(best) >= {"auc", "logloss", "rows", "step", "tag", "train_loss"}
+    assert len(history) == 2 and best in history
+    assert _record(killed) == (best, history)
+
+
+def _record(out: Path) -> tuple[dict, list[dict]]:
+    """(best_valid of model.json, history.json), without the wall-clock "seconds"."""
+    def untimed(h: dict) -> dict:
+        return {k: v for k, v in h.items() if k != "seconds"}
+    meta = json.loads((out / "model.json").read_text())
+    return untimed(meta["best_valid"]), [untimed(h) for h in json.loads((out / "history.json").read_text())]
 
 
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(tmp_path):

@@ -10,9 +10,10 @@ import pytest
 
 from afm_jax import rowwise
 from afm_jax.data import FeatureInfo
+from afm_jax.data.batching import pad_indices
 from afm_jax.errors import AfmError
 from afm_jax.models import build_model
-from afm_jax.packing import pack
+from afm_jax.packing import pack, unpack
 from afm_jax.train import TrainConfig, init_params, make_train_step, train
 
 INFO = FeatureInfo(cat_names=("a", "b", "c"), vocab_sizes=(3, 2, 4), num_names=("x",))
@@ -183,3 +184,126 @@ def test_auto_picks_rowwise_for_large_tables_only():
     assert rowwise.resolve("auto", small) == "dense"
     assert rowwise.resolve("auto", large) == "rowwise"
     assert rowwise.resolve("rowwise_adagrad", small) == "rowwise_adagrad"
+
+
+def _numpy_rowwise_adagrad(table, acc, g_full):
+    """One row-wise Adagrad step in float64: every row with a gradient adds the mean of its
+    squared gradient to its accumulator and moves by -lr * g / (sqrt(acc) + eps); the other
+    rows (zero gradient) keep row and accumulator."""
+    g2 = (g_full * g_full).reshape(len(g_full), -1).mean(-1)
+    acc = acc + g2
+    scale = (LR / (np.sqrt(acc) + 1e-8)).reshape((-1,) + (1,) * (g_full.ndim - 1))
+    return table - scale * g_full, acc
+
+
+def _adagrad_against_numpy(model, params, path: str, batches, grad_of) -> np.ndarray:
+    """Step row-wise Adagrad through `batches` beside `_numpy_rowwise_adagrad` on the table at
+    `path` ("parent/key"), with the gradient `grad_of(params, batch)` (numpy, the whole table);
+    rows and accumulators agree within 1e-6 after every step. Returns the accumulator."""
+    parent, key = path.split("/")
+    step = rowwise.make_step(model, LR, "rowwise_adagrad")
+    state = rowwise.init(params, LR, "rowwise_adagrad")
+    p = _copy(params)
+    table = np.asarray(params[parent][key], np.float64)
+    acc = np.zeros(table.shape[0])
+    for batch in batches:
+        g_full = grad_of(p, batch)
+        p, state, _ = step(p, state, batch)
+        table, acc = _numpy_rowwise_adagrad(table, acc, g_full)
+        np.testing.assert_allclose(np.asarray(p[parent][key]), table, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(np.asarray(state.slots[path]["acc"]), acc, rtol=1e-6, atol=1e-9)
+    return acc
+
+
+def test_rowwise_adagrad_values_match_numpy_lr():
+    """Row-wise Adagrad on LR's first-order weights against numpy: the gradient of each row
+    computed in numpy from the logits (duplicate ids of a batch summed into one row), then
+    the update, over 5 steps."""
+    model, params = _model_and_params("lr")   # linear/weights: rows 0-2, 3-4, 5-8 per field
+    offsets = np.array([0, 3, 5])
+    rng = np.random.default_rng(4)
+
+    def grad_of(p, batch):
+        z = np.asarray(jax.vmap(model.apply, in_axes=(None, 0, 0))(
+            {"params": p}, jnp.asarray(batch["cat"]), jnp.asarray(batch["num"])), np.float64)
+        dz = (1 / (1 + np.exp(-z)) - batch["label"]) / len(z)     # d mean BCE / d logit
+        w = params["linear"]["weights"]
+        g_full = np.zeros(w.shape)
+        for f in range(3):                                          # duplicates combine
+            np.add.at(g_full, batch["cat"][:, f] + offsets[f], dz.reshape((-1,) + w.shape[1:]))
+        return g_full
+
+    # duplicates within an example's fields' rows and across examples; row 8 never read
+    patterns = [[[0, 1, 2], [0, 1, 2], [1, 0, 2]], [[2, 1, 0], [2, 1, 0], [2, 1, 1]],
+                [[0, 0, 0], [1, 1, 1], [0, 0, 0]], [[1, 1, 2], [1, 1, 2], [1, 1, 2]],
+                [[2, 0, 1], [0, 1, 2], [2, 1, 0]]]
+    acc = _adagrad_against_numpy(model, params, "linear/weights",
+                                 [_batch(rng, np.array(ids)) for ids in patterns], grad_of)
+    assert acc[8] == 0 and np.count_nonzero(acc) == 8
+
+
+def test_rowwise_adagrad_values_match_numpy_embedding_rows():
+    """The same on DeepFM's packed table (rows of width 4: the accumulator takes the mean of
+    the squared gradient over the row), the gradient from the dense gradient of the mean loss."""
+    model, params = _model_and_params()
+    rng = np.random.default_rng(6)
+
+    def grad_of(p, batch):
+        return np.asarray(jax.grad(_mean_loss(model, batch))(_copy(p))["embed"]["table_4"],
+                          np.float64)
+
+    patterns = [[[1, 1, 2], [1, 0, 2], [1, 1, 2]], [[0, 1, 3], [2, 1, 3], [0, 0, 3]],
+                [[1, 1, 2], [2, 0, 0], [2, 0, 0]]]
+    acc = _adagrad_against_numpy(model, params, "embed/table_4",
+                                 [_batch(rng, np.array(ids)) for ids in patterns], grad_of)
+    assert 0 < np.count_nonzero(acc) < len(acc)
+
+
+@pytest.mark.parametrize("table_optimizer", ["dense", "rowwise", "rowwise_adagrad"])
+def test_padded_batch_trains_like_the_short_one_with_embed_l2(table_optimizer):
+    """With embed_l2 > 0, a short batch padded (repeats of its first row, weight 0) steps like
+    the short batch itself: the L2 of the rows read is a weighted mean as the loss is. Two
+    steps (a common one, then short or padded), since a first Adam step only sees signs."""
+    model, params = _model_and_params()
+    rng = np.random.default_rng(7)
+    common = _batch(rng, np.stack([rng.integers(0, v, 16) for v in INFO.vocab_sizes], 1))
+    short = _batch(rng, np.stack([rng.integers(0, v, 5) for v in INFO.vocab_sizes], 1))
+    idx = pad_indices(np.arange(5), 16)
+    padded = {**{k: v[idx] for k, v in short.items()},
+              "weight": (np.arange(16) < 5).astype(np.float32)}
+    l2 = 0.5
+    if table_optimizer == "dense":
+        step = make_train_step(model, optax.adam(LR), embed_l2=l2)
+
+        def init(p):
+            return optax.adam(LR).init(p)
+    else:
+        step = rowwise.make_step(model, LR, table_optimizer, embed_l2=l2)
+
+        def init(p):
+            return rowwise.init(p, LR, table_optimizer)
+    ends = []
+    for last in (short, padded):
+        p = _copy(params)
+        p, s, _ = step(p, init(p), common)
+        p, s, loss = step(p, s, last)
+        ends.append((float(loss), jax.tree.map(np.asarray, p)))
+    (loss_short, p_short), (loss_padded, p_padded) = ends
+    np.testing.assert_allclose(loss_padded, loss_short, rtol=1e-6)
+    moved = 0
+    for a, b, before in zip(jax.tree.leaves(p_short), jax.tree.leaves(p_padded),
+                            jax.tree.leaves(params), strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
+        moved += int(np.sum(a != np.asarray(before)))
+    assert moved > 0
+
+
+def test_embedding_l2_needs_packed_tables():
+    """The per-field L2 path is gone (training packs): per-field tables are a clear error, not a
+    silent clamp of out-of-range ids to a table's last row."""
+    from afm_jax.train import embedding_l2
+    model, params = _model_and_params()
+    cat = jnp.asarray(np.array([[2, 1, 3], [0, 0, 0]], np.int32))
+    assert float(embedding_l2(params, cat)) > 0
+    with pytest.raises(AfmError, match="packed"):
+        embedding_l2(unpack(model, params), cat)

@@ -47,10 +47,15 @@ def test_early_stopping_keeps_best(data):
     res = train(model, data, TrainConfig(epochs=4, batch_size=256, learning_rate=3e-2,
                                          patience=1), progress=False)
     aucs = [h["auc"] for h in res.history]
-    assert res.best_valid["auc"] == max(aucs)
-    # stopped at the first epoch that did not improve
-    for i in range(1, len(aucs) - 1):
-        assert aucs[i] > max(aucs[:i])
+    # it stopped early, at the first epoch that did not improve on the best before it
+    assert len(aucs) < 4 and aucs[-1] <= max(aucs[:-1])
+    assert all(aucs[i] > max(aucs[:i]) for i in range(1, len(aucs) - 1))
+    best = int(np.argmax(aucs))
+    assert best < len(aucs) - 1 and res.best_valid == res.history[best]
+    # the returned params are the best epoch's, not the last one's: they score its valid AUC
+    assert abs(aucs[best] - aucs[-1]) > 1e-4
+    assert evaluate(make_scorer(model), res.params, data.valid)["auc"] == pytest.approx(
+        aucs[best], abs=1e-7)
 
 
 def test_deepfm_beats_lr_on_synthetic(data):

@@ -118,20 +118,20 @@ def parse_data_spec(spec: str) -> DataSpec:
     return DataSpec(kind, tuple(str(Path(p).expanduser()) for p in paths))
 
 
-def make_source(ds: DataSpec, schema: Schema | str | None = None) -> Source:
-    """The streaming reader of a file-backed spec (not synthetic)."""
-    if ds.kind == "criteo":
-        return criteo_source(ds.paths[0], schema)
-    if ds.kind == "avazu":
-        return avazu_source(ds.paths[0], schema)
+def make_source(ds: DataSpec, schema: Schema | str | None = None, *, require_label: bool = True) -> Source:
+    """The streaming reader of a file-backed spec (not synthetic).
+
+    require_label=False (scoring): files without the label column are read too (Criteo's 39
+    columns, Avazu without `click`, a CSV/Parquet without the schema's label, libFM lines of
+    features only, ratings without `rating`); their chunks' labels are NaN and the Source's
+    `has_label` is False. With True (training, evaluation), a file without labels is a DataError
+    naming it and the missing column (Criteo: each 39-column line is a bad line saying so)."""
+    readers = {"criteo": criteo_source, "avazu": avazu_source, "movielens": movielens_source,
+               "csv": csv_source, "parquet": parquet_source}
     if ds.kind == "libfm":
-        return libfm_source(ds.paths, schema)
-    if ds.kind == "movielens":
-        return movielens_source(ds.paths[0], schema)
-    if ds.kind == "csv":
-        return csv_source(ds.paths[0], schema)
-    if ds.kind == "parquet":
-        return parquet_source(ds.paths[0], schema)
+        return libfm_source(ds.paths, schema, require_label=require_label)
+    if ds.kind in readers:
+        return readers[ds.kind](ds.paths[0], schema, require_label=require_label)
     raise DataError(f"no file reader for kind {ds.kind!r}")
 
 

@@ -6,6 +6,13 @@ whose `chunks(progress)` streams (RawChunk | None, [BadLine]) pairs. Shared piec
 types, schema and file checks), `text` (delimited lines -> string tables), `fields` (label,
 numeric and UTF-8 validation -> RawChunk).
 
+Labels: training and evaluation read with `require_label=True` (the default), and a file without
+the label column is a DataError naming the file and the column (Criteo, which has no header: each
+line of 39 columns is a bad line saying the label is missing). Scoring reads with
+`require_label=False`: the label column may be absent (Criteo: a first line of 39 columns selects
+the layout I1..I13, C1..C26 for the file; Avazu: no `click`; CSV/Parquet: no schema label; libFM:
+lines of features only); such a Source has `has_label` False and its chunks' labels are NaN.
+
 What is a bad line (a BadLine naming the line and field; on_bad_lines decides skip or error):
 - text: an empty line, a wrong column count, a carriage return inside a line (only a CR right
   before the LF is a line end), bytes that are not UTF-8 (the field holding them is named);

@@ -1,4 +1,7 @@
-"""Avazu: comma-separated with a header; `click` is the label, `hour` becomes hour of day (+ weekday)."""
+"""Avazu: comma-separated with a header; `click` is the label, `hour` becomes hour of day (+ weekday).
+
+Kaggle's `test.csv` (and a production log) has no `click`: read only when scoring
+(`require_label=False`)."""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from afm_jax.data.readers.base import (
     RawChunk,
     Source,
     check_file,
+    missing_label,
     resolve_schema,
 )
 from afm_jax.data.readers.fields import convert_table
@@ -21,14 +25,18 @@ from afm_jax.data.schema import Schema
 from afm_jax.errors import DataError
 
 
-def avazu_source(path: str, schema: Schema | str | None = None) -> Source:
+def avazu_source(path: str, schema: Schema | str | None = None, *, require_label: bool = True) -> Source:
     """Avazu CSV with header. `hour` YYMMDDHH -> hour_of_day + weekday; the partial variant (no `id`
-    column) has hour-of-day only in `hour` -> hour_of_day. `id` is dropped, label is `click`."""
+    column) has hour-of-day only in `hour` -> hour_of_day. `id` is dropped, label is `click`.
+
+    require_label=False (scoring): a header without `click` is the test layout (labels NaN)."""
     path = check_file(path)
     header = split_header(read_first_line(path), ",", path)
-    for required in ("click", "hour"):
-        if required not in header:
-            raise DataError(f"Avazu header lacks column {required!r}", path=path, line=1, field=required)
+    if "hour" not in header:
+        raise DataError("Avazu header lacks column 'hour'", path=path, line=1, field="hour")
+    has_label = "click" in header
+    if require_label and not has_label:
+        raise missing_label(path, "click", "the Avazu header", line=1)
     full = "id" in header
     derived: list[str] = []
     for c in header:
@@ -67,10 +75,11 @@ def avazu_source(path: str, schema: Schema | str | None = None) -> Source:
                 cols.append(table[c])
                 names.append(c)
         out = pa.table(cols, names=names)
-        return convert_table(out, lines, path, sch, LABELS_01, checks=[("hour", ok, reason)])
+        return convert_table(out, lines, path, sch, LABELS_01 if has_label else None,
+                             checks=[("hour", ok, reason)])
 
     def chunks(progress: bool) -> ChunkStream:
         return delimited_chunks(path, delimiter=",", column_names=header, header=True, progress=progress,
                                  process=process)
-    return Source("avazu", (path,), sch, chunks)
+    return Source("avazu", (path,), sch, chunks, has_label)
 

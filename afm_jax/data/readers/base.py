@@ -23,7 +23,8 @@ class RawChunk:
     """Validated rows of one file: per-field columns in field order, ready for Encoder.encode.
 
     columns: categorical field -> pa.Array of strings (null = missing); numeric field -> float64
-    np.ndarray of raw values (NaN = missing). label: float32 [N]. lines: int64 [N], 1-based line
+    np.ndarray of raw values (NaN = missing). label: float32 [N], all NaN when the file has no
+    label column (a Source read with require_label=False). lines: int64 [N], 1-based line
     (Parquet: row) numbers in `path`.
     """
 
@@ -62,12 +63,16 @@ ChunkStream = Iterator[tuple[RawChunk | None, list[BadLine]]]
 
 @dataclass
 class Source:
-    """A parsed data source: its resolved schema and a function that streams its chunks."""
+    """A parsed data source: its resolved schema and a function that streams its chunks.
+
+    has_label: whether the files have the label column; False only for a source opened with
+    require_label=False (scoring) on files without it, whose chunks' labels are NaN."""
 
     name: str
     paths: tuple[str, ...]
     schema: Schema
     chunks: Callable[[bool], ChunkStream] = field(repr=False)  # chunks(progress)
+    has_label: bool = True
 
 
 def resolve_schema(schema: Schema | str | Path | None, default: Schema | None, path: str) -> Schema:
@@ -80,6 +85,12 @@ def resolve_schema(schema: Schema | str | Path | None, default: Schema | None, p
         raise DataError("this format needs a schema: pass schema=Schema(...) or the path of a schema JSON",
                         path=path)
     return default
+
+
+def missing_label(path: str, column: str, where: str, line: int | None = None) -> DataError:
+    """The error of a reader that needs the label (train, evaluate) on a file without it."""
+    return DataError(f"the label column {column!r} is not in {where}: training and evaluation need "
+                     "labels (`afm-jax score` reads files without them)", path=path, line=line, field=column)
 
 
 def check_file(path: str) -> str:

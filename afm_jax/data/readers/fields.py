@@ -76,22 +76,25 @@ def bucketize(x: np.ndarray) -> pa.Array:
 
 
 def convert_table(table: pa.Table, lines: np.ndarray, path: str, schema: Schema,
-                  labels: tuple[Sequence[str], Sequence[str]],
+                  labels: tuple[Sequence[str], Sequence[str]] | None,
                   checks: Sequence[tuple[str, np.ndarray, str]] = ()) -> tuple[RawChunk | None, list[BadLine]]:
     """Validate label and numeric columns, drop bad rows, build the RawChunk.
 
-    checks: extra (field, ok_mask, reason) from the format. Fields follow the table's column order.
+    labels: the (positive, negative) label values; None: the table has no label column (a file
+    read for scoring), and the chunk's labels are NaN. checks: extra (field, ok_mask, reason)
+    from the format. Fields follow the table's column order.
     """
     n = table.num_rows
     names = table.column_names
-    for col in (schema.label,) + schema.categorical + schema.numeric + schema.bucketize:
+    label_cols = (schema.label,) if labels is not None else ()
+    for col in label_cols + schema.categorical + schema.numeric + schema.bucketize:
         if col not in names:
             raise DataError(f"schema column {col!r} is not in the data (columns: {', '.join(names)})",
                             path=path, field=col)
     utf8_checks = []
     raw_table = table  # bad-line messages quote the values as read
     for c in names:
-        if (c == schema.label or c in schema.features) and _is_binary(table[c].type):
+        if (c in label_cols or c in schema.features) and _is_binary(table[c].type):
             col, ok = _utf8_column(table[c])
             table = table.set_column(names.index(c), c, col)
             utf8_checks.append((c, ok, "invalid UTF-8 bytes"))
@@ -106,13 +109,17 @@ def convert_table(table: pa.Table, lines: np.ndarray, path: str, schema: Schema,
 
     for name, ok, reason in list(checks) + utf8_checks:
         mark(name, ok, reason)
-    pos, neg = labels
-    label_col = table[schema.label]
-    if not (pa.types.is_string(label_col.type) or pa.types.is_large_string(label_col.type)):
-        label_col = pc.cast(label_col, pa.string())
-    is_pos = pc.fill_null(pc.is_in(label_col, value_set=pa.array(list(pos))), False).to_numpy(zero_copy_only=False)
-    is_neg = pc.fill_null(pc.is_in(label_col, value_set=pa.array(list(neg))), False).to_numpy(zero_copy_only=False)
-    mark(schema.label, is_pos | is_neg, f"label must be one of {list(pos) + list(neg)}")
+    if labels is None:
+        label = np.full(n, np.nan, dtype=np.float32)
+    else:
+        pos, neg = labels
+        label_col = table[schema.label]
+        if not (pa.types.is_string(label_col.type) or pa.types.is_large_string(label_col.type)):
+            label_col = pc.cast(label_col, pa.string())
+        is_pos = pc.fill_null(pc.is_in(label_col, value_set=pa.array(list(pos))), False).to_numpy(zero_copy_only=False)
+        is_neg = pc.fill_null(pc.is_in(label_col, value_set=pa.array(list(neg))), False).to_numpy(zero_copy_only=False)
+        mark(schema.label, is_pos | is_neg, f"label must be one of {list(pos) + list(neg)}")
+        label = is_pos.astype(np.float32)
     numeric_cols = [c for c in names if c in schema.numeric or c in schema.bucketize]
     numbers: dict[str, np.ndarray] = {}
     for c in numeric_cols:
@@ -134,7 +141,7 @@ def convert_table(table: pa.Table, lines: np.ndarray, path: str, schema: Schema,
         keep = first_bad < 0
         table = table.filter(pa.array(keep))
         lines = lines[keep]
-        is_pos = is_pos[keep]
+        label = label[keep]
         numbers = {c: x[keep] for c, x in numbers.items()}
     if table.num_rows == 0:
         return None, bad
@@ -153,6 +160,6 @@ def convert_table(table: pa.Table, lines: np.ndarray, path: str, schema: Schema,
         elif c in schema.numeric:
             columns[c] = numbers[c]
             num_names.append(c)
-    chunk = RawChunk(columns, tuple(cat_names), tuple(num_names), is_pos.astype(np.float32), lines, path)
+    chunk = RawChunk(columns, tuple(cat_names), tuple(num_names), label, lines, path)
     return chunk, bad
 

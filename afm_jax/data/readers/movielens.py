@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from afm_jax.data.readers.base import ChunkStream, Source, check_file, resolve_schema
+from afm_jax.data.readers.base import ChunkStream, Source, check_file, missing_label, resolve_schema
 from afm_jax.data.readers.fields import convert_table
 from afm_jax.data.schema import Schema
 from afm_jax.errors import DataError
@@ -19,19 +19,24 @@ _AGE_NAMES = np.array(["<18", "18-24", "25-34", "35-44", "45-49", "50-55", "56+"
 MOVIELENS_FIELDS = ("user", "movie", "age", "gender", "occupation", "zip3", "genre", "year")
 
 
-def movielens_source(directory: str, schema: Schema | str | None = None) -> Source:
+def movielens_source(directory: str, schema: Schema | str | None = None, *, require_label: bool = True) -> Source:
     """MovieLens-100k from ratings/users/items.parquet; label rating >= 4; rows sorted by timestamp.
 
     Fields: user, movie, age bucket, gender, occupation, zip3 (zip prefix), genre (first genre flag
     set, or "none"), year (release year). 'Line' numbers are 1-based rows of ratings.parquet.
+    require_label=False (scoring): ratings.parquet may lack `rating` (labels NaN).
     """
     d = Path(directory)
     paths = tuple(check_file(str(d / f"{n}.parquet")) for n in ("ratings", "users", "items"))
     sch = resolve_schema(schema, Schema(label="label", categorical=MOVIELENS_FIELDS), paths[0])
+    has_label = "rating" in pq.ParquetFile(paths[0]).schema_arrow.names
+    if require_label and not has_label:
+        raise missing_label(paths[0], "rating", "ratings.parquet")
 
     def chunks(progress: bool) -> ChunkStream:
         ratings, users, items = (pq.read_table(p) for p in paths)
-        for tab, cols, p in ((ratings, ("user_id", "movie_id", "rating", "timestamp"), paths[0]),
+        rating_cols = ("user_id", "movie_id", "timestamp") + (("rating",) if has_label else ())
+        for tab, cols, p in ((ratings, rating_cols, paths[0]),
                              (users, ("user_id", "age", "gender", "occupation", "zip_code"), paths[1]),
                              (items, ("movie_id", "release_date"), paths[2])):
             for c in cols:
@@ -43,11 +48,14 @@ def movielens_source(directory: str, schema: Schema | str | None = None) -> Sour
         order = np.argsort(pc.fill_null(ratings["timestamp"], 0).to_numpy(zero_copy_only=False), kind="stable")
         ratings = ratings.take(pa.array(order))
         lines = order.astype(np.int64) + 1
-        rating = pc.cast(ratings["rating"], pa.float64())
-        ok = pc.fill_null(pc.and_(pc.greater_equal(rating, 0.5), pc.less_equal(rating, 5.0)), False)
-        ok = pc.and_(ok, pc.is_valid(ratings["user_id"]))
-        ok = pc.and_(ok, pc.is_valid(ratings["movie_id"])).to_numpy(zero_copy_only=False)
-        label = pc.if_else(pc.greater_equal(pc.fill_null(rating, 0), 4.0), "1", "0")
+        ok = pc.and_(pc.is_valid(ratings["user_id"]), pc.is_valid(ratings["movie_id"]))
+        if has_label:
+            rating = pc.cast(ratings["rating"], pa.float64())
+            ok = pc.and_(ok, pc.fill_null(pc.and_(pc.greater_equal(rating, 0.5), pc.less_equal(rating, 5.0)), False))
+            label = {"label": pc.if_else(pc.greater_equal(pc.fill_null(rating, 0), 4.0), "1", "0")}
+        else:
+            label = {}
+        ok = ok.to_numpy(zero_copy_only=False)
         ui = pc.index_in(ratings["user_id"], value_set=users["user_id"])
         mi = pc.index_in(ratings["movie_id"], value_set=items["movie_id"])
 
@@ -67,7 +75,7 @@ def movielens_source(directory: str, schema: Schema | str | None = None) -> Sour
         year = pc.extract_regex(pc.cast(items["release_date"], pa.string()), r"(?P<y>[0-9]{4})\s*$")
         year = pc.struct_field(year, [0])
         table = pa.table({
-            "label": label,
+            **label,
             "user": pc.cast(ratings["user_id"], pa.string()),
             "movie": pc.cast(ratings["movie_id"], pa.string()),
             "age": take(users, age_bucket, ui),
@@ -78,6 +86,8 @@ def movielens_source(directory: str, schema: Schema | str | None = None) -> Sour
             "year": take(items, year, mi),
         })
         if n:
-            yield convert_table(table, lines, paths[0], sch, (("1",), ("0",)),
-                                checks=[("rating", ok, "rating must be a number in 0.5..5 with user and movie ids")])
-    return Source("movielens", paths, sch, chunks)
+            reason = "rating must be a number in 0.5..5 with user and movie ids" if has_label else \
+                "user and movie ids must be present"
+            yield convert_table(table, lines, paths[0], sch, (("1",), ("0",)) if has_label else None,
+                                checks=[("rating", ok, reason)])
+    return Source("movielens", paths, sch, chunks, has_label)

@@ -8,7 +8,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from afm_jax.data.readers.base import LABELS_01, ChunkStream, Source, check_file, resolve_schema
+from afm_jax.data.readers.base import (
+    LABELS_01,
+    ChunkStream,
+    Source,
+    check_file,
+    missing_label,
+    resolve_schema,
+)
 from afm_jax.data.readers.fields import convert_table
 from afm_jax.data.readers.text import delimited_chunks, read_first_line, split_header
 from afm_jax.data.schema import Schema
@@ -17,31 +24,43 @@ from afm_jax.errors import DataError
 PARQUET_BATCH = 1 << 18  # rows of Parquet parsed at a time
 
 
-def csv_source(path: str, schema: Schema | str | None) -> Source:
-    """Generic CSV with a header (tab-separated if the name ends in .tsv/.tsv.gz) and a schema."""
+def csv_source(path: str, schema: Schema | str | None, *, require_label: bool = True) -> Source:
+    """Generic CSV with a header (tab-separated if the name ends in .tsv/.tsv.gz) and a schema.
+
+    require_label=False (scoring): the schema's label column may be absent (labels NaN)."""
     path = check_file(path)
     delimiter = "\t" if path.endswith((".tsv", ".tsv.gz")) else ","
     sch = resolve_schema(schema, None, path)
     header = split_header(read_first_line(path), delimiter, path)
-    for c in (sch.label,) + sch.categorical + sch.numeric + sch.bucketize:
+    has_label = sch.label in header
+    if require_label and not has_label:
+        raise missing_label(path, sch.label, "the header", line=1)
+    for c in sch.categorical + sch.numeric + sch.bucketize:
         if c not in header:
             raise DataError(f"schema column {c!r} is not in the header", path=path, line=1, field=c)
+    labels = LABELS_01 if has_label else None
 
     def chunks(progress: bool) -> ChunkStream:
         return delimited_chunks(path, delimiter=delimiter, column_names=header, header=True, progress=progress,
-                                 process=lambda t, ln: convert_table(t, ln, path, sch, LABELS_01))
-    return Source("csv", (path,), sch, chunks)
+                                 process=lambda t, ln: convert_table(t, ln, path, sch, labels))
+    return Source("csv", (path,), sch, chunks, has_label)
 
 
-def parquet_source(path: str, schema: Schema | str | None) -> Source:
-    """Generic Parquet with a schema; 'line' numbers are 1-based row numbers."""
+def parquet_source(path: str, schema: Schema | str | None, *, require_label: bool = True) -> Source:
+    """Generic Parquet with a schema; 'line' numbers are 1-based row numbers.
+
+    require_label=False (scoring): the schema's label column may be absent (labels NaN)."""
     path = check_file(path)
     sch = resolve_schema(schema, None, path)
     pf = pq.ParquetFile(path)
     names = pf.schema_arrow.names
-    for c in (sch.label,) + sch.categorical + sch.numeric + sch.bucketize:
+    has_label = sch.label in names
+    if require_label and not has_label:
+        raise missing_label(path, sch.label, "the Parquet file")
+    for c in sch.categorical + sch.numeric + sch.bucketize:
         if c not in names:
             raise DataError(f"schema column {c!r} is not in the Parquet file", path=path, field=c)
+    labels = LABELS_01 if has_label else None
     wanted = [c for c in names if c == sch.label or c in sch.features]
     for c in wanted:
         t = pf.schema_arrow.field(c).type
@@ -62,9 +81,9 @@ def parquet_source(path: str, schema: Schema | str | None) -> Source:
                 row += table.num_rows
                 if bar is not None:
                     bar.update(table.num_rows)
-                yield convert_table(table, lines, path, sch, LABELS_01)
+                yield convert_table(table, lines, path, sch, labels)
         finally:
             if bar is not None:
                 bar.close()
-    return Source("parquet", (path,), sch, chunks)
+    return Source("parquet", (path,), sch, chunks, has_label)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import gzip
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -100,9 +100,12 @@ def _column_at(line: bytes, pos: int, delim: int, column_names: Sequence[str]) -
 
 
 def delimited_chunks(path: str, *, delimiter: str, column_names: Sequence[str], header: bool, progress: bool,
-                      process: Callable[[pa.Table, np.ndarray], tuple[RawChunk | None, list[BadLine]]]
-                      ) -> ChunkStream:
-    """Column-count check (numpy), pyarrow parse of the good lines, then `process` for field checks."""
+                      process: Callable[[pa.Table, np.ndarray], tuple[RawChunk | None, list[BadLine]]],
+                      count_hints: Mapping[int, str] | None = None) -> ChunkStream:
+    """Column-count check (numpy), pyarrow parse of the good lines, then `process` for field checks.
+
+    count_hints: column count -> what a line of that many columns may be, added to its reason."""
+    count_hints = count_hints or {}
     n_cols = len(column_names)
     delim = ord(delimiter)
     read_opts = pacsv.ReadOptions(column_names=list(column_names), use_threads=True, block_size=1 << 22)
@@ -133,8 +136,9 @@ def delimited_chunks(path: str, *, delimiter: str, column_names: Sequence[str], 
                 else:
                     c = int(counts[i])
                     fname = column_names[c] if c < n_cols else f"column {n_cols + 1} (unexpected)"
+                    hint = f": {count_hints[c]}" if c in count_hints else ""
                     bad.append(BadLine(path, int(lines[i]), fname,
-                                       f"expected {n_cols} {delimiter!r}-separated columns, found {c}"))
+                                       f"expected {n_cols} {delimiter!r}-separated columns, found {c}{hint}"))
         # A CR not right before the LF would end a row inside pyarrow: a bad line, not a split row.
         cr = np.flatnonzero(a == 13)
         cr = cr[a[cr + 1] != 10]
