@@ -1,4 +1,5 @@
-"""Generic tables with a user schema: CSV/TSV with a header, and Parquet (nested columns rejected)."""
+"""Generic tables with a user schema: CSV/TSV with a header, and Parquet (list<string> columns for
+multi-valued fields; other nested columns rejected)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from afm_jax.data.bags import is_list_type
 from afm_jax.data.readers.base import LABELS_01, ChunkStream, Source, check_file, resolve_schema
 from afm_jax.data.readers.fields import convert_table
 from afm_jax.data.readers.text import delimited_chunks, read_first_line, split_header
@@ -23,9 +25,13 @@ def csv_source(path: str, schema: Schema | str | None) -> Source:
     delimiter = "\t" if path.endswith((".tsv", ".tsv.gz")) else ","
     sch = resolve_schema(schema, None, path)
     header = split_header(read_first_line(path), delimiter, path)
-    for c in (sch.label,) + sch.categorical + sch.numeric + sch.bucketize:
+    for c in sch.columns:
         if c not in header:
             raise DataError(f"schema column {c!r} is not in the header", path=path, line=1, field=c)
+    for b in sch.bags:
+        if delimiter in b.separator:
+            raise DataError(f"the separator {b.separator!r} of a multi-valued field cannot contain the file's "
+                            f"column delimiter {delimiter!r}", path=path, field=b.name)
 
     def chunks(progress: bool) -> ChunkStream:
         return delimited_chunks(path, delimiter=delimiter, column_names=header, header=True, progress=progress,
@@ -39,15 +45,19 @@ def parquet_source(path: str, schema: Schema | str | None) -> Source:
     sch = resolve_schema(schema, None, path)
     pf = pq.ParquetFile(path)
     names = pf.schema_arrow.names
-    for c in (sch.label,) + sch.categorical + sch.numeric + sch.bucketize:
+    for c in sch.columns:
         if c not in names:
             raise DataError(f"schema column {c!r} is not in the Parquet file", path=path, field=c)
     wanted = [c for c in names if c == sch.label or c in sch.features]
+    bag_names = set(sch.bag_names)
     for c in wanted:
         t = pf.schema_arrow.field(c).type
+        if c in bag_names and is_list_type(t) and not pa.types.is_nested(t.value_type):
+            continue
         if pa.types.is_nested(t):
-            raise DataError(f"column type {t} is not supported (a field needs one scalar value per row)",
-                            path=path, field=c)
+            what = ("a list of scalars or a delimited string" if c in bag_names
+                    else "one scalar value per row (a list column belongs under \"multi_valued\")")
+            raise DataError(f"column type {t} is not supported (a field needs {what})", path=path, field=c)
 
     def chunks(progress: bool) -> ChunkStream:
         bar = None
