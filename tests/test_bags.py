@@ -458,3 +458,26 @@ def test_movielens_history_never_sees_own_or_later_ratings(tmp_path):
         ids = test.bags["history"][i, :test.bag_len["history"][i]]
         assert test.cat[i, j_movie] not in set(ids[ids > 0].tolist()) or test.cat[i, j_movie] == 0
     assert "genre" not in ds.info.cat_names and j_user != j_movie
+
+
+def test_sequence_sharing_a_bag_encoder_reuse_and_max_rows(tmp_path):
+    path = tmp_path / "d.csv"
+    lines = ["y,user,tags,clicked"] + [f"{i % 2},u{i % 7},{'|'.join(f't{j % 5}' for j in range(i % 9))},t{i % 6}"
+                                        for i in range(400)]
+    path.write_text("\n".join(lines) + "\n")
+    sch = Schema.from_dict({"label": "y", "categorical": ["user"], "multi_valued": [{"name": "tags", "max_len": 4}],
+                            "sequence": [{"name": "clicked", "max_len": 1, "shares": "tags"}]})
+    kw = {"schema": sch, "min_count": 1, "cache_dir": str(tmp_path / "c"), "progress": False}
+    ds = load_dataset(f"csv:{path}", max_rows=150, **kw)
+    assert sum(len(getattr(ds, s)) for s in ("train", "valid", "test")) == 150
+    assert ds.report["bags"]["tags"]["truncated_rows"] == sum(1 for i in range(150) if i % 9 > 4)
+    tags = ds.encoder.bag_vocabs[0]
+    clicked = sum((decode(ds, s, "clicked") for s in ("train", "valid", "test")), [])
+    assert clicked == [[f"t{i % 6}" if f"t{i % 6}" in tags else "<0>"] for i in range(150)]  # t5 is no tag
+    assert ds.info.bags[1].vocab_size == ds.info.bags[0].vocab_size == len(tags) + 1
+    again = load_dataset(f"csv:{path}", max_rows=150, encoder=ds.encoder, **kw)  # a model's encoder
+    for s in ("train", "test"):
+        for k in ("tags", "clicked"):
+            np.testing.assert_array_equal(getattr(again, s).bags[k], getattr(ds, s).bags[k])
+    with pytest.raises(DataError, match="differ from the encoder"):
+        load_dataset(f"csv:{path}", encoder=synthetic_dataset(100, seed=0).encoder, **kw)
