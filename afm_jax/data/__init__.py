@@ -4,7 +4,7 @@ load_dataset("criteo:PATH") -> Dataset with train/valid/test EncodedSplits (int3
 numeric, float32 labels, and padded ids + lengths for multi-valued fields), the fitted Encoder and
 a report; iterate_batches yields model batches (their layout: `afm_jax.data.splits`).
 
-Modules, bottom floor first (each imports only those before it): hashing, schema, readers, bags,
+Modules, bottom floor first (each imports only those before it): hashing, schema, bags, readers,
 encoder, splits, build, synthetic, dataset; batching sits on splits and hashing.
 """
 
