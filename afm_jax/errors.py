@@ -21,7 +21,7 @@ class DataError(AfmError):
             where.append(f"field {field!r}")
         prefix = (", ".join(where) + ": ") if where else ""
         super().__init__(prefix + message)
-        self.path, self.line, self.field = path, line, field
+        self.path, self.line, self.field, self.reason = path, line, field, message
 
 
 class CheckpointError(AfmError):

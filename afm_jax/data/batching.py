@@ -1,5 +1,10 @@
 """Batches over encoded splits, on the host or sharded over a mesh: one fancy-index (or slice)
-per array per batch, no per-row Python."""
+per array per batch, no per-row Python.
+
+A batch is a pytree of arrays with the rows on axis 0: {"cat", "num", "label"} and, for data
+with multi-valued fields, the nested dicts "bags" {field: int32 [B, L_f]} and "bag_len" {field:
+int32 [B]} (the layout is in `afm_jax.data.splits`). Every function here maps over the leaves,
+so the nested dicts are cut, padded, placed and sharded like the top-level arrays."""
 
 from __future__ import annotations
 
@@ -13,20 +18,14 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from afm_jax.data.dataset import EncodedSplit
+from afm_jax.data.hashing import mix64
+from afm_jax.data.splits import EncodedSplit
 from afm_jax.distributed import batch_sharding, data_size, padded_size
 from afm_jax.errors import DataError
 
 # Splits larger than this are shuffled with a keyed permutation computed batch by batch (memory
 # O(batch)) instead of a materialized one (8 bytes per row), so memory does not grow with rows.
 LARGE_SHUFFLE_ROWS = 1 << 24
-
-
-def _mix64(x: np.ndarray) -> np.ndarray:
-    """splitmix64's finalizer on uint64 (wrapping arithmetic)."""
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
 
 
 def keyed_permutation(positions: np.ndarray, n: int, seed: int, rounds: int = 4) -> np.ndarray:
@@ -36,12 +35,12 @@ def keyed_permutation(positions: np.ndarray, n: int, seed: int, rounds: int = 4)
     mask = np.uint64((1 << half) - 1)
     with np.errstate(over="ignore"):
         base = np.uint64(seed % (1 << 63)) * np.uint64(0x9E3779B97F4A7C15)
-        keys = _mix64(np.arange(1, rounds + 1, dtype=np.uint64) + base)
+        keys = mix64(np.arange(1, rounds + 1, dtype=np.uint64) + base)
 
     def feistel(x: np.ndarray) -> np.ndarray:
         left, right = x >> np.uint64(half), x & mask
         for k in keys:
-            left, right = right, left ^ (_mix64(right ^ k) & mask)
+            left, right = right, left ^ (mix64(right ^ k) & mask)
         return (left << np.uint64(half)) | right
 
     with np.errstate(over="ignore"):
@@ -125,12 +124,18 @@ def _place_array(value: np.ndarray | LocalRows, mesh: Mesh) -> jax.Array:
     return jax.make_array_from_callback(value.shape, batch_sharding(mesh, len(value.shape)), block)
 
 
+def _is_rows(x: Any) -> bool:
+    return isinstance(x, LocalRows)
+
+
 def _host_take(arrays: Mapping[str, Any], idx: np.ndarray, real: int | None,
                mesh: Mesh | None) -> dict[str, Any]:
-    """One host batch {k: arrays[k][idx]}. real: add "weight" [len(idx)], 1 on the first `real`
-    rows (times the arrays' own "weight", if any) and 0 on the padding after them; None: no
-    weight. With a mesh, in a multi-process run, each array holds only this process's rows."""
-    batch = {k: _host_array(v, idx, mesh) for k, v in arrays.items() if k != "weight"}
+    """One host batch {k: arrays[k][idx]} (nested dicts of arrays alike). real: add "weight"
+    [len(idx)], 1 on the first `real` rows (times the arrays' own "weight", if any) and 0 on the
+    padding after them; None: no weight. With a mesh, in a multi-process run, each array holds
+    only this process's rows."""
+    batch = {k: jax.tree_util.tree_map(lambda v: _host_array(v, idx, mesh), v)
+             for k, v in arrays.items() if k != "weight"}
     if real is not None:
         weight = np.zeros(len(idx), np.float32)
         weight[:real] = 1.0
@@ -147,7 +152,8 @@ def place_batch(batch: Mapping[str, Any], mesh: Mesh | None = None) -> dict[str,
     the steps, in program order (a second dispatching thread deadlocks the step's collectives)."""
     if mesh is None:
         return to_device(batch)
-    return {k: v if isinstance(v, jax.Array) else _place_array(v, mesh) for k, v in batch.items()}
+    return jax.tree_util.tree_map(lambda v: v if isinstance(v, jax.Array) else _place_array(v, mesh), dict(batch),
+                                  is_leaf=_is_rows)
 
 
 def host_batches(split: EncodedSplit, batch_size: int, *, shuffle: bool = False, seed: int = 0,
@@ -158,7 +164,7 @@ def host_batches(split: EncodedSplit, batch_size: int, *, shuffle: bool = False,
     `LocalRows`); `place_batch(b, mesh)` makes each the batch `iterate_batches` yields. Host work
     only, so it may run in a background thread (`prefetch`)."""
     pad = pad_last or mesh is not None
-    arrays = {k: getattr(split, k) for k in ("cat", "num", "label")}
+    arrays = split.arrays()
     for idx, real in batch_indices(len(split), batch_size, shuffle=shuffle, seed=seed,
                                    drop_remainder=drop_remainder, start_batch=start_batch,
                                    pad_to=padded_size(batch_size, mesh) if pad else None):
@@ -168,7 +174,8 @@ def host_batches(split: EncodedSplit, batch_size: int, *, shuffle: bool = False,
 def iterate_batches(split: EncodedSplit, batch_size: int, *, shuffle: bool = False, seed: int = 0,
                     drop_remainder: bool = False, start_batch: int = 0, pad_last: bool = False,
                     mesh: Mesh | None = None) -> Iterator[dict[str, Any]]:
-    """Yield {"cat": int32[B,Fc], "num": float32[B,Fn], "label": float32[B]}: the one batch path.
+    """Yield {"cat": int32[B,Fc], "num": float32[B,Fn], "label": float32[B]} (plus "bags" and
+    "bag_len" dicts for multi-valued fields, `afm_jax.data.splits`): the one batch path.
 
     shuffle: a permutation seeded by `seed` (pass a different seed per epoch); each batch's indices
     are sorted for memory locality. Without shuffle, batches are contiguous slices in order. The
@@ -197,7 +204,7 @@ def shard_batch(batch: Mapping[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
     any, and 0 on the padding). A batch that is already sharded so is returned as it is."""
     b = int(np.shape(batch["cat"])[0])
     sharded = all(isinstance(v, jax.Array) and v.sharding == batch_sharding(mesh, v.ndim)
-                  for v in batch.values())
+                  for v in jax.tree_util.tree_leaves(batch))
     if sharded and b % data_size(mesh) == 0:
         out = dict(batch)
         if "weight" not in out:
@@ -209,7 +216,7 @@ def shard_batch(batch: Mapping[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
 def to_device(batch: Mapping[str, Any]) -> dict[str, Any]:
     """A batch with its host (numpy) arrays put on the default device; arrays already placed
     (a mesh batch's global arrays) are kept as they are."""
-    return {k: jax.device_put(v) if isinstance(v, np.ndarray) else v for k, v in batch.items()}
+    return jax.tree_util.tree_map(lambda v: jax.device_put(v) if isinstance(v, np.ndarray) else v, dict(batch))
 
 
 _ITEM, _END, _ERROR = 0, 1, 2

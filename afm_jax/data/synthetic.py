@@ -3,22 +3,28 @@ from first-order effects + field-pair latent interactions through a tanh nonline
 
 Two encodings: by default an Encoder is fitted on the train split (only values seen there get ids);
 with `total_vocab` the tables have fixed sizes summing to exactly that many rows (`IdentityEncoder`:
-value k is id k, id 0 out of vocabulary), for scale runs whose tables are larger than the data."""
+value k is id k, id 0 out of vocabulary), for scale runs whose tables are larger than the data.
+
+Multi-valued fields are opt-in (`bags=SyntheticBags(...)`): without them the data is exactly what
+it always was. With them, the single-valued columns stay the same and the labels also depend on
+the bags (`_HiddenBags`)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from afm_jax.data.batching import _mix64
-from afm_jax.data.dataset import SPLITS, Dataset, EncodedSplit, build_from_chunks, split_rows
+from afm_jax.data.build import build_from_chunks
 from afm_jax.data.encoder import Encoder, NumericMoments, _as_string_array, numeric_transform
+from afm_jax.data.hashing import mix64
 from afm_jax.data.readers import BadLine, RawChunk
-from afm_jax.data.schema import FeatureInfo
+from afm_jax.data.schema import COMBINERS, BagSpec, FeatureInfo, Schema
+from afm_jax.data.splits import SPLITS, Dataset, EncodedSplit, count_rows, split_rows
 from afm_jax.errors import DataError
 
 SYNTHETIC_CHUNK = 1 << 16  # rows per generated chunk; row i depends only on (seed, i // SYNTHETIC_CHUNK)
@@ -93,18 +99,106 @@ def _hash_normal(key: int, stream: int, ids: np.ndarray, width: int) -> np.ndarr
     """Standard normals float64 [n, width], a pure function of (key, stream, id, column): a
     splitmix64 hash to two uniforms, then Box-Muller."""
     with np.errstate(over="ignore"):
-        salt = _mix64(np.array([key % (1 << 64), stream + 1], dtype=np.uint64))
+        salt = mix64(np.array([key % (1 << 64), stream + 1], dtype=np.uint64))
         x = (ids.astype(np.uint64)[:, None] * np.uint64(width)
              + np.arange(width, dtype=np.uint64)) ^ salt[0]
-        h1 = _mix64(x + salt[1])
-        h2 = _mix64(h1 ^ salt[0])
+        h1 = mix64(x + salt[1])
+        h2 = mix64(h1 ^ salt[0])
     u1 = ((h1 >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0 ** -53
     u2 = (h2 >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
     return np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
 
 
-def _calibrate(model: _HiddenModel, rng: np.random.Generator, base_ctr: float) -> None:
-    _, _, logit = model.sample(rng, 50_000)
+@dataclass(frozen=True)
+class SyntheticBags:
+    """Multi-valued synthetic fields b0..b{fields-1}: each row's length is Poisson(mean_len) (so
+    some bags are empty, and lengths beyond max_len are cut, keeping the last items, and counted),
+    items are Zipf over `vocab` values. String form (`parse`): "FIELDS[:MEAN_LEN[:MAX_LEN]]"."""
+
+    fields: int = 2
+    mean_len: float = 5.0
+    max_len: int = 20
+    vocab: int = 1_000
+    combiner: str = "mean"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.fields, bool) or not isinstance(self.fields, int) or self.fields < 1:
+            raise DataError(f"fields must be an integer >= 1, got {self.fields!r}", field="synthetic_bags")
+        if not (0 < float(self.mean_len) <= 10_000):
+            raise DataError(f"mean_len must be in (0, 10000], got {self.mean_len!r}", field="synthetic_bags")
+        if isinstance(self.vocab, bool) or not isinstance(self.vocab, int) or self.vocab < 1:
+            raise DataError(f"vocab must be an integer >= 1, got {self.vocab!r}", field="synthetic_bags")
+        if self.combiner not in COMBINERS:
+            raise DataError(f"combiner must be one of {list(COMBINERS)}, got {self.combiner!r}",
+                            field="synthetic_bags")
+        BagSpec("b0", self.max_len)  # validates max_len
+
+    @classmethod
+    def parse(cls, text: str) -> SyntheticBags:
+        """"FIELDS[:MEAN_LEN[:MAX_LEN]]", e.g. "2:5:20"."""
+        parts = str(text).split(":")
+        try:
+            if not 1 <= len(parts) <= 3:
+                raise ValueError
+            kw = {"fields": int(parts[0])}
+            if len(parts) > 1:
+                kw["mean_len"] = float(parts[1])
+            if len(parts) > 2:
+                kw["max_len"] = int(parts[2])
+        except ValueError:
+            raise DataError(f"synthetic bags must read FIELDS[:MEAN_LEN[:MAX_LEN]], got {text!r}",
+                            field="synthetic_bags") from None
+        return cls(**kw)
+
+    def specs(self) -> tuple[BagSpec, ...]:
+        return tuple(BagSpec(f"b{k}", self.max_len, self.combiner) for k in range(self.fields))
+
+    def to_json(self) -> dict:
+        return {"fields": self.fields, "mean_len": self.mean_len, "max_len": self.max_len, "vocab": self.vocab,
+                "combiner": self.combiner}
+
+
+class _HiddenBags:
+    """The bags' share of the click logit: per bag field b, the mean over its items of a
+    first-order weight, plus the strength times r_b <mean item vector, v of categorical field
+    b mod F> (a bag that interacts with a single-valued field). An empty bag adds nothing."""
+
+    def __init__(self, rng: np.random.Generator, spec: SyntheticBags, n_categorical: int, zipf_a: float,
+                 latent_dim: int, strength: float):
+        c = np.cumsum(np.arange(1, spec.vocab + 1, dtype=np.float64) ** -zipf_a)
+        self.cdf = c / c[-1]
+        self.spec, self.strength, self.n_categorical = spec, strength, n_categorical
+        self.w = [rng.normal(0.0, 1.0, size=spec.vocab) for _ in range(spec.fields)]
+        self.v = [rng.normal(0.0, 1.0 / np.sqrt(latent_dim), size=(spec.vocab, latent_dim))
+                  for _ in range(spec.fields)]
+        self.r = rng.normal(size=spec.fields)
+
+    def sample(self, rng: np.random.Generator, model: _HiddenModel, ids: np.ndarray
+               ) -> tuple[list[tuple[np.ndarray, np.ndarray]], np.ndarray]:
+        """-> per bag field (lengths int64 [n], items int64 [sum of lengths], 0-based, row by
+        row), and the logit float64 [n] they add, for rows whose categorical ids are `ids`."""
+        n = len(ids)
+        out, logit = [], np.zeros(n)
+        for b in range(self.spec.fields):
+            lengths = rng.poisson(self.spec.mean_len, size=n).astype(np.int64)
+            items = np.minimum(np.searchsorted(self.cdf, rng.random(int(lengths.sum()))), len(self.cdf) - 1)
+            row = np.repeat(np.arange(n), lengths)
+            count = np.maximum(lengths, 1).astype(np.float64)
+            first = np.bincount(row, weights=self.w[b][items], minlength=n) / count
+            pooled = np.stack([np.bincount(row, weights=self.v[b][items, d], minlength=n)
+                               for d in range(self.v[b].shape[1])], axis=1) / count[:, None]
+            partner = b % self.n_categorical
+            inter = np.einsum("nd,nd->n", pooled, model.latent(partner, ids[:, partner]))
+            logit += first + self.strength * self.r[b] * inter * np.sqrt(self.v[b].shape[1])
+            out.append((lengths, items))
+        return out, logit
+
+
+def _calibrate(model: _HiddenModel, rng: np.random.Generator, base_ctr: float,
+               bags: _HiddenBags | None = None) -> None:
+    ids, _, logit = model.sample(rng, 50_000)
+    if bags is not None:
+        logit = logit + bags.sample(rng, model, ids)[1]
     lo, hi = -20.0, 20.0
     for _ in range(60):
         mid = (lo + hi) / 2
@@ -115,17 +209,31 @@ def _calibrate(model: _HiddenModel, rng: np.random.Generator, base_ctr: float) -
     model.bias = (lo + hi) / 2
 
 
+def _list_column(lengths: np.ndarray, items: np.ndarray) -> pa.Array:
+    """Rows of items (0-based ints) as a list<string> column."""
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets), pc.cast(pa.array(items), pa.string()))
+
+
 def synthetic_chunks(n_rows: int, model: _HiddenModel, seed: int, cat_names: Sequence[str],
-                     num_names: Sequence[str]) -> Iterator[tuple[RawChunk, list[BadLine]]]:
+                     num_names: Sequence[str], bags: _HiddenBags | None = None
+                     ) -> Iterator[tuple[RawChunk, list[BadLine]]]:
     for i, start in enumerate(range(0, n_rows, SYNTHETIC_CHUNK)):
         rng = np.random.default_rng([seed, 2, i])
         ids, counts, logit = model.sample(rng, SYNTHETIC_CHUNK)
-        label = (rng.random(SYNTHETIC_CHUNK) < 1 / (1 + np.exp(-logit))).astype(np.float32)
         k = min(SYNTHETIC_CHUNK, n_rows - start)
+        bag_cols: dict = {}
+        if bags is not None:  # its own stream: the single-valued columns stay as without bags
+            lists, extra = bags.sample(np.random.default_rng([seed, 3, i]), model, ids[:k])
+            logit = logit + np.concatenate([extra, np.zeros(SYNTHETIC_CHUNK - k)])
+            bag_cols = {f"b{b}": _list_column(lengths, items) for b, (lengths, items) in enumerate(lists)}
+        label = (rng.random(SYNTHETIC_CHUNK) < 1 / (1 + np.exp(-logit))).astype(np.float32)
         cols: dict = {name: pc.cast(pa.array(ids[:k, j]), pa.string()) for j, name in enumerate(cat_names)}
         cols.update({name: counts[:k, j] for j, name in enumerate(num_names)})
+        cols.update(bag_cols)
         lines = np.arange(start + 1, start + k + 1, dtype=np.int64)
-        yield RawChunk(cols, tuple(cat_names), tuple(num_names), label[:k], lines, "synthetic"), []
+        yield RawChunk(cols, tuple(cat_names), tuple(num_names), label[:k], lines, "synthetic",
+                       tuple(bag_cols)), []
 
 
 class IdentityEncoder(Encoder):
@@ -223,7 +331,7 @@ def _fixed_vocab_dataset(n_rows: int, model: _HiddenModel, seed: int, cat_names:
     if encoder is None:
         moments = NumericMoments.zeros(fn)
         train = rows["train"]
-        for s in range(0, _n(train), SYNTHETIC_CHUNK):
+        for s in range(0, count_rows(train), SYNTHETIC_CHUNK):
             block = train[s:s + SYNTHETIC_CHUNK] if isinstance(train, np.ndarray) else \
                 slice(train.start + s, min(train.start + s + SYNTHETIC_CHUNK, train.stop))
             moments = moments.merge(NumericMoments.of(num[block].astype(np.float64)))
@@ -242,15 +350,11 @@ def _fixed_vocab_dataset(n_rows: int, model: _HiddenModel, seed: int, cat_names:
     return Dataset("synthetic", encoder.info, splits["train"], splits["valid"], splits["test"], encoder, report)
 
 
-def _n(rows: slice | np.ndarray) -> int:
-    return rows.stop - rows.start if isinstance(rows, slice) else len(rows)
-
-
 def synthetic_dataset(n_rows: int = 200_000, *, seed: int = 0, n_categorical: int = 16, n_numeric: int = 2,
                       vocab_sizes: Sequence[int] | None = None, zipf_a: float = 1.2, latent_dim: int = 4,
                       interaction_strength: float = 1.0, pair_fraction: float = 0.4, base_ctr: float = 0.22,
                       min_count: int = 1, split: str = "sequential", encoder=None,
-                      total_vocab: int | None = None) -> Dataset:
+                      total_vocab: int | None = None, bags: SyntheticBags | None = None) -> Dataset:
     """Deterministic (by seed) synthetic CTR data, generated in chunks; row i is the same for any
     n_rows > i. Fields c0..c{F-1} (Zipf, vocab sizes default to a 10..100k mix), numeric count-like
     fields n0..; labels from _HiddenModel with base CTR ~ base_ctr. Encoder fitted on train.
@@ -260,10 +364,15 @@ def synthetic_dataset(n_rows: int = 200_000, *, seed: int = 0, n_categorical: in
     `IdentityEncoder` (every id 1..V-1 has its row whether or not train saw it; the data never
     holds id 0), and the hidden model's per-value parameters hashed rather than stored, so memory
     is the data plus 8 bytes per table row (the Zipf CDFs). Not with vocab_sizes or min_count > 1.
+
+    bags: add multi-valued fields b0.. (`SyntheticBags`; not with total_vocab). None (the
+    default) generates exactly the data it always did.
     """
     if n_rows < 10:
         raise DataError(f"synthetic_dataset needs n_rows >= 10, got {n_rows}", field="n_rows")
     sizes = None
+    if bags is not None and total_vocab is not None:
+        raise DataError("synthetic bags do not combine with total_vocab (--synthetic-vocab) yet", field="bags")
     if total_vocab is not None:
         if vocab_sizes is not None:
             raise DataError("give vocab_sizes or total_vocab (--synthetic-vocab), not both", field="total_vocab")
@@ -279,19 +388,24 @@ def synthetic_dataset(n_rows: int = 200_000, *, seed: int = 0, n_categorical: in
     vocab_sizes = [int(v) for v in vocab_sizes]
     if len(vocab_sizes) != n_categorical or n_categorical < 1 or min(vocab_sizes) < 1:
         raise DataError(f"vocab_sizes must be {n_categorical} positive ints, got {vocab_sizes}", field="vocab_sizes")
-    hash_key = None if sizes is None else int(_mix64(np.array([seed % (1 << 63)], np.uint64))[0])
+    hash_key = None if sizes is None else int(mix64(np.array([seed % (1 << 63)], np.uint64))[0])
     model = _HiddenModel(np.random.default_rng([seed, 0]), vocab_sizes, n_numeric, zipf_a, latent_dim,
                          interaction_strength, pair_fraction, hash_key=hash_key)
-    _calibrate(model, np.random.default_rng([seed, 1]), base_ctr)
+    hidden_bags = None if bags is None else _HiddenBags(np.random.default_rng([seed, 4]), bags, n_categorical,
+                                                         zipf_a, latent_dim, interaction_strength)
+    _calibrate(model, np.random.default_rng([seed, 1]), base_ctr, hidden_bags)
     cat_names = [f"c{j}" for j in range(n_categorical)]
     num_names = [f"n{j}" for j in range(n_numeric)]
     if sizes is not None:
         ds = _fixed_vocab_dataset(n_rows, model, seed, cat_names, num_names, sizes, split, encoder)
     else:
-        ds = build_from_chunks("synthetic", synthetic_chunks(n_rows, model, seed, cat_names, num_names),
-                               min_count=min_count, split=split, seed=seed, out_dir=None, encoder=encoder)
+        schema = None if bags is None else Schema("label", tuple(cat_names), tuple(num_names), bags=bags.specs())
+        ds = build_from_chunks("synthetic", synthetic_chunks(n_rows, model, seed, cat_names, num_names, hidden_bags),
+                               min_count=min_count, split=split, seed=seed, out_dir=None, encoder=encoder,
+                               schema=schema)
     ds.report.update(seed=seed, generator={"n_rows": n_rows, "vocab_sizes": vocab_sizes, "zipf_a": zipf_a,
                                            "latent_dim": latent_dim, "interaction_strength": interaction_strength,
                                            "pair_fraction": pair_fraction, "base_ctr": base_ctr,
-                                           "total_vocab": total_vocab})
+                                           "total_vocab": total_vocab,
+                                           **({"bags": bags.to_json()} if bags is not None else {})})
     return ds

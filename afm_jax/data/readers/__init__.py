@@ -24,7 +24,10 @@ What is a bad line (a BadLine naming the line and field; on_bad_lines decides sk
   log1p(10**30)); a bucketized value below -2**63 (its integer bucket would overflow int64) is a
   bad line;
 - Parquet binary columns with bytes that are not UTF-8. Nested Parquet columns (list, struct,
-  map) are rejected up front (DataError naming the field).
+  map) are rejected up front (DataError naming the field), except list<scalar> columns of
+  multi-valued fields;
+- multi-valued fields (schema "multi_valued"/"sequence"): a delimited string (empty: an empty
+  bag) or a list (null: an empty bag); an empty or null item is a bad line.
 Quotes are plain characters (no quoting), so a stray quote in a categorical field is just data.
 """
 
@@ -33,11 +36,11 @@ from afm_jax.data.readers.base import LABELS_01, LABELS_PM1, BadLine, ChunkStrea
 from afm_jax.data.readers.criteo import CRITEO_CAT, CRITEO_COLUMNS, CRITEO_INT, CRITEO_SCHEMA, criteo_source
 from afm_jax.data.readers.fields import bucketize, convert_table
 from afm_jax.data.readers.libfm import libfm_source
-from afm_jax.data.readers.movielens import MOVIELENS_FIELDS, movielens_source
+from afm_jax.data.readers.movielens import MOVIELENS_BAG_SCHEMA, MOVIELENS_FIELDS, movielens_source
 from afm_jax.data.readers.tabular import PARQUET_BATCH, csv_source, parquet_source
 from afm_jax.data.readers.text import BLOCK_SIZE, read_first_line
 
 __all__ = ["RawChunk", "BadLine", "ChunkStream", "Source", "LABELS_01", "LABELS_PM1",
            "criteo_source", "avazu_source", "libfm_source", "csv_source", "parquet_source", "movielens_source",
-           "CRITEO_INT", "CRITEO_CAT", "CRITEO_COLUMNS", "CRITEO_SCHEMA", "MOVIELENS_FIELDS",
+           "CRITEO_INT", "CRITEO_CAT", "CRITEO_COLUMNS", "CRITEO_SCHEMA", "MOVIELENS_FIELDS", "MOVIELENS_BAG_SCHEMA",
            "bucketize", "convert_table", "read_first_line", "BLOCK_SIZE", "PARQUET_BATCH"]

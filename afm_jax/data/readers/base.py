@@ -23,9 +23,12 @@ class RawChunk:
     """Validated rows of one file: per-field columns in field order, ready for Encoder.encode.
 
     columns: categorical field -> pa.Array of strings (null = missing); numeric field -> float64
-    np.ndarray of raw values (NaN = missing). label: float32 [N], all NaN when the file has no
-    label column (a Source read with require_label=False). lines: int64 [N], 1-based line
-    (Parquet: row) numbers in `path`.
+    np.ndarray of raw values (NaN = missing); multi-valued field (bag_names) -> pa list<string>
+    array (an empty list = an empty bag; items are never null or empty). label: float32 [N], all
+    NaN when the file has no label column (a Source read with require_label=False). lines: int64
+    [N], 1-based line (Parquet: row) numbers in `path`. cut: bag field -> int64 [N] items the
+    reader itself left out of a row (e.g. a history beyond max_len), so that the dataset report
+    counts them with the encoder's own truncation.
     """
 
     columns: dict[str, pa.Array | np.ndarray]
@@ -34,13 +37,16 @@ class RawChunk:
     label: np.ndarray
     lines: np.ndarray
     path: str
+    bag_names: tuple[str, ...] = ()
+    cut: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.label)
 
     def head(self, k: int) -> RawChunk:
         return RawChunk({n: c[:k] for n, c in self.columns.items()}, self.cat_names, self.num_names,
-                        self.label[:k], self.lines[:k], self.path)
+                        self.label[:k], self.lines[:k], self.path, self.bag_names,
+                        {n: c[:k] for n, c in self.cut.items()})
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,9 @@ A label outside the format's label values (null/empty included) is a bad line. I
 bucketized fields an empty value (text), an empty string or a null (Parquet) is *missing*; anything
 else must be a finite decimal number: text that is not a number, NaN, inf and values overflowing
 float64 are bad lines. A bucketized value below -2**63 is a bad line (its integer bucket would
-overflow int64). Binary (Parquet) values that are not UTF-8 are bad lines."""
+overflow int64). Binary (Parquet) values that are not UTF-8 are bad lines. A multi-valued field is
+a string split on its separator (empty or null: an empty bag) or a list column (null: an empty
+bag); an empty or null item inside a bag (e.g. "a||b", "a|") is a bad line."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from afm_jax.data.bags import as_list_column, is_list_type, item_rows_ok
 from afm_jax.data.readers.base import BadLine, RawChunk
 from afm_jax.data.schema import Schema
 from afm_jax.errors import DataError
@@ -77,17 +80,19 @@ def bucketize(x: np.ndarray) -> pa.Array:
 
 def convert_table(table: pa.Table, lines: np.ndarray, path: str, schema: Schema,
                   labels: tuple[Sequence[str], Sequence[str]] | None,
-                  checks: Sequence[tuple[str, np.ndarray, str]] = ()) -> tuple[RawChunk | None, list[BadLine]]:
-    """Validate label and numeric columns, drop bad rows, build the RawChunk.
+                  checks: Sequence[tuple[str, np.ndarray, str]] = (),
+                  cut: dict[str, np.ndarray] | None = None) -> tuple[RawChunk | None, list[BadLine]]:
+    """Validate label, numeric and multi-valued columns, drop bad rows, build the RawChunk.
 
     labels: the (positive, negative) label values; None: the table has no label column (a file
     read for scoring), and the chunk's labels are NaN. checks: extra (field, ok_mask, reason)
-    from the format. Fields follow the table's column order.
+    from the format. cut: bag field -> items per row the reader left out (`RawChunk.cut`).
+    Fields follow the table's column order.
     """
     n = table.num_rows
     names = table.column_names
     label_cols = (schema.label,) if labels is not None else ()
-    for col in label_cols + schema.categorical + schema.numeric + schema.bucketize:
+    for col in label_cols + schema.columns[1:]:
         if col not in names:
             raise DataError(f"schema column {col!r} is not in the data (columns: {', '.join(names)})",
                             path=path, field=col)
@@ -131,6 +136,17 @@ def convert_table(table: pa.Table, lines: np.ndarray, path: str, schema: Schema,
             with np.errstate(invalid="ignore"):
                 mark(c, ~present | ~(x < -2.0 ** 63), "value out of range (bucketized values must be >= -2**63)")
 
+    bag_specs = {b.name: b for b in schema.bags}
+    lists: dict[str, pa.Array] = {}
+    for c in names:
+        if c in bag_specs:
+            lists[c] = as_list_column(table[c], bag_specs[c].separator)
+            mark(c, item_rows_ok(lists[c]), f"empty item in a multi-valued field (separator "
+                                            f"{bag_specs[c].separator!r} doubled or at an end, or a null item)")
+        elif c in schema.features and is_list_type(table[c].type):
+            raise DataError(f"column type {table[c].type} is a list: declare the field under \"multi_valued\" "
+                            "or \"sequence\" in the schema", path=path, field=c)
+
     bad: list[BadLine] = []
     bad_rows = np.flatnonzero(first_bad >= 0)
     for i in bad_rows:
@@ -143,10 +159,12 @@ def convert_table(table: pa.Table, lines: np.ndarray, path: str, schema: Schema,
         lines = lines[keep]
         label = label[keep]
         numbers = {c: x[keep] for c, x in numbers.items()}
+        lists = {c: v.filter(pa.array(keep)) for c, v in lists.items()}
+        cut = {c: v[keep] for c, v in (cut or {}).items()}
     if table.num_rows == 0:
         return None, bad
     columns: dict[str, pa.Array | np.ndarray] = {}
-    cat_names, num_names = [], []
+    cat_names, num_names, bag_names = [], [], []
     for c in names:
         if c in schema.categorical:
             col = table[c].combine_chunks()
@@ -160,6 +178,10 @@ def convert_table(table: pa.Table, lines: np.ndarray, path: str, schema: Schema,
         elif c in schema.numeric:
             columns[c] = numbers[c]
             num_names.append(c)
-    chunk = RawChunk(columns, tuple(cat_names), tuple(num_names), label, lines, path)
+        elif c in lists:
+            columns[c] = lists[c]
+            bag_names.append(c)
+    chunk = RawChunk(columns, tuple(cat_names), tuple(num_names), label, lines, path,
+                     tuple(bag_names), {c: v for c, v in (cut or {}).items() if c in lists})
     return chunk, bad
 

@@ -1,4 +1,5 @@
-"""Generic tables with a user schema: CSV/TSV with a header, and Parquet (nested columns rejected)."""
+"""Generic tables with a user schema: CSV/TSV with a header, and Parquet (list<string> columns for
+multi-valued fields; other nested columns rejected)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from afm_jax.data.bags import is_list_type
 from afm_jax.data.readers.base import (
     LABELS_01,
     ChunkStream,
@@ -35,9 +37,13 @@ def csv_source(path: str, schema: Schema | str | None, *, require_label: bool = 
     has_label = sch.label in header
     if require_label and not has_label:
         raise missing_label(path, sch.label, "the header", line=1)
-    for c in sch.categorical + sch.numeric + sch.bucketize:
+    for c in sch.columns[1:]:
         if c not in header:
             raise DataError(f"schema column {c!r} is not in the header", path=path, line=1, field=c)
+    for b in sch.bags:
+        if delimiter in b.separator:
+            raise DataError(f"the separator {b.separator!r} of a multi-valued field cannot contain the file's "
+                            f"column delimiter {delimiter!r}", path=path, field=b.name)
     labels = LABELS_01 if has_label else None
 
     def chunks(progress: bool) -> ChunkStream:
@@ -57,16 +63,20 @@ def parquet_source(path: str, schema: Schema | str | None, *, require_label: boo
     has_label = sch.label in names
     if require_label and not has_label:
         raise missing_label(path, sch.label, "the Parquet file")
-    for c in sch.categorical + sch.numeric + sch.bucketize:
+    for c in sch.columns[1:]:
         if c not in names:
             raise DataError(f"schema column {c!r} is not in the Parquet file", path=path, field=c)
     labels = LABELS_01 if has_label else None
     wanted = [c for c in names if c == sch.label or c in sch.features]
+    bag_names = set(sch.bag_names)
     for c in wanted:
         t = pf.schema_arrow.field(c).type
+        if c in bag_names and is_list_type(t) and not pa.types.is_nested(t.value_type):
+            continue
         if pa.types.is_nested(t):
-            raise DataError(f"column type {t} is not supported (a field needs one scalar value per row)",
-                            path=path, field=c)
+            what = ("a list of scalars or a delimited string" if c in bag_names
+                    else "one scalar value per row (a list column belongs under \"multi_valued\")")
+            raise DataError(f"column type {t} is not supported (a field needs {what})", path=path, field=c)
 
     def chunks(progress: bool) -> ChunkStream:
         bar = None
