@@ -445,8 +445,27 @@ def cmd_export(args: argparse.Namespace) -> dict:
     from afm_jax.checkpoint import load_encoder, load_model_dir
     from afm_jax.inference import count_params, export
 
-    model, params, _ = load_model_dir(args.model_dir)
+    model, params, meta = load_model_dir(args.model_dir)
     encoder = load_encoder(args.model_dir) if Path(args.model_dir, "encoder.json").is_file() else None
+    if args.format == "onnx":
+        from afm_jax.onnx_export import ONNX_FILE, bucketized_fields, export_onnx
+        raw = args.raw_inputs if args.raw_inputs is not None else True
+        if args.batch_size:
+            raise AfmError("--batch-size is for --format jax: the ONNX graph's batch is dynamic")
+        if raw and encoder is None:
+            raise AfmError(f"{args.model_dir} has no encoder.json, so the graph cannot take raw "
+                           "values: export with --no-raw-inputs (ids in)")
+        out = export_onnx(model, params, args.out, encoder=encoder if raw else None,
+                          bucketize=bucketized_fields(meta.get("data")) if raw else (),
+                          compute_dtype=_compute_dtype(args))
+        size = (out / ONNX_FILE).stat().st_size
+        print(f"exported the scorer of {args.model_dir} ({count_params(params):,} params, "
+              f"{args.precision} products, {'raw values' if raw else 'ids'} in) to "
+              f"{out / ONNX_FILE} ({size:,} bytes)")
+        return {"out": str(out), "params": count_params(params), "precision": args.precision,
+                "format": "onnx", "raw_inputs": raw, "bytes": size}
+    if args.raw_inputs:
+        raise AfmError("--raw-inputs needs --format onnx (the jax.export artifact takes ids)")
     out = export(model, params, args.out, encoder=encoder, batch_size=args.batch_size,
                  compute_dtype=_compute_dtype(args))
     print(f"exported the scorer of {args.model_dir} ({count_params(params):,} params, "
@@ -644,8 +663,14 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.set_defaults(fn=cmd_bench)
 
-    p = add("export", "write a jax.export artifact of a model directory's scorer")
+    p = add("export", "write a model directory's scorer as a jax.export artifact or one ONNX file")
     p.add_argument("--model-dir", required=True, help="written by train or compress")
+    p.add_argument("--format", choices=["jax", "onnx"], default="jax",
+                   help="jax: jax.export artifact (ids in); onnx: model.onnx + signature.json for "
+                        "ONNX Runtime (needs the [onnx] extra)")
+    p.add_argument("--raw-inputs", action=argparse.BooleanOptionalAction, default=None,
+                   help="ONNX: the encoder goes into the graph, one input per field (strings, "
+                        "numbers; default on); --no-raw-inputs: ids and transformed numbers in")
     p.add_argument("--batch-size", type=int, help="fixed batch size (default: symbolic)")
     p.add_argument("--out", required=True, help="artifact directory")
     _precision_arg(p, "; baked into the artifact, signature.json records it")

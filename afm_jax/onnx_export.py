@@ -1,0 +1,654 @@
+"""The scorer as one ONNX file: raw feature values in, click probability out (`export_onnx`).
+
+The packed scorer (`inference.logits_fn`, params closed over as constants) is traced once to a
+jaxpr with a symbolic batch dimension, and each primitive becomes ONNX nodes (`_Converter`).
+Params become initializers in their stored dtype, so int8 tables and kernels stay int8 in the
+file. Equations whose inputs are all constants (e.g. the triangle indices of a pairwise
+interaction) are evaluated here and stored as small initializers, unless that would grow the
+file (an int8 kernel's float cast stays a Cast node).
+
+Products: a float `x @ W` is a MatMul; other contractions (attention, TT-Rec cores) are Einsum;
+an int8 x int8 -> int32 product (`make_scorer(..., compute_dtype="int8")`) is `MatMulInteger`,
+exact; bfloat16 products cast their bfloat16-rounded inputs back to float32 before the MatMul,
+which equals bfloat16 inputs with float32 accumulation (a product of two bfloat16 values is
+exact in float32).
+
+With `encoder` the encoder goes into the graph (`raw_inputs`), one input per field:
+  - a categorical field: strings [B]; its vocabulary lookup is an `ai.onnx.ml` LabelEncoder
+    (missing, empty or unseen -> id 0);
+  - a bucketized numeric field (Criteo's I1..I13): float64 [B], NaN = missing; the bucket
+    "b<floor(log(x)^2)>" for x > 2, else floor(x), is computed in the graph and looked up;
+  - a dense numeric field: float64 [B], NaN = missing; (log1p(max(x, 0)) - mean) / std, missing
+    -> 0, in the graph.
+Without it the graph takes the encoder's ids (`cat` int32 [B, Fc]) and transformed numbers
+(`num` float32 [B, Fn]), as the jax.export artifact does. The output `score` is float32 [B].
+
+onnx and onnxruntime come with the `[onnx]` extra (`pip install -e ".[onnx]"`).
+jax2onnx was tried and left out: it pins orbax-checkpoint < 0.11.37, which would downgrade the
+checkpoint library of every install that takes the extra.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from afm_jax.errors import AfmError
+
+ONNX_OPSET = 18
+ML_OPSET = 3
+ONNX_FILE = "model.onnx"
+ONNX_SIGNATURE = "signature.json"
+ONNX_FORMAT = "afm_jax.onnx/1"
+FOLD_EXTRA_BYTES = 1 << 16   # a folded constant may exceed its inputs' bytes by this much
+
+
+class ExportError(AfmError):
+    """A model, params form or primitive the ONNX export cannot carry; says which and why."""
+
+
+def _onnx():
+    try:
+        import onnx
+    except ImportError as e:  # pragma: no cover - the extra is part of [dev]
+        raise ExportError("the ONNX export needs the [onnx] extra: pip install -e '.[onnx]'") from e
+    return onnx
+
+
+def _tensor_type(dtype) -> int:
+    onnx = _onnx()
+    t = onnx.TensorProto
+    table = {"float32": t.FLOAT, "float64": t.DOUBLE, "int32": t.INT32, "int64": t.INT64,
+             "int8": t.INT8, "uint8": t.UINT8, "bool": t.BOOL, "bfloat16": t.BFLOAT16,
+             "float16": t.FLOAT16, "uint32": t.UINT32, "int16": t.INT16}
+    name = np.dtype(dtype).name
+    if name not in table:
+        raise ExportError(f"dtype {name} has no ONNX tensor type here")
+    return table[name]
+
+
+def _is_symbolic(d) -> bool:
+    return not isinstance(d, (int, np.integer))
+
+
+def _same_dim(a, b) -> bool:
+    return a is b or (not _is_symbolic(a) and not _is_symbolic(b) and int(a) == int(b)) or \
+        (_is_symbolic(a) and _is_symbolic(b) and str(a) == str(b))
+
+
+class _Graph:
+    """ONNX nodes, initializers and fresh names."""
+
+    def __init__(self, batch_source: str):
+        self.nodes: list = []
+        self.initializers: list = []
+        self._n = 0
+        self._consts: dict[int, tuple[str, np.ndarray]] = {}
+        self._batch_source = batch_source   # a [B, ...] input: its Shape gives B at run time
+        self._batch: str | None = None
+
+    def fresh(self, hint: str = "t") -> str:
+        self._n += 1
+        return f"{hint}_{self._n}"
+
+    def node(self, op: str, inputs: Sequence[str], n_out: int = 1, domain: str | None = None,
+             **attrs) -> Any:
+        onnx = _onnx()
+        outs = [self.fresh(op.lower()) for _ in range(n_out)]
+        self.nodes.append(onnx.helper.make_node(op, list(inputs), outs, domain=domain, **attrs))
+        return outs[0] if n_out == 1 else outs
+
+    def const(self, value, dtype=None) -> str:
+        """An initializer holding `value` (cached per array object)."""
+        onnx = _onnx()
+        arr = np.asarray(value, dtype=dtype)
+        key = id(value) if dtype is None and isinstance(value, np.ndarray) else None
+        if key is not None and key in self._consts:
+            return self._consts[key][0]
+        name = self.fresh("c")
+        if arr.dtype.name == "bfloat16":
+            tensor = onnx.helper.make_tensor(name, _tensor_type(arr.dtype), arr.shape,
+                                             arr.view(np.uint16).tobytes(), raw=True)
+        else:
+            tensor = onnx.numpy_helper.from_array(arr, name)
+        self.initializers.append(tensor)
+        if key is not None:   # the array is kept, so its id cannot be reused by another
+            self._consts[key] = (name, value)
+        return name
+
+    def batch(self) -> str:
+        """int64 [1]: the batch size at run time."""
+        if self._batch is None:
+            shape = self.node("Shape", [self._batch_source])
+            self._batch = self.node("Slice", [shape, self.const([0], np.int64),
+                                              self.const([1], np.int64)])
+        return self._batch
+
+    def shape(self, dims: Sequence[Any], keep_symbolic_as_one: bool = False) -> str:
+        """int64 [len(dims)]: static dims as they are; the symbolic batch dim as 1 (for Expand,
+        which keeps the operand's dim) or as the run-time batch size."""
+        if not any(_is_symbolic(d) for d in dims):
+            return self.const([int(d) for d in dims], np.int64)
+        parts = []
+        for d in dims:
+            if not _is_symbolic(d):
+                parts.append(self.const([int(d)], np.int64))
+            elif keep_symbolic_as_one:
+                parts.append(self.const([1], np.int64))
+            else:
+                if str(d) != "B":
+                    raise ExportError(f"dimension {d} of a shape is not the batch size")
+                parts.append(self.batch())
+        return self.node("Concat", parts, axis=0)
+
+
+_UNARY = {"neg": "Neg", "exp": "Exp", "log": "Log", "tanh": "Tanh", "logistic": "Sigmoid",
+          "sqrt": "Sqrt", "abs": "Abs", "sign": "Sign", "erf": "Erf", "floor": "Floor",
+          "ceil": "Ceil", "not": "Not", "sin": "Sin", "cos": "Cos"}
+_BINARY = {"add": "Add", "sub": "Sub", "mul": "Mul", "div": "Div", "max": "Max", "min": "Min",
+           "pow": "Pow", "eq": "Equal", "lt": "Less", "le": "LessOrEqual", "gt": "Greater",
+           "ge": "GreaterOrEqual", "and": "And", "or": "Or", "add_any": "Add"}
+_IDENTITY = ("stop_gradient", "copy", "copy_p", "optimization_barrier")
+_CALLS = ("jit", "pjit", "closed_call", "core_call", "custom_jvp_call", "custom_vjp_call",
+          "remat", "checkpoint", "custom_vjp_call_jaxpr")
+
+
+def _sub_jaxpr(eqn):
+    for key in ("jaxpr", "call_jaxpr", "fun_jaxpr"):
+        j = eqn.params.get(key)
+        if j is not None:
+            return (j.jaxpr, j.consts) if hasattr(j, "consts") else (j, ())
+    raise ExportError(f"primitive {eqn.primitive.name}: no inner jaxpr to inline")
+
+
+class _Converter:
+    """Walks a jaxpr; env maps each variable to a numpy constant or an ONNX tensor name."""
+
+    def __init__(self, graph: _Graph):
+        self.g = graph
+
+    def read(self, env: dict, v) -> Any:
+        if hasattr(v, "val"):                       # a Literal
+            return np.asarray(v.val, dtype=v.aval.dtype)
+        return env[v]
+
+    def name(self, x) -> str:
+        return x if isinstance(x, str) else self.g.const(x)
+
+    def run(self, jaxpr, consts: Sequence[Any], args: Sequence[Any]) -> list:
+        env: dict = {}
+        for v, c in zip(jaxpr.constvars, consts):
+            env[v] = np.asarray(c)
+        for v, a in zip(jaxpr.invars, args):
+            env[v] = a
+        for eqn in jaxpr.eqns:
+            ins = [self.read(env, v) for v in eqn.invars]
+            outs = self.eqn(eqn, ins)
+            for v, o in zip(eqn.outvars, outs):
+                if type(v).__name__ != "DropVar":
+                    env[v] = o
+        return [self.read(env, v) for v in jaxpr.outvars]
+
+    def eqn(self, eqn, ins: list) -> list:
+        prim = eqn.primitive.name
+        if prim in _CALLS:
+            inner, consts = _sub_jaxpr(eqn)
+            return self.run(inner, consts, ins)
+        if all(not isinstance(x, str) for x in ins) and self._foldable(eqn, ins):
+            outs = eqn.primitive.bind(*[jnp.asarray(x) for x in ins], **eqn.params)
+            outs = outs if eqn.primitive.multiple_results else [outs]
+            return [np.asarray(o) for o in outs]
+        handler = getattr(self, "p_" + prim.replace("-", "_"), None)
+        if handler is not None:
+            return [handler(eqn, ins)]
+        if prim in _IDENTITY:
+            return [ins[0]]
+        if prim in _UNARY:
+            return [self.g.node(_UNARY[prim], [self.name(ins[0])])]
+        if prim in _BINARY:
+            return [self.g.node(_BINARY[prim], [self.name(x) for x in ins])]
+        raise ExportError(f"the ONNX export has no rule for primitive {prim!r} "
+                          f"(in {eqn}); add one in afm_jax/onnx_export.py")
+
+    @staticmethod
+    def _foldable(eqn, ins) -> bool:
+        out = eqn.outvars[0].aval
+        if any(_is_symbolic(d) for d in getattr(out, "shape", ())):
+            return False
+        out_bytes = int(np.prod(out.shape, dtype=np.int64)) * np.dtype(out.dtype).itemsize
+        return out_bytes <= sum(np.asarray(x).nbytes for x in ins) + FOLD_EXTRA_BYTES
+
+    # ------------------------------------------------------------------ shape and layout
+    def p_convert_element_type(self, eqn, ins):
+        return self.g.node("Cast", [self.name(ins[0])], to=_tensor_type(eqn.params["new_dtype"]))
+
+    def p_reshape(self, eqn, ins):
+        dims = list(eqn.params["new_sizes"])
+        sym = [i for i, d in enumerate(dims) if _is_symbolic(d)]
+        if len(sym) > 1:
+            raise ExportError(f"reshape to {dims}: more than one symbolic dimension")
+        if sym:
+            dims[sym[0]] = -1
+        return self.g.node("Reshape", [self.name(ins[0]), self.g.const(dims, np.int64)])
+
+    def p_broadcast_in_dim(self, eqn, ins):
+        shape, bdims = eqn.params["shape"], eqn.params["broadcast_dimensions"]
+        x = self.name(ins[0])
+        missing = [i for i in range(len(shape)) if i not in bdims]
+        if missing:
+            x = self.g.node("Unsqueeze", [x, self.g.const(missing, np.int64)])
+        operand = eqn.invars[0].aval.shape
+        same = all(_is_symbolic(shape[d]) or shape[d] == operand[i]
+                   for i, d in enumerate(bdims)) and not missing
+        if same:
+            return x
+        from_operand = {d for d in bdims}
+        dims = [shape[i] if not (_is_symbolic(shape[i]) and i in from_operand) else 1
+                for i in range(len(shape))]
+        return self.g.node("Expand", [x, self.g.shape(dims)])
+
+    def p_squeeze(self, eqn, ins):
+        return self.g.node("Squeeze", [self.name(ins[0]),
+                                       self.g.const(list(eqn.params["dimensions"]), np.int64)])
+
+    def p_expand_dims(self, eqn, ins):
+        return self.g.node("Unsqueeze", [self.name(ins[0]),
+                                         self.g.const(list(eqn.params["dimensions"]), np.int64)])
+
+    def p_transpose(self, eqn, ins):
+        return self.g.node("Transpose", [self.name(ins[0])], perm=list(eqn.params["permutation"]))
+
+    def p_concatenate(self, eqn, ins):
+        return self.g.node("Concat", [self.name(x) for x in ins], axis=eqn.params["dimension"])
+
+    def p_slice(self, eqn, ins):
+        shape = eqn.invars[0].aval.shape
+        starts, limits = eqn.params["start_indices"], eqn.params["limit_indices"]
+        strides = eqn.params["strides"] or (1,) * len(starts)
+        axes = [i for i in range(len(starts))
+                if not (starts[i] == 0 and limits[i] is shape[i] and strides[i] == 1)
+                and not (starts[i] == 0 and not _is_symbolic(limits[i])
+                         and not _is_symbolic(shape[i]) and limits[i] == shape[i]
+                         and strides[i] == 1)]
+        if not axes:
+            return self.name(ins[0])
+        if any(_is_symbolic(limits[i]) or _is_symbolic(starts[i]) for i in axes):
+            raise ExportError("slice with a symbolic bound along a sliced axis")
+        c = self.g.const
+        return self.g.node("Slice", [self.name(ins[0]), c([starts[i] for i in axes], np.int64),
+                                     c([limits[i] for i in axes], np.int64),
+                                     c(axes, np.int64), c([strides[i] for i in axes], np.int64)])
+
+    def p_select_n(self, eqn, ins):
+        if len(ins) != 3:
+            raise ExportError("select_n with more than two cases")
+        pred = self.name(ins[0])
+        if np.dtype(eqn.invars[0].aval.dtype) != np.bool_:
+            pred = self.g.node("Cast", [pred], to=_tensor_type(np.bool_))
+        return self.g.node("Where", [pred, self.name(ins[2]), self.name(ins[1])])
+
+    def p_ne(self, eqn, ins):
+        return self.g.node("Not", [self.g.node("Equal", [self.name(x) for x in ins])])
+
+    def p_rem(self, eqn, ins):
+        return self.g.node("Mod", [self.name(x) for x in ins], fmod=1)
+
+    def p_integer_pow(self, eqn, ins):
+        x, y = self.name(ins[0]), eqn.params["y"]
+        if y == 2:
+            return self.g.node("Mul", [x, x])
+        return self.g.node("Pow", [x, self.g.const(np.asarray(y, eqn.invars[0].aval.dtype))])
+
+    def p_square(self, eqn, ins):
+        x = self.name(ins[0])
+        return self.g.node("Mul", [x, x])
+
+    def p_rsqrt(self, eqn, ins):
+        return self.g.node("Reciprocal", [self.g.node("Sqrt", [self.name(ins[0])])])
+
+    def p_log1p(self, eqn, ins):
+        one = self.g.const(np.asarray(1, eqn.invars[0].aval.dtype))
+        return self.g.node("Log", [self.g.node("Add", [self.name(ins[0]), one])])
+
+    def p_round(self, eqn, ins):
+        if int(eqn.params.get("rounding_method", 1)) != 1:   # 1: to nearest even
+            raise ExportError("round away from zero has no ONNX op; jnp.round rounds to even")
+        return self.g.node("Round", [self.name(ins[0])])
+
+    def p_clamp(self, eqn, ins):
+        lo, x, hi = (self.name(v) for v in ins)
+        return self.g.node("Max", [self.g.node("Min", [x, hi]), lo])
+
+    def _reduce(self, op, eqn, ins):
+        return self.g.node(op, [self.name(ins[0]), self.g.const(list(eqn.params["axes"]), np.int64)],
+                           keepdims=0)
+
+    def p_reduce_sum(self, eqn, ins):
+        return self._reduce("ReduceSum", eqn, ins)
+
+    def p_reduce_max(self, eqn, ins):
+        return self._reduce("ReduceMax", eqn, ins)
+
+    def p_reduce_min(self, eqn, ins):
+        return self._reduce("ReduceMin", eqn, ins)
+
+    # ------------------------------------------------------------------ gathers and products
+    def p_gather(self, eqn, ins):
+        """`x[ids]` along one axis `a` (table lookups, pair indices, TT-Rec cores): every other
+        axis is taken whole (a start index there is clamped to 0, so it is ignored). ids are in
+        range (`nn.in_vocab`), as ONNX Gather requires."""
+        dn, sizes = eqn.params["dimension_numbers"], eqn.params["slice_sizes"]
+        operand = eqn.invars[0].aval.shape
+        k = len(eqn.invars[1].aval.shape) - 1                     # the ids' own dims
+        narrow = [i for i in range(len(operand)) if not _same_dim(sizes[i], operand[i])]
+        if (getattr(dn, "operand_batching_dims", ()) or len(narrow) != 1 or sizes[narrow[0]] != 1
+                or narrow[0] not in dn.start_index_map
+                or any(c != narrow[0] for c in dn.collapsed_slice_dims)):
+            raise ExportError(f"gather of this form has no rule: {dn}, slice sizes {sizes}")
+        a = narrow[0]
+        ids = self.g.node("Gather", [self.name(ins[1]), self.g.const(
+            np.asarray(list(dn.start_index_map).index(a), np.int64))], axis=-1)
+        y = self.g.node("Gather", [self.name(ins[0]), ids], axis=a)
+        kept = a not in dn.collapsed_slice_dims
+        if kept:
+            y = self.g.node("Unsqueeze", [y, self.g.const([a + k], np.int64)])
+        onnx_order = ([("o", i) for i in range(a)] + [("b", j) for j in range(k)]
+                      + ([("o", a)] if kept else []) + [("o", i) for i in range(a + 1, len(operand))])
+        offsets = iter(("o", i) for i in range(len(operand))
+                       if i not in dn.collapsed_slice_dims)
+        ids_dims = iter(("b", j) for j in range(k))
+        jax_order = [next(offsets) if p in dn.offset_dims else next(ids_dims)
+                     for p in range(len(onnx_order))]
+        perm = [onnx_order.index(label) for label in jax_order]
+        return y if perm == sorted(perm) else self.g.node("Transpose", [y], perm=perm)
+
+    def p_dot_general(self, eqn, ins):
+        (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
+        la, ra = eqn.invars[0].aval, eqn.invars[1].aval
+        out = eqn.outvars[0].aval
+        x, w = self.name(ins[0]), self.name(ins[1])
+        ints = np.issubdtype(la.dtype, np.integer) and np.issubdtype(ra.dtype, np.integer)
+        plain = (not lb and not rb and tuple(lc) == (len(la.shape) - 1,) and tuple(rc) == (0,)
+                 and len(ra.shape) == 2)
+        if ints:
+            if not plain or la.dtype.name not in ("int8", "uint8") or ra.dtype.name not in ("int8", "uint8"):
+                raise ExportError(f"integer product {la.dtype} x {ra.dtype} of this form has no "
+                                  "exact ONNX rule")
+            y = self.g.node("MatMulInteger", [x, w])          # int32, exact
+            if np.dtype(out.dtype) != np.int32:
+                y = self.g.node("Cast", [y], to=_tensor_type(out.dtype))
+            return y
+        f32 = _tensor_type(np.float32)
+        if la.dtype != np.float32:
+            x = self.g.node("Cast", [x], to=f32)
+        if ra.dtype != np.float32:
+            w = self.g.node("Cast", [w], to=f32)
+        if plain:
+            y = self.g.node("MatMul", [x, w])
+        else:
+            y = self.g.node("Einsum", [x, w], equation=_einsum_spec(len(la.shape), len(ra.shape),
+                                                                   lc, rc, lb, rb))
+        if np.dtype(out.dtype) != np.float32:
+            y = self.g.node("Cast", [y], to=_tensor_type(out.dtype))
+        return y
+
+
+def _einsum_spec(lr: int, rr: int, lc, rc, lb, rb) -> str:
+    """The einsum equation of a dot_general: output = batch dims, lhs free, rhs free."""
+    letters = iter("abcdefghijklmnopqrstuvwxyz")
+    lhs = [next(letters) for _ in range(lr)]
+    rhs = [None] * rr
+    for i, j in zip(lc, rc):
+        rhs[j] = lhs[i]
+    for i, j in zip(lb, rb):
+        rhs[j] = lhs[i]
+    rhs = [r if r is not None else next(letters) for r in rhs]
+    out = [lhs[i] for i in lb]
+    out += [lhs[i] for i in range(lr) if i not in lc and i not in lb]
+    out += [rhs[j] for j in range(rr) if j not in rc and j not in rb]
+    return f"{''.join(lhs)},{''.join(rhs)}->{''.join(out)}"
+
+
+# ---------------------------------------------------------------------- the encoder in the graph
+
+def _bucket_keys(vocab: Sequence[str]) -> tuple[list[int], list[int], list[int], list[int]]:
+    """A bucketized field's vocabulary as two int64 maps: "b<k>" (x > 2) and "<k>" (x <= 2)."""
+    big_k, big_id, small_k, small_id = [], [], [], []
+    for i, v in enumerate(vocab, start=1):
+        try:
+            if v.startswith("b"):
+                big_k.append(int(v[1:]))
+                big_id.append(i)
+            else:
+                small_k.append(int(v))
+                small_id.append(i)
+        except ValueError:
+            continue        # not a value the bucketize rule produces: never looked up
+    return big_k, big_id, small_k, small_id
+
+
+def _label_encoder(g: _Graph, x: str, keys, values, *, strings: bool) -> str:
+    """x -> int64 id by a lookup table (ai.onnx.ml LabelEncoder); anything else -> 0."""
+    if not len(keys):   # an empty vocabulary: every value is id 0
+        return g.node("Expand", [g.const(np.asarray(0, np.int64)), g.node("Shape", [x])])
+    key_attr = "keys_strings" if strings else "keys_int64s"
+    return g.node("LabelEncoder", [x], domain="ai.onnx.ml", **{key_attr: list(keys)},
+                  values_int64s=[int(v) for v in values], default_int64=0)
+
+
+def _raw_encoder(g: _Graph, encoder, bucketize: frozenset[str]) -> tuple[list, str, str]:
+    """Graph inputs (one per field) and the tensors cat int32 [B, Fc] and num float32 [B, Fn]."""
+    onnx = _onnx()
+    inputs, cat_cols, num_cols = [], [], []
+    f64 = np.float64
+    for j, name in enumerate(encoder.cat_names):
+        vocab = encoder.vocabs[j]
+        if name in bucketize:
+            inputs.append(onnx.helper.make_tensor_value_info(name, _tensor_type(f64), ["B"]))
+            missing = g.node("IsNaN", [name])
+            x = g.node("Where", [missing, g.const(np.asarray(0.0, f64)), name])
+            big = g.node("Greater", [x, g.const(np.asarray(2.0, f64))])
+            safe = g.node("Where", [big, x, g.const(np.asarray(3.0, f64))])
+            logx = g.node("Log", [safe])
+            k = g.node("Where", [big, g.node("Floor", [g.node("Mul", [logx, logx])]),
+                                 g.node("Floor", [x])])
+            k = g.node("Cast", [k], to=_tensor_type(np.int64))
+            big_k, big_id, small_k, small_id = _bucket_keys(vocab)
+            ids = g.node("Where", [big, _label_encoder(g, k, big_k, big_id, strings=False),
+                                   _label_encoder(g, k, small_k, small_id, strings=False)])
+            ids = g.node("Where", [missing, g.const(np.asarray(0, np.int64)), ids])
+        else:
+            inputs.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.STRING, ["B"]))
+            keys = [v for v in vocab if v != ""]          # "" is missing: id 0
+            ids = _label_encoder(g, name, keys, [vocab.index(v) + 1 for v in keys], strings=True)
+        cat_cols.append(g.node("Unsqueeze", [g.node("Cast", [ids], to=_tensor_type(np.int32)),
+                                             g.const([1], np.int64)]))
+    for j, name in enumerate(encoder.num_names):
+        inputs.append(onnx.helper.make_tensor_value_info(name, _tensor_type(f64), ["B"]))
+        missing = g.node("IsNaN", [name])
+        t = g.node("Log", [g.node("Add", [g.node("Max", [name, g.const(np.asarray(0.0, f64))]),
+                                          g.const(np.asarray(1.0, f64))])])
+        t = g.node("Cast", [g.node("Cast", [t], to=_tensor_type(np.float32))],
+                   to=_tensor_type(f64))             # numeric_transform returns float32
+        z = g.node("Div", [g.node("Sub", [t, g.const(np.asarray(encoder.num_mean[j], f64))]),
+                           g.const(np.asarray(encoder.num_std[j], f64))])
+        z = g.node("Where", [missing, g.const(np.asarray(0.0, f64)), z])
+        num_cols.append(g.node("Unsqueeze", [g.node("Cast", [z], to=_tensor_type(np.float32)),
+                                             g.const([1], np.int64)]))
+    cat = (g.node("Concat", cat_cols, axis=1) if cat_cols
+           else g.node("Expand", [g.const(np.zeros((1, 0), np.int32)), g.shape(["B", 0])]))
+    num = (g.node("Concat", num_cols, axis=1) if num_cols
+           else g.node("Expand", [g.const(np.zeros((1, 0), np.float32)), g.shape(["B", 0])]))
+    return inputs, cat, num
+
+
+# ---------------------------------------------------------------------------------- the export
+
+def bucketized_fields(data_meta: dict | None) -> tuple[str, ...]:
+    """The categorical fields a model dir's data reader bucketized from numbers (model.json's
+    "data": a schema file's "bucketize", or the reader's default: Criteo's I1..I13)."""
+    from afm_jax.data.readers import CRITEO_SCHEMA
+    from afm_jax.data.schema import Schema
+
+    data_meta = data_meta or {}
+    if data_meta.get("schema"):
+        try:
+            return tuple(Schema.from_json(data_meta["schema"]).bucketize)
+        except Exception as e:
+            raise ExportError(f"the model was trained with the schema file {data_meta['schema']}, "
+                              f"which cannot be read now ({e}); its bucketized fields are needed "
+                              "to put the encoder in the graph (or export with --no-raw-inputs)") from e
+    spec = str(data_meta.get("spec") or "")
+    return tuple(CRITEO_SCHEMA.bucketize) if spec.startswith("criteo:") else ()
+
+
+def scorer_fn(model, params, compute_dtype=None) -> Callable:
+    """(cat, num) -> probabilities, with the packed params closed over as device arrays (numpy
+    leaves would be indexed by tracers)."""
+    from afm_jax.inference import logits_fn
+    from afm_jax.packing import pack
+
+    packed = jax.tree.map(jnp.asarray, pack(model, params))
+    logits = logits_fn(model, None, 1, compute_dtype)
+
+    def score(cat, num):
+        return jax.nn.sigmoid(logits(packed, {"cat": cat, "num": num}))
+
+    return score
+
+
+def to_onnx(model, params, *, encoder=None, bucketize: Sequence[str] = (), compute_dtype=None):
+    """The scorer as an `onnx.ModelProto` (see the module docstring)."""
+    onnx = _onnx()
+    info = model.info
+    b = jax.export.symbolic_shape("B")[0]
+    closed = jax.make_jaxpr(scorer_fn(model, params, compute_dtype))(
+        jax.ShapeDtypeStruct((b, len(info.cat_names)), jnp.int32),
+        jax.ShapeDtypeStruct((b, len(info.num_names)), jnp.float32))
+    if encoder is not None:
+        if tuple(encoder.cat_names) != tuple(info.cat_names) or tuple(encoder.num_names) != tuple(info.num_names):
+            raise ExportError("the encoder's fields differ from the model's")
+        first = (encoder.cat_names + encoder.num_names)[0]
+        g = _Graph(first)
+        inputs, cat, num = _raw_encoder(g, encoder, frozenset(bucketize))
+    else:
+        g = _Graph("cat")
+        inputs = [onnx.helper.make_tensor_value_info("cat", onnx.TensorProto.INT32, ["B", len(info.cat_names)]),
+                  onnx.helper.make_tensor_value_info("num", onnx.TensorProto.FLOAT, ["B", len(info.num_names)])]
+        cat, num = "cat", "num"
+    (out,) = _Converter(g).run(closed.jaxpr, closed.consts, [cat, num])
+    if not isinstance(out, str):
+        raise ExportError("the scorer's output does not depend on its inputs")
+    g.nodes.append(onnx.helper.make_node("Identity", [out], ["score"]))
+    return _model_proto(g, inputs, [
+        onnx.helper.make_tensor_value_info("score", onnx.TensorProto.FLOAT, ["B"])])
+
+
+def _model_proto(g: _Graph, inputs: list, outputs: list):
+    onnx = _onnx()
+    graph = onnx.helper.make_graph(g.nodes, "afm_jax_scorer", inputs, outputs,
+                                   initializer=g.initializers)
+    proto = onnx.helper.make_model(graph, opset_imports=[
+        onnx.helper.make_opsetid("", ONNX_OPSET), onnx.helper.make_opsetid("ai.onnx.ml", ML_OPSET)],
+        producer_name="afm_jax")
+    proto.ir_version = min(proto.ir_version, 10)
+    onnx.checker.check_model(proto)
+    return proto
+
+
+def encoder_to_onnx(encoder, bucketize: Sequence[str] = ()):
+    """The encoder alone as an ONNX graph: raw field values in (as in `to_onnx`), `cat` int32
+    [B, Fc] and `num` float32 [B, Fn] out, equal to `Encoder.encode` (after `bucketize` for the
+    bucketized fields)."""
+    onnx = _onnx()
+    g = _Graph((encoder.cat_names + encoder.num_names)[0])
+    inputs, cat, num = _raw_encoder(g, encoder, frozenset(bucketize))
+    g.nodes.append(onnx.helper.make_node("Identity", [cat], ["cat"]))
+    g.nodes.append(onnx.helper.make_node("Identity", [num], ["num"]))
+    return _model_proto(g, inputs, [
+        onnx.helper.make_tensor_value_info("cat", onnx.TensorProto.INT32, ["B", len(encoder.cat_names)]),
+        onnx.helper.make_tensor_value_info("num", onnx.TensorProto.FLOAT, ["B", len(encoder.num_names)])])
+
+
+def onnx_signature(model, encoder, bucketize: Sequence[str], precision: str, file_bytes: int,
+                   stored_bytes: int) -> dict:
+    """What a client needs: each input with its dtype and transform, and the output."""
+    from afm_jax.models import model_to_json
+
+    info = model.info
+    if encoder is None:
+        inputs = [{"name": "cat", "dtype": "int32", "shape": ["B", len(info.cat_names)],
+                   "fields": list(info.cat_names), "vocab_sizes": [int(v) for v in info.vocab_sizes],
+                   "transform": "the encoder's ids; ids outside [0, vocab_size) score as id 0"},
+                  {"name": "num", "dtype": "float32", "shape": ["B", len(info.num_names)],
+                   "fields": list(info.num_names),
+                   "transform": "(log1p(max(x, 0)) - mean) / std, missing -> 0 (encoder.json)"}]
+    else:
+        inputs = []
+        for name in encoder.cat_names:
+            if name in bucketize:
+                inputs.append({"name": name, "dtype": "float64", "shape": ["B"], "kind": "bucketized",
+                               "missing": "NaN",
+                               "transform": "bucket 'b' + str(floor(log(x)**2)) if x > 2 else "
+                                            "str(floor(x)), then its vocabulary id (unseen -> 0)"})
+            else:
+                inputs.append({"name": name, "dtype": "string", "shape": ["B"], "kind": "categorical",
+                               "missing": "empty string",
+                               "transform": "vocabulary id (in the graph); unseen or missing -> 0"})
+        for j, name in enumerate(encoder.num_names):
+            inputs.append({"name": name, "dtype": "float64", "shape": ["B"], "kind": "numeric",
+                           "missing": "NaN",
+                           "transform": f"(log1p(max(x, 0)) - {encoder.num_mean[j]!r}) / "
+                                        f"{encoder.num_std[j]!r}, missing -> 0"})
+    return {"format": ONNX_FORMAT, "file": ONNX_FILE, "inputs": inputs,
+            "output": {"name": "score", "dtype": "float32", "shape": ["B"],
+                       "meaning": "click probability"},
+            "precision": precision, "opset": {"ai.onnx": ONNX_OPSET, "ai.onnx.ml": ML_OPSET},
+            "bytes": {"onnx_file": file_bytes, "stored_params": stored_bytes},
+            "model": model_to_json(model)}
+
+
+def export_onnx(model, params, path, *, encoder=None, bucketize: Sequence[str] = (),
+                compute_dtype=None) -> Path:
+    """Write `path/model.onnx` and `path/signature.json` (see the module docstring).
+
+    encoder: put it in the graph (raw values in); None: the graph takes ids and transformed
+    numbers. bucketize: the categorical fields that come as numbers and are bucketized
+    (Criteo's I1..I13). compute_dtype: as for `make_scorer` (int8 runs MatMulInteger).
+    """
+    from afm_jax.inference import precision_name
+
+    proto = to_onnx(model, params, encoder=encoder, bucketize=bucketize,
+                    compute_dtype=compute_dtype)
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    data = proto.SerializeToString()
+    (out / ONNX_FILE).write_bytes(data)
+    stored = sum(np.asarray(x).nbytes for x in jax.tree_util.tree_leaves(params))
+    sig = onnx_signature(model, encoder, tuple(bucketize), precision_name(compute_dtype),
+                         len(data), int(stored))
+    (out / ONNX_SIGNATURE).write_text(json.dumps(sig, indent=1) + "\n")
+    return out
+
+
+def load_onnx(path, providers: Sequence[str] = ("CPUExecutionProvider",)) -> Callable:
+    """An ONNX Runtime session of an export as `score(inputs: dict) -> probabilities [B]`."""
+    try:
+        import onnxruntime as ort
+    except ImportError as e:  # pragma: no cover
+        raise ExportError("scoring an ONNX export needs onnxruntime: pip install -e '.[onnx]'") from e
+    p = Path(path)
+    file = p / ONNX_FILE if p.is_dir() else p
+    session = ort.InferenceSession(str(file), providers=list(providers))
+
+    def score(inputs: dict) -> np.ndarray:
+        return session.run(["score"], dict(inputs))[0]
+
+    score.session = session
+    return score

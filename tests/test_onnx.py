@@ -1,0 +1,206 @@
+"""The ONNX export (issue 23): every registry model and params form scores in ONNX Runtime as the
+JAX scorer does, int8 stays int8 in the file, and raw values (strings, numbers, missing, unseen)
+go through the encoder in the graph exactly as `Encoder.encode` does."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from afm_jax import compress
+from afm_jax.compress.baselines import svd_compress
+from afm_jax.compress.ttrec import tt_plan_like, tt_tables
+from afm_jax.data import Encoder, FeatureInfo
+from afm_jax.data.readers import bucketize
+from afm_jax.models import REGISTRY
+from afm_jax.quantize import quantize
+from tests.helpers import INFO, batches, lively_params, random_batch, small_model
+
+onnx = pytest.importorskip("onnx", reason="the [onnx] extra (part of [dev]) is not installed")
+ort = pytest.importorskip("onnxruntime", reason="the [onnx] extra (part of [dev]) is not installed")
+
+from afm_jax.onnx_export import (  # noqa: E402
+    ExportError,
+    encoder_to_onnx,
+    load_onnx,
+    scorer_fn,
+    to_onnx,
+)
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+CRITEO = SHARED / "criteo" / "train.tsv"
+
+
+def _ids_batch(n: int = 96) -> dict:
+    b = random_batch(n, seed=3)
+    b["cat"][0, 0], b["cat"][1, 1], b["cat"][2, 3] = 10_000, -7, 9   # out of range -> id 0
+    return {"cat": b["cat"], "num": b["num"]}
+
+
+def _ort_scores(proto, feeds: dict) -> np.ndarray:
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(["score"], feeds)[0]
+
+
+def _check(model, params, compute_dtype=None, atol=1e-5, label=""):
+    """ORT scores == the JAX scorer's. atol: float32 sums run in another order in ORT; the
+    lively params push AutoInt's and xDeepFM's logits to O(10-100), where float32's spacing
+    is 1e-6..1e-5 (most models agree to 2e-7)."""
+    batch = _ids_batch()
+    proto = to_onnx(model, params, compute_dtype=compute_dtype)
+    got = _ort_scores(proto, batch)
+    want = np.asarray(jax.jit(scorer_fn(model, params, compute_dtype))(batch["cat"], batch["num"]))
+    assert got.shape == want.shape == (len(batch["cat"]),)
+    np.testing.assert_allclose(got, want, rtol=0, atol=atol, err_msg=label)
+    return proto
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_every_model_original_and_afm(name):
+    model = small_model(name)
+    params = lively_params(model)
+    _check(model, params)
+    stats = compress.collect_stats(model, params, batches(2), progress=False)
+    plan = compress.make_plan(params, stats, "rank:4")
+    _check(model, compress.compress(params, stats, plan, model=model))        # folded where it can
+    _check(model, compress.compress(params, stats, plan))                     # projections kept
+
+
+@pytest.fixture(scope="module")
+def deepfm():
+    model = small_model("deepfm")
+    params = lively_params(model)
+    stats = compress.collect_stats(model, params, batches(2), progress=False)
+    return model, params, stats
+
+
+def test_every_params_form_of_deepfm(deepfm):
+    model, params, stats = deepfm
+    plan = compress.make_plan(params, stats, "rank:4")
+    dense_only = {s: r for s, r in plan.items() if not s.startswith("embed/")}
+    embed_only = {s: r for s, r in plan.items() if s.startswith("embed/")}
+    afm = compress.compress(params, stats, plan, model=model)
+    forms = {
+        "dense": compress.compress(params, stats, dense_only),
+        "embed": compress.compress(params, stats, embed_only),
+        "activation": compress.compress(params, stats, dense_only, activation="relu"),
+        "svd": svd_compress(params, dense_only),
+        "int8": quantize(params),
+        "afm+int8": quantize(afm),
+        "tt": tt_tables(params, tt_plan_like(params, {"embed/a": 60, "embed/b": 80}, min_rows=30)),
+    }
+    for form, p in forms.items():
+        _check(model, p, label=form)
+    _check(model, quantize(afm), compute_dtype="int8")
+    _check(model, params, compute_dtype="bfloat16", atol=1e-3)   # see the module docstring
+
+
+def test_int8_stays_int8_and_runs_matmul_integer():
+    info = FeatureInfo(cat_names=("a", "b", "c", "d"), vocab_sizes=(4000, 6000, 2500, 900),
+                       num_names=("x", "y"))
+    model = small_model("deepfm", info)
+    params = lively_params(model, info=info)
+    q = quantize(params)
+    f32 = len(to_onnx(model, params).SerializeToString())
+    proto = to_onnx(model, q, compute_dtype="int8")
+    batch = random_batch(128, seed=1, info=info)
+    got = _ort_scores(proto, {"cat": batch["cat"], "num": batch["num"]})
+    want = np.asarray(jax.jit(scorer_fn(model, q, "int8"))(batch["cat"], batch["num"]))
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    assert "MatMulInteger" in {n.op_type for n in proto.graph.node}
+    assert any(t.data_type == onnx.TensorProto.INT8 for t in proto.graph.initializer)
+    stored = sum(np.asarray(x).nbytes for x in jax.tree_util.tree_leaves(q))
+    size = len(proto.SerializeToString())
+    assert stored < size < 1.1 * stored + 32_000    # the file's bytes follow the stored bytes
+    assert size < 0.5 * f32    # int8 rows + a float scale per row; rank-1 tables stay float
+
+
+def test_a_primitive_without_a_rule_names_itself():
+    from afm_jax.onnx_export import _Converter, _Graph
+
+    closed = jax.make_jaxpr(lambda x: jnp.cumsum(x, axis=0))(np.ones((3, 2), np.float32))
+    with pytest.raises(ExportError, match="no rule for primitive 'cumsum'"):
+        _Converter(_Graph("x")).run(closed.jaxpr, closed.consts, ["x"])
+
+
+def _raw_encoder() -> tuple[Encoder, tuple[str, ...]]:
+    """INFO's fields with vocabularies: a, b strings; c bucketized from numbers; d strings."""
+    vocabs = [[f"a{i}" for i in range(1, 40)], [f"b{i}" for i in range(1, 60)],
+              ["b4", "1", "0", "b9", "2", "-3", "b0"] + [f"b{i}" for i in range(10, 27)],
+              ["x", "y", "z", "w", "v", "u", "t", "s"]]
+    enc = Encoder(INFO.cat_names, vocabs, INFO.num_names, num_mean=[0.7, 1.5], num_std=[0.9, 2.0])
+    assert enc.info.vocab_sizes == INFO.vocab_sizes
+    return enc, ("c",)
+
+
+def test_raw_inputs_equal_encoder_then_scorer(deepfm):
+    model, params, stats = deepfm
+    enc, bucketized = _raw_encoder()
+    rng = np.random.default_rng(0)
+    n = 200
+    a = np.array([f"a{i}" for i in rng.integers(0, 45, n)], dtype=object)       # a0, a40+ unseen
+    a[:5] = ["", "a3", "", "zzz", "a39"]
+    b = np.array([f"b{i}" for i in rng.integers(1, 60, n)], dtype=object)
+    c = rng.choice([np.nan, -3.7, 0.0, 1.0, 2.0, 2.5, 7.39, 54.6, 1e6, 1e30, 3.0], n)
+    d = np.array(list("xyzwvuts?"), dtype=object)[rng.integers(0, 9, n)]
+    x = rng.choice([np.nan, -1.0, 0.0, 0.5, 3.0, 1e4], n)
+    y = rng.normal(size=n) * 10
+    feeds = {"a": a, "b": b, "c": c, "d": d, "x": x, "y": y}
+    columns = {"a": [v or None for v in a], "b": list(b), "c": bucketize(c), "d": list(d),
+               "x": x, "y": y}
+    cat, num = enc.encode(columns)
+    feeds = {k: (v.astype(str) if v.dtype == object else v.astype(np.float64))
+             for k, v in feeds.items()}
+    session = ort.InferenceSession(encoder_to_onnx(enc, bucketized).SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    got_cat, got_num = session.run(["cat", "num"], feeds)
+    np.testing.assert_array_equal(got_cat, cat)      # ids: the same, unseen and missing -> 0
+    np.testing.assert_array_equal(got_num, num)      # numbers: the same float32 bits
+    for p in (params, quantize(compress.compress(params, stats,
+                                                 compress.make_plan(params, stats, "rank:4"),
+                                                 model=model))):
+        proto = to_onnx(model, p, encoder=enc, bucketize=bucketized)
+        got = _ort_scores(proto, feeds)
+        want = np.asarray(jax.jit(scorer_fn(model, p))(cat, num))
+        # the same inputs (above); float32 sums in another order: logits of these lively params
+        # reach ~10, whose float32 spacing is ~1e-6
+        np.testing.assert_allclose(got, want, rtol=0, atol=4e-6)
+
+
+@pytest.mark.skipif(not CRITEO.is_file(), reason=f"shared Criteo sample not found at {CRITEO}")
+def test_cli_onnx_export_scores_raw_criteo_lines_as_afm_jax_score(tmp_path):
+    from afm_jax.cli import main
+    from afm_jax.data.readers import CRITEO_CAT, CRITEO_INT
+
+    lines = []
+    with open(CRITEO, encoding="utf-8") as f:
+        for _ in range(1200):
+            lines.append(next(f).rstrip("\n"))
+    data = tmp_path / "sample.tsv"
+    data.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    m, small, out = tmp_path / "m", tmp_path / "small", tmp_path / "onnx"
+    assert main(["train", "--data", f"criteo:{data}", "--min-count", "2", "--mlp", "16",
+                 "--epochs", "1", "--out", str(m), "--cache-dir", str(tmp_path / "cache"),
+                 "--no-progress"]) == 0
+    assert main(["compress", "--model-dir", str(m), "--data", f"criteo:{data}", "--plan",
+                 "budget:0.5", "--out", str(small), "--cache-dir", str(tmp_path / "cache"),
+                 "--no-progress"]) == 0
+    assert main(["score", "--model-dir", str(small), "--data", f"criteo:{data}", "--out",
+                 str(tmp_path / "s.parquet"), "--no-progress"]) == 0
+    want = np.asarray(pq.read_table(tmp_path / "s.parquet")["score"])
+    assert main(["export", "--format", "onnx", "--model-dir", str(small), "--out", str(out)]) == 0
+    sig = json.loads((out / "signature.json").read_text())
+    kinds = {i["name"]: i["kind"] for i in sig["inputs"]}
+    assert kinds["I1"] == "bucketized" and kinds["C1"] == "categorical"
+    rows = [line.split("\t") for line in lines]
+    feeds = {name: np.array([float(r[1 + j]) if r[1 + j] else np.nan for r in rows])
+             for j, name in enumerate(CRITEO_INT)}
+    feeds |= {name: np.array([r[14 + j] for r in rows], dtype=str) for j, name in enumerate(CRITEO_CAT)}
+    got = load_onnx(out)(feeds)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
