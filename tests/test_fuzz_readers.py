@@ -133,7 +133,8 @@ def check_file(reader: str, spec: str, path: str, n_data: int, header: bool, bad
     for mode in ("error", "skip"):
         cache = tempfile.mkdtemp(prefix="afm_fuzz_cache_")
         try:
-            ds = load_dataset(spec, schema=schema, cache_dir=cache, progress=False, min_count=1, on_bad_lines=mode)
+            ds = load_dataset(spec, schema=schema, cache_dir=cache, progress=False, min_count=1, on_bad_lines=mode,
+                              max_bad_fraction=1.0)
         except DataError as e:
             _check_error(e, path, n_lines)
             if mode == "error" and bad:
@@ -512,7 +513,7 @@ def test_numeric_policy_huge_and_non_finite(tmp):
              criteo_line(ints=["-" + HUGE] + [""] * 12)]
     p = tmp / "h.tsv"
     p.write_text("\n".join(lines) + "\n")
-    ds = load_dataset(f"criteo:{p}", cache_dir=str(tmp / "c"), progress=False, min_count=1, on_bad_lines="skip",
+    ds = load_dataset(f"criteo:{p}", cache_dir=str(tmp / "c"), progress=False, min_count=1, on_bad_lines="skip", max_bad_fraction=1.0,
                       split="random")
     r = ds.report
     assert (r["rows_read"], r["first_skipped_lines"]) == (2, [3, 4, 5])
