@@ -677,8 +677,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("train", "train a model on a dataset")
     _data_args(p)
     p.add_argument("--model", default="deepfm", choices=list(REGISTRY), help="the model")
-    p.add_argument("--out", help="model directory (resumes when it holds a checkpoint; "
-                   "default: none written)")
+    p.add_argument("--out", help="model directory, written as OUT.partial (checkpoints) and "
+                   "renamed when training completes; an interrupted run resumes from "
+                   "OUT.partial (default: none written)")
     p.add_argument("--epochs", type=int, default=2, help="at most this many epochs")
     p.add_argument("--batch-size", type=int, default=1024, help="rows per training step")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
