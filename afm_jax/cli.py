@@ -5,7 +5,7 @@
     evaluate    AUC and logloss of a model directory on a split
     compress    AFM-compress a model directory (collect -> plan -> map -> fine-tune)
     quantize    int8 storage of a model directory's kernels and tables (per row / channel)
-    score       score a file with a model directory into parquet, row by row
+    score       score a file with a model directory into .parquet, .csv or .jsonl, row by row
     export      write a jax.export artifact of a model directory's scorer
     bench       scoring (or, with --train, training) benchmark against PyTorch peers
     experiment  regenerate a results table of experiments/
@@ -15,6 +15,9 @@ reports figures takes --json and then prints one JSON object on its last line. C
 kept in JAX's persistent compilation cache under the cache root (~/.cache/afm_jax/jax_compile,
 or --cache-dir's), so a second run skips most compilation; --no-compile-cache turns that off.
 This module parses flags and prints; the work is done by the library (`afm_jax.compress`, ...).
+A mistake (a bad plan, contradicting flags, an existing --out without --overwrite, --out equal to
+the input) is refused before any work with exit 2 and one line on stderr in flags
+(`AfmError.cli`); outputs are written atomically (`afm_jax.outputs`).
 """
 
 from __future__ import annotations
@@ -142,7 +145,7 @@ def _check_out(args: argparse.Namespace, *inputs: str | None) -> None:
     """Refuse --out when it exists (without --overwrite) or is, or holds, an input."""
     from afm_jax.outputs import check_output
     if getattr(args, "out", None):
-        check_output(args.out, args.overwrite, inputs)
+        check_output(args.out, args.overwrite, inputs, training=args.command == "train")
 
 
 def _load(spec: str, options: dict[str, Any], progress: bool, encoder=None):

@@ -34,10 +34,13 @@ def _same_or_inside(inner: Path, outer: Path) -> bool:
 
 
 def check_output(path: str | os.PathLike, overwrite: bool = False,
-                 inputs: Iterable[str | os.PathLike | None] = (), *, flag: str = "out") -> Path:
+                 inputs: Iterable[str | os.PathLike | None] = (), *, flag: str = "out",
+                 training: bool = False) -> Path:
     """`path` if a run may write it: refuses an existing output without `overwrite`, and an
     output that is or contains one of `inputs` (resolved, so `m` and `./m/` are the same) even
-    with it. flag: how the output is named in the messages (`--out`)."""
+    with it. Unless `training` (train resumes from it), also an `OUT.partial` that holds an
+    interrupted training run's checkpoints: writing OUT would delete them. flag: how the
+    output is named in the messages (`--out`)."""
     out = Path(path).expanduser()
     resolved = out.resolve()
     for given in inputs:
@@ -51,6 +54,13 @@ def check_output(path: str | os.PathLike, overwrite: bool = False,
                 f"the input: choose another {flag}",
                 cli=f"--{flag} {path} {what} the input {given}; writing it would destroy the "
                     f"input (even with --overwrite): choose another --{flag}")
+    if not training and (partial_path(out) / "state").is_dir():
+        raise OutputError(
+            f"{partial_path(path)} holds an interrupted training run's checkpoints; resume it "
+            f"with the same train call, remove it, or choose another {flag}",
+            cli=f"--out {path}: {partial_path(path)} holds an interrupted training run's "
+                f"checkpoints; resume it with the same `afm-jax train` command, remove it, or "
+                f"choose another --{flag}")
     if out.is_symlink() or out.exists():
         kind = "directory" if out.is_dir() else "file"
         if not overwrite:
@@ -100,7 +110,7 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False, *,
     from afm_jax.distributed import is_primary, sync
 
     path = Path(path)
-    check_output(path, overwrite)
+    check_output(path, overwrite, training=keep_partial)
     tmp = partial_path(path)
     if is_primary():
         if not keep_partial:

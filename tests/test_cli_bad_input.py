@@ -183,6 +183,9 @@ CASES = [
                            "--out", "s.csv"], ["a file, not a model directory"]),
     ("params-as-model-dir", ["quantize", "--model-dir", "m/params", "--out", "q"],
      ["not a model directory"]),
+    ("out-over-an-interrupted-training-run",
+     ["compress", *M, "--plan", "rank:2", "--out", "run"],
+     ["run.partial holds an interrupted training run's checkpoints", "resume it"]),
 ]
 
 
