@@ -61,15 +61,17 @@ def check_output(path: str | os.PathLike, overwrite: bool = False,
             cli=f"--out {path}: {partial_path(path)} holds an interrupted training run's "
                 f"checkpoints; resume it with the same `afm-jax train` command, remove it, or "
                 f"choose another --{flag}")
-    if out.is_symlink() or out.exists():
-        kind = "directory" if out.is_dir() else "file"
-        if not overwrite:
-            raise OutputError(
-                f"{flag}={str(path)!r}: the {kind} exists; pass overwrite=True to replace it, "
-                f"or choose another {flag}",
-                cli=f"--{flag} {path}: the {kind} exists; pass --overwrite to replace it, or "
-                    f"choose another --{flag}")
+    if (out.is_symlink() or out.exists()) and not overwrite:
+        raise _exists(out, flag)
     return out
+
+
+def _exists(path: Path, flag: str = "out") -> OutputError:
+    kind = "directory" if path.is_dir() else "file"
+    return OutputError(f"{flag}={str(path)!r}: the {kind} exists; pass overwrite=True to replace "
+                       f"it, or choose another {flag}",
+                       cli=f"--{flag} {path}: the {kind} exists; pass --overwrite to replace it, "
+                           f"or choose another --{flag}")
 
 
 def _remove(path: Path) -> None:
@@ -86,7 +88,8 @@ def commit(tmp: str | os.PathLike, path: str | os.PathLike, overwrite: bool = Fa
     except between two renames, when it is absent (never half written)."""
     tmp, path = Path(tmp), Path(path)
     if path.exists() or path.is_symlink():
-        check_output(path, overwrite)
+        if not overwrite:  # appeared while the output was being written
+            raise _exists(path)
         old = path.with_name(f".{path.name}.old-{os.getpid()}")
         _remove(old)
         os.rename(path, old)
@@ -98,11 +101,10 @@ def commit(tmp: str | os.PathLike, path: str | os.PathLike, overwrite: bool = Fa
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike, overwrite: bool = False, *,
-               keep_partial: bool = False) -> Iterator[Path]:
+def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield an empty directory to write the output `path` into; rename it to `path` when the
-    block completes. On an exception (an interrupt included) it is removed, unless
-    `keep_partial` (train's checkpoints), and `path` is as it was.
+    block completes. On an exception (an interrupt included) it is removed and `path` is as it
+    was. (train writes its OUT.partial itself, resumes from it and `commit`s it.)
 
     In a multi-process run every process enters the block with the same directory (orbax writes
     from all of them); process 0 prepares and renames it, the others wait at barriers.
@@ -110,13 +112,12 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False, *,
     from afm_jax.distributed import is_primary, sync
 
     path = Path(path)
-    check_output(path, overwrite, training=keep_partial)
+    check_output(path, overwrite)
     tmp = partial_path(path)
     if is_primary():
-        if not keep_partial:
-            _remove(tmp)  # a killed run's leftovers: never half of this output
+        _remove(tmp)  # a killed run's leftovers: never half of this output
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.mkdir(exist_ok=keep_partial)
+        tmp.mkdir()
     sync(f"afm_jax.atomic_dir.{path.name}.start")
     try:
         yield tmp
@@ -125,7 +126,7 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False, *,
             commit(tmp, path, overwrite)
         sync(f"afm_jax.atomic_dir.{path.name}.renamed")
     except BaseException:
-        if is_primary() and not keep_partial:
+        if is_primary():
             _remove(tmp)
         raise
 
@@ -135,16 +136,17 @@ def atomic_file(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
     """Yield a temporary sibling path to write the file `path` as; rename it into place when the
     block completes, remove it on an exception (`path` then is as it was)."""
     path = Path(path)
+    if path.is_dir():  # never replace a directory by a file, --overwrite or not
+        raise OutputError(f"{path}: is a directory; choose a file name",
+                          cli=f"--out {path}: is a directory; choose a file name")
     check_output(path, overwrite)
     tmp = partial_path(path)
     _remove(tmp)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         yield tmp
-        if path.is_dir():  # never replace a directory by a file
-            raise OutputError(f"{path}: is a directory; choose a file name",
-                              cli=f"--out {path}: is a directory; choose a file name")
-        check_output(path, overwrite)
+        if path.exists() and not overwrite:  # appeared while the file was being written
+            raise _exists(path)
         os.replace(tmp, path)
     except BaseException:
         _remove(tmp)

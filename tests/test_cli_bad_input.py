@@ -348,3 +348,30 @@ def test_atomic_dir_leaves_nothing_on_failure_and_refuses_existing(tmp_path):
         (d / "whole").write_text("2")
     assert [p.name for p in tmp_path.iterdir()] == ["a"]
     assert (tmp_path / "a" / "whole").read_text() == "2" and len(list((tmp_path / "a").iterdir())) == 1
+
+
+def test_train_overwrite_trains_afresh_and_replaces_the_directory(tmp_path):
+    """train(out_dir=D) on a finished D resumes from its checkpoints; overwrite=True trains
+    afresh instead and replaces D whole (no D.partial left)."""
+    import jax
+
+    from afm_jax.checkpoint import load_params
+    from afm_jax.data import synthetic_dataset
+    from afm_jax.models import build_model
+    from afm_jax.train import TrainConfig, train
+
+    ds = synthetic_dataset(3000, seed=1)
+    model = build_model("deepfm", ds.info, mlp=(8,), embed_dim=4)
+    d = tmp_path / "m"
+    train(model, ds, TrainConfig(epochs=1, batch_size=256, seed=0), out_dir=d, progress=False)
+    first = load_params(d / "params")
+    seed1 = TrainConfig(epochs=1, batch_size=256, seed=1)
+    resumed = train(model, ds, seed1, out_dir=d, progress=False)  # nothing left to run
+    jax.tree.map(np.testing.assert_array_equal, first, jax.tree.map(np.asarray, resumed.params))
+    fresh = train(model, ds, seed1, out_dir=d, progress=False, overwrite=True)
+    alone = train(model, ds, seed1, progress=False)
+    jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, alone.params),
+                 load_params(d / "params"))
+    assert not np.array_equal(first["mlp"]["dense_0"]["kernel"],
+                              np.asarray(fresh.params["mlp"]["dense_0"]["kernel"]))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
