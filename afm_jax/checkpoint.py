@@ -105,12 +105,25 @@ def discarding_closed_loop_reports(quiet_s: float = 0.2, max_wait_s: float = 2.0
 
 
 def save_model_dir(out_dir: str | os.PathLike, model: CTRModel, params: Any, *, encoder=None,
-                   extra: dict | None = None) -> Path:
-    """Write model.json, encoder.json (if given) and params/ into `out_dir`.
+                   extra: dict | None = None, overwrite: bool = False) -> Path:
+    """Write model.json, encoder.json (if given) and params/ as the directory `out_dir`,
+    atomically (`outputs.atomic_dir`: into a temporary sibling, renamed when complete). An
+    existing `out_dir` is an OutputError unless `overwrite`.
 
     In a multi-process run every process calls this (orbax saves params together); only
     process 0 writes the JSON files. Params must be host arrays (`distributed.host_params`).
     """
+    from afm_jax.outputs import atomic_dir
+
+    with atomic_dir(out_dir, overwrite) as tmp:
+        write_model_dir(tmp, model, params, encoder=encoder, extra=extra)
+    return Path(out_dir)
+
+
+def write_model_dir(out_dir: str | os.PathLike, model: CTRModel, params: Any, *, encoder=None,
+                    extra: dict | None = None) -> Path:
+    """Write model.json, encoder.json (if given) and params/ into the directory `out_dir` as it
+    is: the step inside `save_model_dir`'s atomic write (and train's), not atomic alone."""
     from afm_jax.distributed import is_primary, sync
 
     out = Path(out_dir)
@@ -136,8 +149,7 @@ def load_model_dir(model_dir: str | os.PathLike) -> tuple[CTRModel, Any, dict]:
     d = Path(model_dir)
     meta_path = d / "model.json"
     if not meta_path.is_file():
-        raise CheckpointError(f"{d}: not a model directory (no model.json); train one with "
-                              "`afm-jax train ... --out DIR`")
+        raise CheckpointError(_not_a_model_dir(d))
     try:
         meta = json.loads(meta_path.read_text())
         model = model_from_json(meta["model"], FeatureInfo.from_json(meta["info"]))
@@ -146,6 +158,22 @@ def load_model_dir(model_dir: str | os.PathLike) -> tuple[CTRModel, Any, dict]:
     params = load_params(d / "params")
     validate_params(model, params, where=str(d / "params"))
     return model, params, meta
+
+
+def _not_a_model_dir(d: Path) -> str:
+    """Why `d` is not a model directory, and what to do, by what it is instead."""
+    if not d.exists():
+        return f"{d}: no such model directory; train one with `afm-jax train ... --out DIR`"
+    if not d.is_dir():
+        return f"{d}: a file, not a model directory; give the directory `afm-jax train` wrote"
+    if (d / "signature.json").is_file() or (d / "scorer.jaxexport").is_file():
+        return (f"{d}: an exported scorer, not a model directory; load it with "
+                "afm_jax.inference.load_exported, or give the model directory it was exported from")
+    if d.name.endswith(".partial") or (d / "state").is_dir():
+        return (f"{d}: an unfinished training run, not a model directory; run the same "
+                "`afm-jax train` command again to resume and finish it")
+    return (f"{d}: not a model directory (no model.json); train one with "
+            "`afm-jax train ... --out DIR`")
 
 
 def load_encoder(model_dir: str | os.PathLike):

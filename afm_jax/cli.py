@@ -5,7 +5,7 @@
     evaluate    AUC and logloss of a model directory on a split
     compress    AFM-compress a model directory (collect -> plan -> map -> fine-tune)
     quantize    int8 storage of a model directory's kernels and tables (per row / channel)
-    score       score a file with a model directory into parquet, row by row
+    score       score a file with a model directory into .parquet, .csv or .jsonl, row by row
     export      write a jax.export artifact of a model directory's scorer
     bench       scoring (or, with --train, training) benchmark against PyTorch peers
     experiment  regenerate a results table of experiments/
@@ -15,6 +15,9 @@ reports figures takes --json and then prints one JSON object on its last line. C
 kept in JAX's persistent compilation cache under the cache root (~/.cache/afm_jax/jax_compile,
 or --cache-dir's), so a second run skips most compilation; --no-compile-cache turns that off.
 This module parses flags and prints; the work is done by the library (`afm_jax.compress`, ...).
+A mistake (a bad plan, contradicting flags, an existing --out without --overwrite, --out equal to
+the input) is refused before any work with exit 2 and one line on stderr in flags
+(`AfmError.cli`); outputs are written atomically (`afm_jax.outputs`).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from afm_jax.errors import AfmError
+from afm_jax.errors import AfmError, cli_message
 
 
 def _data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -41,13 +44,27 @@ def _data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--min-count", type=int, help="vocabulary min count (default: per dataset)")
     p.add_argument("--split-by", default="sequential", choices=["sequential", "random"],
                    help="8:1:1 train/valid/test split in file order or by a seeded shuffle")
-    p.add_argument("--split-seed", type=int, default=0, help="seed of --split-by random")
-    p.add_argument("--on-bad-lines", default="error", choices=["error", "skip"],
-                   help="a malformed line stops the run, or is skipped and counted")
+    p.add_argument("--split-seed", type=int, help="seed of --split-by random (default: 0)")
+    _bad_lines_args(p)
     p.add_argument("--max-rows", type=int, help="read only the first N valid rows")
     p.add_argument("--cache-dir", help="cache root: encoded arrays, and compiled code under "
                    "jax_compile/ (default: ~/.cache/afm_jax)")
     _synthetic_vocab_arg(p)
+
+
+def _bad_lines_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--on-bad-lines", default="error", choices=["error", "skip"],
+                   help="a malformed line stops the run, or is skipped and counted")
+    p.add_argument("--max-bad-fraction", type=float, metavar="F",
+                   help="with --on-bad-lines skip: stop (exit 2, with the counts) when more than "
+                        "this share of the lines read is bad (default: 0.5; every line bad always "
+                        "stops)")
+
+
+def _overwrite_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out (never the input itself); without it an "
+                        "existing --out is refused")
 
 
 def _positive_int(text: str) -> int:
@@ -70,9 +87,65 @@ def _synthetic_vocab_arg(p: argparse.ArgumentParser) -> None:
 
 def _data_options(args: argparse.Namespace) -> dict[str, Any]:
     return {"schema": args.schema, "min_count": args.min_count, "split": args.split_by,
-            "seed": args.split_seed, "on_bad_lines": args.on_bad_lines,
+            "seed": args.split_seed or 0, "on_bad_lines": args.on_bad_lines,
             "max_rows": args.max_rows, "cache_dir": args.cache_dir,
-            "synthetic_vocab": args.synthetic_vocab}
+            "synthetic_vocab": args.synthetic_vocab,
+            **({} if args.max_bad_fraction is None
+               else {"max_bad_fraction": args.max_bad_fraction})}
+
+
+def _check_flags(args: argparse.Namespace) -> None:
+    """Refuse flags that contradict each other or are out of range, before any work."""
+    def given(name: str) -> Any:
+        return getattr(args, name, None)
+
+    if given("max_bad_fraction") is not None:
+        if args.on_bad_lines != "skip":
+            raise AfmError("--max-bad-fraction applies with --on-bad-lines skip only; add "
+                           "--on-bad-lines skip, or drop --max-bad-fraction")
+        from afm_jax.data.dataset import check_max_bad_fraction
+        check_max_bad_fraction(args.max_bad_fraction)
+    if given("split_seed") is not None and getattr(args, "split_by", None) != "random":
+        raise AfmError("--split-seed applies with --split-by random only; add --split-by random, "
+                       "or drop --split-seed")
+    if given("checkpoint_every") and not given("out"):
+        raise AfmError("--checkpoint-every needs --out (the checkpoints go there); add --out DIR, "
+                       "or drop --checkpoint-every")
+    if given("overwrite") and not given("out"):
+        raise AfmError("--overwrite needs --out (it replaces that); add --out, or drop --overwrite")
+    if given("stats_rows") is not None and given("calibration_rows") is not None:
+        raise AfmError("give --calibration-rows (an even sample) or the deprecated --stats-rows "
+                       "(the first N rows), not both")
+    for flag in ("batch_size", "epochs", "finetune_steps", "checkpoint_every", "eval_every",
+                 "patience", "stats_rows", "devices", "model_axis"):
+        value = given(flag)
+        lowest = 1 if flag in ("batch_size", "epochs", "stats_rows", "devices",
+                               "model_axis") else 0
+        if value is not None and value < lowest:
+            raise AfmError(f"--{flag.replace('_', '-')} must be >= {lowest}, got {value}")
+    if given("plan") is not None:
+        from afm_jax.compress.plan_spec import parse_plan
+        parse_plan(args.plan)
+    if given("act") is not None:
+        from afm_jax.nn import ACTIVATIONS
+        if args.act not in ACTIVATIONS:
+            raise AfmError(f"--act {args.act}: unknown activation; choose one of "
+                           f"{', '.join(sorted(ACTIVATIONS))}")
+
+
+def _data_paths(spec: str | None) -> tuple[str, ...]:
+    """The files a --data spec reads (checked: a bad spec fails here, before any work)."""
+    if not spec:
+        return ()
+    from afm_jax.data import parse_data_spec
+    return parse_data_spec(spec).paths
+
+
+def _check_out(args: argparse.Namespace, *inputs: str | None) -> None:
+    """Refuse --out when it exists (without --overwrite) or is, or holds, an input."""
+    from afm_jax.outputs import check_output
+    if getattr(args, "out", None):
+        check_output(args.out, args.overwrite, inputs, training=args.command == "train")
 
 
 def _load(spec: str, options: dict[str, Any], progress: bool, encoder=None):
@@ -145,6 +218,9 @@ def cmd_train(args: argparse.Namespace) -> dict:
 
     progress = not args.no_progress
     options = _data_options(args)
+    _check_out(args, *_data_paths(args.data))
+    if args.out and args.overwrite is False and _partial_exists(args.out):
+        print(f"note: resuming the unfinished run in {args.out}.partial", file=sys.stderr)
     ds = _load(args.data, options, progress)
     model = build_model(args.model, ds.info, **_model_kwargs(args))
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size,
@@ -155,7 +231,7 @@ def cmd_train(args: argparse.Namespace) -> dict:
     mesh = _mesh(args)
     res = train(model, ds, config, out_dir=args.out, progress=progress,
                 extra_meta={"data": {"spec": args.data, **options}}, mesh=mesh,
-                shard_embeddings=args.shard_embeddings)
+                shard_embeddings=args.shard_embeddings, overwrite=args.overwrite)
     test = evaluate(make_scorer(model, mesh), res.params, ds.test, mesh=mesh)
     out = {"model": args.model, "data": args.data, "auc": test["auc"],
            "logloss": test["logloss"], "rows": test["rows"],
@@ -165,6 +241,11 @@ def cmd_train(args: argparse.Namespace) -> dict:
     print(f"{args.model} on {args.data}: test AUC {test['auc']:.4f}  logloss "
           f"{test['logloss']:.4f}  ({test['rows']:,} rows; trained in {res.seconds:.1f}s)")
     return out
+
+
+def _partial_exists(out: str) -> bool:
+    from afm_jax.outputs import partial_path
+    return partial_path(out).is_dir()
 
 
 def jax_process_count() -> int:
@@ -184,6 +265,8 @@ def _model_dir_data(args: argparse.Namespace, meta: dict, model_dir: str, progre
         options.update({k: v for k, v in _data_options(args).items()
                         if v is not None and k not in ("split", "seed", "on_bad_lines")})
         options["on_bad_lines"] = args.on_bad_lines
+        if args.max_bad_fraction is None:
+            options.pop("max_bad_fraction", None)
     encoder = None
     if Path(model_dir, "encoder.json").is_file():
         encoder = load_encoder(model_dir)
@@ -236,18 +319,17 @@ def _calibration_rows(text: str) -> int:
 
 
 def cmd_compress(args: argparse.Namespace) -> dict:
-    from afm_jax.checkpoint import load_model_dir, save_model_dir
+    from afm_jax.checkpoint import load_model_dir, write_model_dir
     from afm_jax.compress import compress_model, save_stats
     from afm_jax.compress.pipeline import DEFAULT_CALIBRATION_ROWS
     from afm_jax.inference import count_bytes, count_params, evaluate, make_scorer
+    from afm_jax.outputs import atomic_dir
 
     progress = not args.no_progress
+    _check_out(args, args.model_dir, *_data_paths(args.data))
     model, params, meta = load_model_dir(args.model_dir)
     ds = _model_dir_data(args, meta, args.model_dir, progress)
     sites = [s for s in args.sites.split(",") if s] if args.sites else None
-    if args.stats_rows is not None and args.calibration_rows is not None:
-        raise AfmError("give --calibration-rows (an even sample) or the deprecated --stats-rows "
-                       "(the first N rows), not both")
     if args.stats_rows is not None:
         print("note: --stats-rows is deprecated (it calibrates on the FIRST N training rows); "
               "--calibration-rows N draws N rows evenly across the training split",
@@ -275,13 +357,15 @@ def cmd_compress(args: argparse.Namespace) -> dict:
                             "int8": bool(args.int8),
                             "calibration_rows": res.calibration_rows, "search": search,
                             **report.to_json()}
-    out_dir = save_model_dir(args.out, model, res.params, encoder=encoder, extra=extra)
     plan_md = report.to_markdown()
     if res.search is not None:
         plan_md += "\n\n## search\n\n" + res.search.to_markdown()
-    if _primary():
-        save_stats(out_dir / "stats.npz", res.stats)
-        (out_dir / "plan.md").write_text(plan_md + "\n")
+    with atomic_dir(args.out, args.overwrite) as tmp:
+        write_model_dir(tmp, model, res.params, encoder=encoder, extra=extra)
+        if _primary():
+            save_stats(tmp / "stats.npz", res.stats)
+            (tmp / "plan.md").write_text(plan_md + "\n")
+    out_dir = Path(args.out)
     print(plan_md)
     print(f"\nstatistics on {res.calibration_rows:,} of {len(ds.train):,} training rows "
           f"({res.stats_seconds:.1f}s)")
@@ -313,13 +397,15 @@ def cmd_quantize(args: argparse.Namespace) -> dict:
     from afm_jax.quantize import quantize
 
     progress = not args.no_progress
+    _check_out(args, args.model_dir, *_data_paths(args.data))
     model, params, meta = load_model_dir(args.model_dir)
     qparams = quantize(jax_to_host(params))
     encoder = load_encoder(args.model_dir) if Path(args.model_dir, "encoder.json").is_file() \
         else None
     extra = {k: v for k, v in meta.items() if k not in ("model", "info")}
     extra["quantization"] = {"from": str(args.model_dir), "bits": 8}
-    out_dir = save_model_dir(args.out, model, qparams, encoder=encoder, extra=extra)
+    out_dir = save_model_dir(args.out, model, qparams, encoder=encoder, extra=extra,
+                             overwrite=args.overwrite)
     result = {"params_before": count_params(params), "params_after": count_params(qparams),
               "bytes_before": count_bytes(params), "bytes_after": count_bytes(qparams),
               "out": str(out_dir)}
@@ -390,17 +476,68 @@ def cmd_demo(args: argparse.Namespace) -> dict:
             "ratio": comp.report.ratio}
 
 
+SCORE_FORMATS = (".parquet", ".csv", ".jsonl")
+
+
+def _score_format(out: str) -> str:
+    """The writer `score --out` asks for by its extension; AfmError for any other."""
+    ext = Path(out).suffix.lower()
+    if ext not in SCORE_FORMATS:
+        raise AfmError(f"--out {out}: unknown extension {ext or '(none)'!r}; name the file "
+                       f"{Path(out).stem or 'scores'}.parquet, .csv or .jsonl (the writer follows "
+                       "the extension)")
+    return ext
+
+
+class _ScoreWriter:
+    """Rows (file, line, score) to a .parquet, .csv or .jsonl file, chunk by chunk."""
+
+    def __init__(self, path: Path, fmt: str):
+        import pyarrow as pa
+
+        self.schema = pa.schema([("file", pa.string()), ("line", pa.int64()),
+                                 ("score", pa.float32())])
+        self.fmt = fmt
+        if fmt == ".parquet":
+            import pyarrow.parquet as pq
+            self.writer = pq.ParquetWriter(path, self.schema)
+        elif fmt == ".csv":
+            import pyarrow.csv as pacsv
+            self.writer = pacsv.CSVWriter(path, self.schema)
+        else:
+            self.writer = open(path, "w", encoding="utf-8")
+
+    def write(self, path: str, lines: np.ndarray, scores: np.ndarray) -> None:
+        import pyarrow as pa
+
+        if self.fmt == ".jsonl":
+            name = json.dumps(path)
+            self.writer.writelines(f'{{"file": {name}, "line": {int(n)}, "score": {float(v)!r}}}\n'
+                                   for n, v in zip(lines, scores.astype(np.float32)))
+            return
+        self.writer.write_table(pa.table({"file": pa.array([path] * len(lines)),
+                                          "line": lines.astype(np.int64),
+                                          "score": scores.astype(np.float32)}, schema=self.schema))
+
+    def close(self) -> None:
+        self.writer.close()
+
+
 def cmd_score(args: argparse.Namespace) -> dict:
     """Stream a file through the scorer; one score per valid input row, in input order."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     from afm_jax.checkpoint import load_encoder, load_model_dir
     from afm_jax.data import EncodedSplit, parse_data_spec
-    from afm_jax.data.dataset import make_source
+    from afm_jax.data.dataset import DEFAULT_MAX_BAD_FRACTION, check_bad_lines, make_source
     from afm_jax.inference import device_params, make_scorer, predict
+    from afm_jax.outputs import atomic_file
 
     progress = not args.no_progress
+    fmt = _score_format(args.out)
+    spec = parse_data_spec(args.data)
+    _check_out(args, args.model_dir, *spec.paths)
+    if spec.kind == "synthetic":
+        raise AfmError("score reads a file: give --data KIND:PATH (criteo:, csv:, ...), not "
+                       "synthetic")
     if jax_process_count() > 1:
         raise AfmError("score reads its input file as one stream: run it as one process "
                        "(it uses every local device; --devices N for fewer)")
@@ -408,31 +545,33 @@ def cmd_score(args: argparse.Namespace) -> dict:
     encoder = load_encoder(args.model_dir)
     schema = args.schema or meta.get("data", {}).get("schema")
     # scores need no labels: files without the label column are read as well (make_source)
-    source = make_source(parse_data_spec(args.data), schema, require_label=False)
+    source = make_source(spec, schema, require_label=False)
     mesh = _mesh(args)
     scorer = make_scorer(model, mesh, _compute_dtype(args))
     params = device_params(model, params, mesh, args.shard_embeddings)  # packed, placed once
     out = Path(args.out)
-    tmp = out.with_name(out.name + ".tmp")
+    max_bad = DEFAULT_MAX_BAD_FRACTION if args.max_bad_fraction is None else args.max_bad_fraction
     rows, skipped, first_skipped, t0 = 0, 0, [], time.perf_counter()
-    table_schema = pa.schema([("file", pa.string()), ("line", pa.int64()), ("score", pa.float32())])
-    with pq.ParquetWriter(tmp, table_schema) as writer:
-        for chunk, bad in source.chunks(progress):
-            if bad and args.on_bad_lines == "error":
-                raise bad[0].error()
-            skipped += len(bad)
-            first_skipped += [(b.path, b.line) for b in bad][: max(0, 10 - len(first_skipped))]
-            if chunk is None or len(chunk) == 0:
-                continue
-            cat, num = encoder.encode(chunk)
-            scores = predict(scorer, params, EncodedSplit(cat, num, chunk.label), args.batch_size,
-                             mesh=mesh)
-            writer.write_table(pa.table({"file": pa.array([chunk.path] * len(chunk)),
-                                         "line": chunk.lines.astype(np.int64),
-                                         "score": scores.astype(np.float32)},
-                                        schema=table_schema))
-            rows += len(chunk)
-    tmp.replace(out)
+    with atomic_file(out, args.overwrite) as tmp:
+        writer = _ScoreWriter(tmp, fmt)
+        try:
+            for chunk, bad in source.chunks(progress):
+                if bad and args.on_bad_lines == "error":
+                    raise bad[0].error()
+                skipped += len(bad)
+                first_skipped += [(b.path, b.line) for b in bad][: max(0, 10 - len(first_skipped))]
+                if chunk is None or len(chunk) == 0:
+                    continue
+                cat, num = encoder.encode(chunk)
+                scores = predict(scorer, params, EncodedSplit(cat, num, chunk.label),
+                                 args.batch_size, mesh=mesh)
+                writer.write(chunk.path, chunk.lines, scores)
+                rows += len(chunk)
+        finally:
+            writer.close()
+        # a file that is all (or mostly) bad lines is a wrong file, not a success
+        check_bad_lines(rows, skipped, max_bad, [line for _, line in first_skipped],
+                        ", ".join(source.paths))
     seconds = time.perf_counter() - t0
     print(f"scored {rows:,} rows ({skipped:,} bad lines skipped{', first: ' + str(first_skipped) if skipped else ''})"
           f" in {seconds:.1f}s: {rows / max(seconds, 1e-9):,.0f} rows/s ({args.precision})"
@@ -445,6 +584,7 @@ def cmd_export(args: argparse.Namespace) -> dict:
     from afm_jax.checkpoint import load_encoder, load_model_dir
     from afm_jax.inference import count_params, export
 
+    _check_out(args, args.model_dir)
     model, params, meta = load_model_dir(args.model_dir)
     encoder = load_encoder(args.model_dir) if Path(args.model_dir, "encoder.json").is_file() else None
     if args.format == "onnx":
@@ -457,7 +597,7 @@ def cmd_export(args: argparse.Namespace) -> dict:
                            "values: export with --no-raw-inputs (ids in)")
         out = export_onnx(model, params, args.out, encoder=encoder if raw else None,
                           bucketize=bucketized_fields(meta.get("data")) if raw else (),
-                          compute_dtype=_compute_dtype(args))
+                          compute_dtype=_compute_dtype(args), overwrite=args.overwrite)
         size = (out / ONNX_FILE).stat().st_size
         print(f"exported the scorer of {args.model_dir} ({count_params(params):,} params, "
               f"{args.precision} products, {'raw values' if raw else 'ids'} in) to "
@@ -467,7 +607,7 @@ def cmd_export(args: argparse.Namespace) -> dict:
     if args.raw_inputs:
         raise AfmError("--raw-inputs needs --format onnx (the jax.export artifact takes ids)")
     out = export(model, params, args.out, encoder=encoder, batch_size=args.batch_size,
-                 compute_dtype=_compute_dtype(args))
+                 compute_dtype=_compute_dtype(args), overwrite=args.overwrite)
     print(f"exported the scorer of {args.model_dir} ({count_params(params):,} params, "
           f"{args.precision} products) to {out}")
     return {"out": str(out), "params": count_params(params), "precision": args.precision}
@@ -560,8 +700,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("train", "train a model on a dataset")
     _data_args(p)
     p.add_argument("--model", default="deepfm", choices=list(REGISTRY), help="the model")
-    p.add_argument("--out", help="model directory (resumes when it holds a checkpoint; "
-                   "default: none written)")
+    p.add_argument("--out", help="model directory, written as OUT.partial (checkpoints) and "
+                   "renamed when training completes; an interrupted run resumes from "
+                   "OUT.partial (default: none written)")
     p.add_argument("--epochs", type=int, default=2, help="at most this many epochs")
     p.add_argument("--batch-size", type=int, default=1024, help="rows per training step")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
@@ -584,6 +725,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="initialization and shuffling seed")
     p.add_argument("--embed-dim", type=int, help="embedding width (default: the model's)")
     p.add_argument("--mlp", help="hidden sizes, e.g. 400,400,400 (default: the model's)")
+    _overwrite_arg(p)
     _device_args(p)
     common(p)
     p.set_defaults(fn=cmd_train)
@@ -620,6 +762,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="store the compressed kernels and tables as int8 (afm-jax quantize); "
                         "bytes:N then fits the int8 model, a quality plan scores int8")
     p.add_argument("--out", required=True, help="model directory of the compressed model")
+    _overwrite_arg(p)
     _device_args(p)
     common(p)
     p.set_defaults(fn=cmd_compress)
@@ -628,18 +771,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-dir", required=True, help="written by train or compress")
     _data_args(p, required=False)
     p.add_argument("--out", required=True, help="model directory of the int8 model")
+    _overwrite_arg(p)
     common(p)
     p.set_defaults(fn=cmd_quantize)
 
-    p = add("score", "score a file with a model directory, write parquet")
+    p = add("score", "score a file with a model directory, write parquet, csv or jsonl")
     p.add_argument("--model-dir", required=True, help="written by train or compress")
     p.add_argument("--data", required=True, help="criteo:PATH | avazu:PATH | ... (as in train); the "
                    "label column may be absent (Criteo: 39 columns I1..I13, C1..C26)")
     p.add_argument("--schema", help="JSON schema file for csv:/parquet: data")
-    p.add_argument("--on-bad-lines", default="error", choices=["error", "skip"],
-                   help="a malformed line stops the run, or is skipped and counted")
+    _bad_lines_args(p)
     p.add_argument("--batch-size", type=int, default=8192, help="rows per scoring call")
-    p.add_argument("--out", required=True, help="output .parquet: file, line, score per row")
+    p.add_argument("--out", required=True, help="output file, written by its extension: "
+                   ".parquet, .csv or .jsonl (file, line, score per row)")
+    _overwrite_arg(p)
     _precision_arg(p)
     _device_args(p)
     common(p)
@@ -673,6 +818,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "numbers; default on); --no-raw-inputs: ids and transformed numbers in")
     p.add_argument("--batch-size", type=int, help="fixed batch size (default: symbolic)")
     p.add_argument("--out", required=True, help="artifact directory")
+    _overwrite_arg(p)
     _precision_arg(p, "; baked into the artifact, signature.json records it")
     common(p)
     p.set_defaults(fn=cmd_export)
@@ -734,10 +880,52 @@ def cmd_experiment(args: argparse.Namespace) -> dict:
     return {"report": str(md)}
 
 
+def _one_line(message: str) -> str:
+    return " ".join(message.split())
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that outputs being written are removed."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise _Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; 0 on success, 2 with one line on stderr for an error the user can fix
+    (an AfmError, spoken in flags), or for an interrupt (SIGINT, SIGTERM): the output being
+    written is removed and any previous one is left as it was."""
+    import signal
+
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    previous = None
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:  # not the main thread: leave SIGTERM as it is
+        pass
+    try:
+        return _run(args)
+    except (KeyboardInterrupt, _Terminated) as e:
+        how = "SIGINT" if isinstance(e, KeyboardInterrupt) else "SIGTERM"
+        out = getattr(args, "out", None)
+        kept = f"; {out} is as it was before" if out else ""
+        print(f"afm-jax {args.command}: error: interrupted by {how}{kept}; run the command "
+              "again to redo it", file=sys.stderr)
+        return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        _check_flags(args)
+    except AfmError as e:
+        print(f"afm-jax {args.command}: error: {_one_line(cli_message(e))}", file=sys.stderr)
+        return 2
     if not args.no_compile_cache:
         from afm_jax._cache import enable_compile_cache
         enable_compile_cache(getattr(args, "cache_dir", None))
@@ -751,7 +939,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     args.no_progress = True
         result = args.fn(args)
     except AfmError as e:
-        print(f"afm-jax {args.command}: error: {e}", file=sys.stderr)
+        print(f"afm-jax {args.command}: error: {_one_line(cli_message(e))}", file=sys.stderr)
         return 2
     if args.json:
         _print_json(result)

@@ -287,7 +287,8 @@ def signature(model, n_leaves: int, batch_size: int | None, platforms,
 
 
 def export(model, params, path, *, encoder=None, batch_size: int | None = None,
-           platforms: tuple[str, ...] | None = None, compute_dtype=None) -> Path:
+           platforms: tuple[str, ...] | None = None, compute_dtype=None,
+           overwrite: bool = False) -> Path:
     """Write the scorer as a serialized `jax.export` artifact that runs with jax alone.
 
     path/ gets `scorer.jaxexport` (StableHLO of the packed scorer; the batch dimension is
@@ -296,14 +297,21 @@ def export(model, params, path, *, encoder=None, batch_size: int | None = None,
     sizes, output) and, with `encoder`, `encoder.json`. platforms: lowering platforms ("cpu",
     "cuda", "tpu"); default the current backend. compute_dtype: as for `make_scorer`, baked
     into the artifact and recorded in signature.json ("precision"). Load with
-    `load_exported(path)`.
+    `load_exported(path)`. The directory is written atomically (`outputs.atomic_dir`); an
+    existing one is an OutputError unless `overwrite`.
     """
+    from afm_jax.outputs import atomic_dir
+
+    with atomic_dir(path, overwrite) as tmp:
+        _write_export(model, params, tmp, encoder, batch_size, platforms, compute_dtype)
+    return Path(path)
+
+
+def _write_export(model, params, out: Path, encoder, batch_size, platforms, compute_dtype) -> None:
     from jax import export as jex
 
     from afm_jax.packing import pack
 
-    out = Path(path)
-    out.mkdir(parents=True, exist_ok=True)
     n_cat, n_num = len(model.info.cat_names), len(model.info.num_names)
     b = jex.symbolic_shape("b")[0] if batch_size is None else batch_size
     leaves, treedef = jax.tree_util.tree_flatten(pack(model, params))
@@ -325,7 +333,6 @@ def export(model, params, path, *, encoder=None, batch_size: int | None = None,
     sig = signature(model, len(leaves), batch_size, exported.platforms,
                     precision_name(compute_dtype))
     (out / SIGNATURE_FILE).write_text(json.dumps(sig, indent=1) + "\n")
-    return out
 
 
 def load_exported(path) -> Callable[[np.ndarray, np.ndarray], jax.Array]:

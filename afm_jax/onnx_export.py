@@ -615,26 +615,27 @@ def onnx_signature(model, encoder, bucketize: Sequence[str], precision: str, fil
 
 
 def export_onnx(model, params, path, *, encoder=None, bucketize: Sequence[str] = (),
-                compute_dtype=None) -> Path:
-    """Write `path/model.onnx` and `path/signature.json` (see the module docstring).
+                compute_dtype=None, overwrite: bool = False) -> Path:
+    """Write `path/model.onnx` and `path/signature.json` (see the module docstring), atomically
+    (`outputs.atomic_dir`; an existing `path` is refused unless `overwrite`).
 
     encoder: put it in the graph (raw values in); None: the graph takes ids and transformed
     numbers. bucketize: the categorical fields that come as numbers and are bucketized
     (Criteo's I1..I13). compute_dtype: as for `make_scorer` (int8 runs MatMulInteger).
     """
     from afm_jax.inference import precision_name
+    from afm_jax.outputs import atomic_dir
 
     proto = to_onnx(model, params, encoder=encoder, bucketize=bucketize,
                     compute_dtype=compute_dtype)
-    out = Path(path)
-    out.mkdir(parents=True, exist_ok=True)
     data = proto.SerializeToString()
-    (out / ONNX_FILE).write_bytes(data)
     stored = sum(np.asarray(x).nbytes for x in jax.tree_util.tree_leaves(params))
     sig = onnx_signature(model, encoder, tuple(bucketize), precision_name(compute_dtype),
                          len(data), int(stored))
-    (out / ONNX_SIGNATURE).write_text(json.dumps(sig, indent=1) + "\n")
-    return out
+    with atomic_dir(path, overwrite) as tmp:
+        (tmp / ONNX_FILE).write_bytes(data)
+        (tmp / ONNX_SIGNATURE).write_text(json.dumps(sig, indent=1) + "\n")
+    return Path(path)
 
 
 def load_onnx(path, providers: Sequence[str] = ("CPUExecutionProvider",)) -> Callable:

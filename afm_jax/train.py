@@ -199,7 +199,7 @@ class _Run:
     dataset: Any
     config: TrainConfig
     mesh: Any
-    out_dir: Path | None
+    out_dir: Path | None                   # where the run writes: out_dir's .partial sibling
     manager: ocp.CheckpointManager | None  # with an out_dir
     progress: bool
     step_fn: Any                           # the jitted Adam step (`_adam_step`)
@@ -251,7 +251,12 @@ def _restore(run: _Run, loop: _Loop) -> _Loop:
     except Exception as e:
         raise AfmError(f"{run.out_dir / 'state'}: cannot resume from epoch {latest} "
                        f"({type(e).__name__}: {e}); was it written for another model "
-                       "or config? Use a new --out directory.") from e
+                       f"or config? Remove {run.out_dir} to start afresh, or choose "
+                       "another out_dir.",
+                       cli=f"{run.out_dir / 'state'}: cannot resume from epoch {latest} "
+                           f"({type(e).__name__}); was it written for another model or "
+                           f"config? Remove {run.out_dir} to start afresh, or choose "
+                           "another --out.") from e
     hist_path = run.out_dir / "history.json"
     history = json.loads(hist_path.read_text()) if hist_path.exists() else []
     if run.progress:
@@ -277,7 +282,9 @@ def _check_finite(run: _Run, loop: _Loop, value: float, epoch: int) -> None:
     if not math.isfinite(value):
         raise AfmError(f"training loss became {value} in epoch {epoch + 1} (step {loop.step}); "
                        "lower the learning rate or check the inputs. The last good "
-                       "checkpoint is kept" + (f" in {run.out_dir}." if run.out_dir else "."))
+                       "checkpoint is kept" + (f" (in {run.out_dir}, or the finished run's "
+                                               "directory); the same call resumes from it."
+                                               if run.out_dir else "."))
 
 
 def _current(run: _Run, loop: _Loop) -> Any:
@@ -364,27 +371,62 @@ def _run_epochs(run: _Run, loop: _Loop) -> None:
             _save(run, loop, epoch + 1, 0)
 
 
-def _finish(run: _Run, loop: _Loop, best_valid: dict, extra_meta: dict | None) -> None:
-    """Write the model directory: the best params (trimmed to host) with model.json/encoder.json."""
+def _finish(run: _Run, loop: _Loop, best_valid: dict, extra_meta: dict | None,
+            final: Path) -> None:
+    """Write the model directory: the best params (trimmed to host) with model.json/encoder.json
+    into the run's working directory, which is then renamed to `final` (replacing it)."""
     from afm_jax import distributed
-    from afm_jax.checkpoint import save_model_dir
+    from afm_jax.checkpoint import write_model_dir
+    from afm_jax.outputs import commit
 
     meta = {"train_config": dataclasses.asdict(run.config), "best_valid": best_valid,
             **(extra_meta or {})}
     best = loop.best() if run.mesh is None else distributed.host_params(loop.best(),
                                                                        run.model.info)
-    save_model_dir(run.out_dir, run.model, unpack(run.model, best),
-                   encoder=getattr(run.dataset, "encoder", None), extra=meta)
+    write_model_dir(run.out_dir, run.model, unpack(run.model, best),
+                    encoder=getattr(run.dataset, "encoder", None), extra=meta)
+    distributed.sync("afm_jax.train.written")
+    if distributed.is_primary():
+        commit(run.out_dir, final, overwrite=True)
+    distributed.sync("afm_jax.train.renamed")
+
+
+def _working_dir(out: Path, overwrite: bool) -> Path:
+    """The directory a run with `out_dir=out` writes into: `out.partial` (`outputs.partial_path`),
+    renamed to `out` when the run completes, so `out` is never half written and a failed or
+    killed run leaves `out` as it was. An interrupted run's `out.partial` is resumed from; else,
+    unless `overwrite`, a finished `out`'s checkpoints and history are copied in to resume from
+    (a longer run in the same directory)."""
+    import shutil
+
+    from afm_jax import distributed
+    from afm_jax.outputs import partial_path
+
+    work = partial_path(out)
+    if distributed.is_primary():
+        has_steps = lambda d: d.is_dir() and any(p.name.isdigit() for p in d.iterdir())  # noqa: E731
+        if not has_steps(work / "state") and not overwrite and has_steps(out / "state"):
+            shutil.rmtree(work, ignore_errors=True)
+            shutil.copytree(out / "state", work / "state")
+            if (out / "history.json").is_file():
+                shutil.copy2(out / "history.json", work / "history.json")
+        work.mkdir(parents=True, exist_ok=True)
+    distributed.sync("afm_jax.train.working_dir")
+    return work
 
 
 def train(model, dataset, config: TrainConfig = TrainConfig(), *, out_dir: str | None = None,
           params: Any = None, progress: bool = True, extra_meta: dict | None = None,
-          mesh=None, shard_embeddings: bool = False) -> TrainResult:
+          mesh=None, shard_embeddings: bool = False, overwrite: bool = False) -> TrainResult:
     """Train `model` on dataset.train, early-stopping on dataset.valid AUC.
 
     With `out_dir`, the training state is checkpointed after every epoch (orbax) and the best
     params with model.json/encoder.json are written, so the directory alone can be reloaded;
-    a second call with the same `out_dir` resumes after the last finished epoch.
+    a second call with the same `out_dir` resumes after the last finished epoch. The run writes
+    into `out_dir`'s sibling `OUT.partial` and renames it to `out_dir` when complete: a failed
+    or killed run leaves `out_dir` as it was and its checkpoints in `OUT.partial`, where the
+    next call resumes. overwrite: do not resume from a finished `out_dir` (train afresh and
+    replace it; an interrupted run's `OUT.partial` is still resumed).
 
     mesh: data-parallel over a `jax.sharding.Mesh` (`afm_jax.distributed.make_mesh`): each
     global batch (the same rows as without a mesh) is sharded over "data", gradients are reduced
@@ -401,11 +443,10 @@ def train(model, dataset, config: TrainConfig = TrainConfig(), *, out_dir: str |
     t_start = time.perf_counter()
     loop = _start(model, dataset.info, config, params, mesh, shard_embeddings)
     out = None if out_dir is None else Path(out_dir)
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-    # the manager's threads and files are released however training ends
-    with contextlib.nullcontext(None) if out is None else _state_manager(out) as manager:
-        run = _Run(model, dataset, config, mesh, out, manager,
+    work = None if out is None else _working_dir(out, overwrite)
+    # the manager's threads and files are released however training ends, before the rename
+    with contextlib.nullcontext(None) if work is None else _state_manager(work) as manager:
+        run = _Run(model, dataset, config, mesh, work, manager,
                    progress, _adam_step(model, config.learning_rate, config.embed_l2,
                                         config.table_optimizer, config.table_learning_rate),
                    distributed.lockstep(mesh), make_scorer(model, mesh))
@@ -414,8 +455,8 @@ def train(model, dataset, config: TrainConfig = TrainConfig(), *, out_dir: str |
         _run_epochs(run, loop)
         seconds = time.perf_counter() - t_start
         best_valid = next((h for h in loop.history if h["auc"] == loop.best_auc), {"auc": loop.best_auc})
-        if out is not None:
-            _finish(run, loop, best_valid, extra_meta)
+    if out is not None:
+        _finish(run, loop, best_valid, extra_meta, out)
     return TrainResult(params=unpack(model, loop.best()), best_valid=best_valid,
                        history=loop.history,
                        seconds=seconds)

@@ -13,6 +13,7 @@ import argparse
 import json
 import math
 import time
+from pathlib import Path
 
 import numpy as np
 from common import RESULTS, command_line, load, machine
@@ -154,7 +155,8 @@ def main() -> None:
     ap.add_argument("--models", default="deepfm,dcnv2")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--finetune-steps", type=int, default=200)
-    ap.add_argument("--out", default="afm")
+    ap.add_argument("--out", default=str(RESULTS / "afm"),
+                    help="writes OUT.json (after every cell) and OUT.md")
     args = ap.parse_args()
     rows = []
     for dname in args.datasets.split(","):
@@ -164,10 +166,10 @@ def main() -> None:
                 t0 = time.perf_counter()
                 rows += run_one(ds, dname, mname, seed, args.finetune_steps)
                 print(f"{dname} {mname} seed {seed}: {time.perf_counter() - t0:.0f}s", flush=True)
-                with open(RESULTS / f"{args.out}.json", "w") as f:
+                with open(f"{args.out}.json", "w") as f:
                     json.dump(rows, f, indent=1)
     text = summarize(rows, args)
-    (RESULTS / f"{args.out}.md").write_text(text)
+    Path(f"{args.out}.md").write_text(text)
     print(text)
 
 

@@ -2,7 +2,7 @@
 
     python experiments/baseline.py [--datasets movielens,criteo,frappe] [--models ...] [--seeds 0]
 
-Writes experiments/results/baseline.md (and .json).
+Writes OUT.md and OUT.json (--out, default experiments/results/baseline).
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def main() -> None:
                          f"{m[0]['epochs_run']} | {np.mean([r['seconds'] for r in m]):.0f} | "
                          f"{beats} |")
         lines.append("")
-    (RESULTS / "baseline.md").write_text("\n".join(lines))
+    Path(args.out + ".md").write_text("\n".join(lines))
     print("\n".join(lines))
 
 

@@ -16,13 +16,14 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from common import RESULTS, command_line, machine
+from common import DATA, RESULTS, command_line, machine
 
 from afm_jax.timing import median_seconds
 
@@ -126,7 +127,8 @@ def criteo_forms(data: str, model_dir: str, plans: tuple[str, ...], train: bool)
     base = Path(model_dir)
     forms = {"original": str(base)}
     if train or not Path(base, "model.json").is_file():
-        afm_jax("train", "--data", f"criteo:{data}", "--model", "deepfm", "--out", str(base))
+        afm_jax("train", "--data", f"criteo:{data}", "--model", "deepfm", "--out", str(base),
+                "--overwrite")
         train = True
     made = {"int8": ("quantize", "--model-dir", str(base))}
     for plan in plans:
@@ -139,7 +141,7 @@ def criteo_forms(data: str, model_dir: str, plans: tuple[str, ...], train: bool)
     forms["int8"] = str(base.parent / f"{base.name}_int8")
     for name, cmd in made.items():
         if train or not Path(forms[name], "model.json").is_file():
-            afm_jax(*cmd, "--out", forms[name])
+            afm_jax(*cmd, "--out", forms[name], "--overwrite")
     return {k: forms[k] for k in ["original", "int8", *[f for f in forms if f.startswith("AFM")]]}
 
 
@@ -203,8 +205,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--batch", type=int, default=8192)
-    ap.add_argument("--data", default="/work/shared/data/criteo/train.tsv")
-    ap.add_argument("--model-dir", default="/tmp/p/deepfm")
+    ap.add_argument("--data", default=str(DATA / "criteo" / "train.tsv"),
+                    help="the Criteo sample (default: ../shared/data beside the repository, "
+                    "or $AFM_JAX_DATA)")
+    ap.add_argument("--model-dir", help="the original's model directory, the other forms "
+                    "beside it, kept for the next run (default: a temporary folder)")
     ap.add_argument("--retrain", action="store_true", help="train even if the model dir exists")
     ap.add_argument("--plans", default="budget:0.25,budget:0.1",
                     help="comma-separated AFM plans (afm-jax compress --plan)")
@@ -222,9 +227,10 @@ def main() -> None:
     r["dot"] = dot_rates(args.repeats)
     print("dot:", r["dot"], flush=True)
     if not args.no_criteo:
-        r["data"], r["model_dir"], r["repeats"] = args.data, args.model_dir, args.repeats
-        forms = criteo_forms(args.data, args.model_dir, tuple(args.plans.split(",")),
-                             args.retrain)
+        scratch = tempfile.TemporaryDirectory(prefix="afm_jax_precision-")
+        model_dir = args.model_dir or str(Path(scratch.name) / "deepfm")
+        r["data"], r["model_dir"], r["repeats"] = args.data, model_dir, args.repeats
+        forms = criteo_forms(args.data, model_dir, tuple(args.plans.split(",")), args.retrain)
         r["quality"] = criteo_quality(forms)
         r["rates"] = scorer_rates(forms, args.data, args.batch, args.repeats)
         print("rates:", r["rates"], flush=True)

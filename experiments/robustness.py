@@ -35,8 +35,12 @@ TRAIN = [sys.executable, "-m", "afm_jax.cli", "train", "--data", "synthetic:3000
 
 
 def checkpoints(out: Path) -> list[int]:
-    state = out / "state"
-    return sorted(int(p.name) for p in state.iterdir() if p.name.isdigit()) if state.exists() else []
+    """The run's checkpoint steps: in OUT.partial while it runs, in OUT once it completed."""
+    for d in (out.with_name(out.name + ".partial"), out):
+        state = d / "state"
+        if state.exists():
+            return sorted(int(p.name) for p in state.iterdir() if p.name.isdigit())
+    return []
 
 
 def kill_and_resume(ref: Path, work: Path, rng: random.Random) -> dict:
@@ -51,7 +55,7 @@ def kill_and_resume(ref: Path, work: Path, rng: random.Random) -> dict:
     proc.wait()
     at = checkpoints(work)
     restarts = 0
-    while not (work / "params").exists() or restarts == 0:
+    while not (work / "params").exists():  # the same command until the run completes
         subprocess.run(TRAIN + ["--out", str(work)], check=True, capture_output=True)
         restarts += 1
     a, b = load_params(ref / "params"), load_params(work / "params")
@@ -66,12 +70,15 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--kills", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=str(RESULTS / "robustness.md"),
+                    help="the report; the fuzzing counts go beside it as fuzz_counts.json")
     args = ap.parse_args()
-    env = dict(os.environ, AFM_JAX_WRITE_FUZZ_COUNTS="1")
+    counts_path = Path(args.out).with_name("fuzz_counts.json")
+    env = dict(os.environ, AFM_JAX_WRITE_FUZZ_COUNTS=str(counts_path.resolve()))
     fuzz = subprocess.run([sys.executable, "-m", "pytest", "-q", "tests/test_fuzz_readers.py"],
                           cwd=ROOT, env=env, capture_output=True, text=True)
     fuzz_summary = fuzz.stdout.strip().splitlines()[-1] if fuzz.stdout.strip() else fuzz.stderr
-    counts = json.loads((RESULTS / "fuzz_counts.json").read_text())
+    counts = json.loads(counts_path.read_text())
     rng = random.Random(args.seed)
     kills = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -108,7 +115,7 @@ def main() -> None:
     for i, k in enumerate(kills):
         lines.append(f"| {i} | {k['delay_s']} | {k['last_checkpoint_step']} | {k['restarts']} | "
                      f"{'yes' if k['bit_identical'] else 'NO'} |")
-    (RESULTS / "robustness.md").write_text("\n".join(lines) + "\n")
+    Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -21,6 +21,7 @@ import resource
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -267,12 +268,13 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--num-processes", type=int, default=1)
     ap.add_argument("--process-id", type=int, default=0)
-    ap.add_argument("--dir", default="/tmp/afm_jax_scale", help="where the big files go")
+    ap.add_argument("--dir", help="where the big files go (default: a temporary folder, "
+                    "removed at the end)")
     ap.add_argument("--anon-limit-mib", type=int, default=1024)
     ap.add_argument("--data-limit-mib", type=int, default=1536)
     ap.add_argument("--skip-big", action="store_true")
-    ap.add_argument("--out", default="scale",
-                    help="results name: experiments/results/OUT.md and OUT.json")
+    ap.add_argument("--out", help="writes OUT.md and OUT.json (default: "
+                    "experiments/results/scale)")
     ap.add_argument("--table-optimizer", default="dense", choices=["dense", "rowwise"],
                     help="tables in the timed training steps (packed params either way)")
     args = ap.parse_args()
@@ -304,7 +306,8 @@ def main() -> None:
         limit = args.anon_limit_mib << 20
         target_rows = math.ceil(10 * limit / big_row_bytes())
         small_rows = target_rows // 10
-        d = Path(args.dir)
+        scratch = tempfile.TemporaryDirectory(prefix="afm_jax_scale-") if args.dir is None else None
+        d = Path(args.dir or scratch.name)
         small = _run(["--worker", "write", "--rows", str(small_rows), "--dir", str(d / "small")])
         written = _run(["--worker", "write", "--rows", str(target_rows), "--dir", str(d / "big")])
         run_small = _run(["--worker", "big", "--dir", str(d / "small"), "--anon-limit-mib",
@@ -405,9 +408,10 @@ def main() -> None:
             "a tenth of the rows.",
         ]
     text = "\n".join(lines) + "\n"
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{args.out}.md").write_text(text)
-    (RESULTS / f"{args.out}.json").write_text(json.dumps({"command": command_line(), "throughput": rows,
+    out = args.out or str(RESULTS / "scale")
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(f"{out}.md").write_text(text)
+    Path(f"{out}.json").write_text(json.dumps({"command": command_line(), "throughput": rows,
                                                     "larger_than_memory": big}, indent=1))
     print(text)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
 
 import matplotlib
 
@@ -32,7 +33,11 @@ def main() -> None:
     ap.add_argument("--datasets", default="criteo,movielens")
     ap.add_argument("--model", default="deepfm")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=str(RESULTS),
+                    help="folder of rank_sweep.md and the spectrum_*/rank_sweep_* plots")
     args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     lines = ["# Rank sweep: AFM vs weight SVD on the MLP layers", "",
              f"Command: `{command_line()}`  ", f"Machine: {machine()}  ",
              f"Model {args.model}, seed {args.seed}, trained as in baseline.md; every MLP layer "
@@ -65,7 +70,7 @@ def main() -> None:
             ax.grid(alpha=0.3)
             ax.legend()
         fig.tight_layout()
-        fig.savefig(RESULTS / f"spectrum_{dname}_{args.model}.png", dpi=110)
+        fig.savefig(out / f"spectrum_{dname}_{args.model}.png", dpi=110)
         plt.close(fig)
 
         res = {"AFM": [], "SVD": []}
@@ -89,7 +94,7 @@ def main() -> None:
             ax.grid(alpha=0.3)
             ax.legend()
         fig.tight_layout()
-        fig.savefig(RESULTS / f"rank_sweep_{dname}_{args.model}.png", dpi=110)
+        fig.savefig(out / f"rank_sweep_{dname}_{args.model}.png", dpi=110)
         plt.close(fig)
 
         lines += [f"## {dname} (original: AUC {base['auc']:.4f}, logloss {base['logloss']:.4f})",
@@ -102,7 +107,7 @@ def main() -> None:
                          f"{s[3]:.4f} |")
         lines.append("")
         print("\n".join(lines[-len(RANKS) - 3:]), flush=True)
-    (RESULTS / "rank_sweep.md").write_text("\n".join(lines) + "\n")
+    (out / "rank_sweep.md").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -159,7 +159,7 @@ def test_bad_lines_first_error_and_skip(bad_criteo, cache):
     with pytest.raises(DataError) as ei:
         load_dataset(f"criteo:{bad_criteo}", cache_dir=cache, progress=False)
     assert ei.value.line == 2
-    ds = load_dataset(f"criteo:{bad_criteo}", cache_dir=cache, on_bad_lines="skip", min_count=1, progress=False)
+    ds = load_dataset(f"criteo:{bad_criteo}", cache_dir=cache, on_bad_lines="skip", max_bad_fraction=1.0, min_count=1, progress=False)
     r = ds.report
     assert (r["rows_read"], r["rows_skipped"]) == (3, 4)
     assert r["first_skipped_lines"] == [2, 4, 5, 7]
@@ -172,7 +172,7 @@ def test_skip_keeps_first_ten_line_numbers(tmp_path, cache):
         lines.append(criteo_line(label=str(i % 2)))
         lines.append("garbage")
     p = write(tmp_path / "many.tsv", lines)
-    ds = load_dataset(f"criteo:{p}", cache_dir=cache, on_bad_lines="skip", progress=False, min_count=1)
+    ds = load_dataset(f"criteo:{p}", cache_dir=cache, on_bad_lines="skip", max_bad_fraction=1.0, progress=False, min_count=1)
     assert ds.report["rows_read"] == 30 and ds.report["rows_skipped"] == 30
     assert ds.report["first_skipped_lines"] == list(range(2, 21, 2))
 
@@ -183,7 +183,7 @@ def test_avazu_libfm_csv_bad_lines(tmp_path, cache):
     with pytest.raises(DataError) as ei:
         load_dataset(f"avazu:{av}", cache_dir=cache, progress=False)
     assert (ei.value.line, ei.value.field) == (3, "hour")
-    ds = load_dataset(f"avazu:{av}", cache_dir=cache, on_bad_lines="skip", progress=False, min_count=1)
+    ds = load_dataset(f"avazu:{av}", cache_dir=cache, on_bad_lines="skip", max_bad_fraction=1.0, progress=False, min_count=1)
     assert ds.report["first_skipped_lines"] == [3, 4] and ds.report["rows_read"] == 1
 
     fm = write(tmp_path / "a.libfm", ["1 1:1 7:1", "-1 2:1 8:1", "-1 2:1", "+1 3:1 9:1 11:1", "2 3:1 9:1",
@@ -191,7 +191,7 @@ def test_avazu_libfm_csv_bad_lines(tmp_path, cache):
     with pytest.raises(DataError) as ei:
         load_dataset(f"libfm:{fm}", cache_dir=cache, progress=False)
     assert ei.value.line == 3 and str(fm) in str(ei.value)
-    ds = load_dataset(f"libfm:{fm}", cache_dir=cache, on_bad_lines="skip", progress=False)
+    ds = load_dataset(f"libfm:{fm}", cache_dir=cache, on_bad_lines="skip", max_bad_fraction=1.0, progress=False)
     assert ds.report["first_skipped_lines"] == [3, 4, 5, 6] and ds.report["rows_read"] == 2
     assert [e["field"] for e in ds.report["skipped_examples"]] == ["f1", "column 4 (unexpected)", "label", "f1"]
 
@@ -200,7 +200,7 @@ def test_avazu_libfm_csv_bad_lines(tmp_path, cache):
     with pytest.raises(DataError) as ei:
         load_dataset(f"csv:{csv}", schema=schema, cache_dir=cache, progress=False)
     assert (ei.value.line, ei.value.field) == (4, "x")
-    ds = load_dataset(f"csv:{csv}", schema=schema, cache_dir=cache, on_bad_lines="skip", min_count=1, progress=False)
+    ds = load_dataset(f"csv:{csv}", schema=schema, cache_dir=cache, on_bad_lines="skip", max_bad_fraction=1.0, min_count=1, progress=False)
     assert ds.report["first_skipped_lines"] == [4, 5] and ds.report["rows_read"] == 3
 
 
@@ -307,7 +307,7 @@ def test_max_rows(tmp_path, cache):
     lines.insert(5, "bad")
     lines.insert(15, "bad")
     p = write(tmp_path / "m.tsv", lines)
-    ds = load_dataset(f"criteo:{p}", cache_dir=cache, max_rows=10, on_bad_lines="skip", progress=False)
+    ds = load_dataset(f"criteo:{p}", cache_dir=cache, max_rows=10, on_bad_lines="skip", max_bad_fraction=1.0, progress=False)
     assert ds.report["rows_read"] == 10 and ds.report["rows_skipped"] == 1 and ds.report["truncated"]
     with pytest.raises(DataError):
         load_dataset(f"criteo:{p}", cache_dir=cache, max_rows=10, progress=False)

@@ -23,7 +23,8 @@ Numeric policy checked here (see afm_jax.data.readers): in numeric and bucketize
 value / null is missing; NaN, inf and anything overflowing float64 (1e400) is a bad line naming
 the field; bucketized values below -2**63 are bad lines; huge positive values (10**30) are valid.
 
-Set AFM_JAX_WRITE_FUZZ_COUNTS=1 to write what was tried to experiments/results/fuzz_counts.json.
+Set AFM_JAX_WRITE_FUZZ_COUNTS=1 to write what was tried to experiments/results/fuzz_counts.json
+(or AFM_JAX_WRITE_FUZZ_COUNTS=PATH to write it to PATH, as experiments/robustness.py --out does).
 """
 
 from __future__ import annotations
@@ -58,8 +59,10 @@ BAD_KINDS: dict[str, Counter] = defaultdict(Counter)
 @pytest.fixture(scope="module", autouse=True)
 def _write_counts():
     yield
-    if os.environ.get("AFM_JAX_WRITE_FUZZ_COUNTS") == "1":
-        out = Path(__file__).resolve().parents[1] / "experiments" / "results" / "fuzz_counts.json"
+    where = os.environ.get("AFM_JAX_WRITE_FUZZ_COUNTS")
+    if where:
+        out = (Path(__file__).resolve().parents[1] / "experiments" / "results" / "fuzz_counts.json"
+               if where == "1" else Path(where))
         out.parent.mkdir(parents=True, exist_ok=True)
         data = {r: {**dict(COUNTS[r]), "bad_lines_by_kind": dict(sorted(BAD_KINDS[r].items()))}
                 for r in sorted(COUNTS)}
@@ -133,7 +136,8 @@ def check_file(reader: str, spec: str, path: str, n_data: int, header: bool, bad
     for mode in ("error", "skip"):
         cache = tempfile.mkdtemp(prefix="afm_fuzz_cache_")
         try:
-            ds = load_dataset(spec, schema=schema, cache_dir=cache, progress=False, min_count=1, on_bad_lines=mode)
+            ds = load_dataset(spec, schema=schema, cache_dir=cache, progress=False, min_count=1, on_bad_lines=mode,
+                              max_bad_fraction=1.0)
         except DataError as e:
             _check_error(e, path, n_lines)
             if mode == "error" and bad:
@@ -512,7 +516,7 @@ def test_numeric_policy_huge_and_non_finite(tmp):
              criteo_line(ints=["-" + HUGE] + [""] * 12)]
     p = tmp / "h.tsv"
     p.write_text("\n".join(lines) + "\n")
-    ds = load_dataset(f"criteo:{p}", cache_dir=str(tmp / "c"), progress=False, min_count=1, on_bad_lines="skip",
+    ds = load_dataset(f"criteo:{p}", cache_dir=str(tmp / "c"), progress=False, min_count=1, on_bad_lines="skip", max_bad_fraction=1.0,
                       split="random")
     r = ds.report
     assert (r["rows_read"], r["first_skipped_lines"]) == (2, [3, 4, 5])

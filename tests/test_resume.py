@@ -33,7 +33,8 @@ def _run(out: Path) -> None:
 
 
 def _steps(out: Path) -> list[int]:
-    state = out / "state"
+    """The checkpoints of the run writing `out`: in its .partial sibling until it completes."""
+    state = out.with_name(out.name + ".partial") / "state"
     return sorted(int(p.name) for p in state.iterdir() if p.name.isdigit()) if state.exists() else []
 
 
@@ -60,7 +61,7 @@ def test_sigkill_at_a_random_step_then_resume_is_bit_identical(tmp_path):
         f"the run was not killed: it exited with {proc.returncode} before the kill "
         f"(checkpoints {_steps(killed)}); stderr: {err.decode()[-2000:]}")
     assert _steps(killed), "the run never checkpointed before the kill"
-    assert not (killed / "params").exists(), "the killed run got to write its final params"
+    assert not killed.exists(), "the killed run got to write its model directory"
     _run(killed)  # the same command resumes from the last checkpoint
     a, b = load_params(reference / "params"), load_params(killed / "params")
     jax.tree.map(np.testing.assert_array_equal, a, b)
@@ -120,7 +121,7 @@ def test_corrupted_or_half_written_checkpoints(tmp_path):
     cfg = TrainConfig(epochs=1, batch_size=512)
     train(model, data, cfg, out_dir=tmp_path / "m", progress=False)
     # a crash while writing leaves orbax's temporary directory; resuming must not read it
-    steps = _steps(tmp_path / "m")
+    steps = sorted(int(p.name) for p in (tmp_path / "m" / "state").iterdir() if p.name.isdigit())
     partial = tmp_path / "m" / "state" / f"{steps[-1] + 5}.orbax-checkpoint-tmp-123"
     partial.mkdir()
     (partial / "junk").write_text("half")

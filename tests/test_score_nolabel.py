@@ -91,7 +91,7 @@ def test_tabular_without_label_scores_like_the_labelled_file(criteo, fmt):
                                      for row in table.to_pylist()])
         else:
             pq.write_table(table, path)
-        got = _score(model_dir, f"{fmt}:{path}", d / f"{fmt}_{label}.parquet",
+        got = _score(model_dir, f"{fmt}:{path}", d / f"scores_{fmt}_{label}.parquet",
                      "--schema", str(schema))
         np.testing.assert_array_equal(np.asarray(got["score"]), expected)
 

@@ -19,14 +19,12 @@ import numpy as np
 
 from afm_jax.compress.afm import compress
 from afm_jax.compress.finetune import finetune
+from afm_jax.compress.plan_spec import parse_plan
 from afm_jax.compress.ranks import PlanReport, make_plan, plan_report
 from afm_jax.compress.search import (
     SearchResult,
     bytes_plan,
     fit_bytes,
-    is_quality_spec,
-    parse_bytes,
-    parse_quality_target,
     search_plan,
 )
 from afm_jax.compress.stats import collect_stats
@@ -126,8 +124,15 @@ def compress_model(model: Any, params: Params, dataset: Any, plan: str | Plan, *
         from afm_jax.quantize import quantize
         return quantize(jax.tree.map(np.asarray, p))
 
-    target = parse_quality_target(plan) if is_quality_spec(plan) else None
-    n_bytes = parse_bytes(plan) if isinstance(plan, str) and plan.startswith("bytes:") else None
+    # every plan string is checked before the statistics pass (minutes on real data)
+    parsed = parse_plan(plan) if isinstance(plan, str) else None
+    target = parsed.target if parsed is not None and parsed.kind == "quality" else None
+    n_bytes = int(parsed.value) if parsed is not None and parsed.kind == "bytes" else None
+    if activation is not None:
+        from afm_jax.nn import ACTIVATIONS
+        if activation not in ACTIVATIONS:
+            raise CompressionError(f"unknown activation {activation!r}; choose one of "
+                                   f"{sorted(ACTIVATIONS)}")
     if stats_rows is not None and calibration_rows not in (None, DEFAULT_CALIBRATION_ROWS):
         raise CompressionError("give calibration_rows (an even sample) or the deprecated "
                                "stats_rows (the first N rows), not both")

@@ -147,18 +147,19 @@ def budget_plan(params: Params, stats: Stats, fraction: float,
 
 def make_plan(params: Params, stats: Stats, spec: str,
               sites: Sequence[str] | None = None) -> Plan:
-    """A plan from a string: "rank:64", "energy:0.99" or "budget:0.25"."""
-    kind, _, value = spec.partition(":")
-    try:
-        if kind == "rank":
-            return fixed_plan(params, stats, int(value), sites)
-        if kind == "energy":
-            return energy_plan(params, stats, float(value), sites)
-        if kind == "budget":
-            return budget_plan(params, stats, float(value), sites)
-    except ValueError:
-        pass
-    raise CompressionError(f"bad plan {spec!r}: use rank:K, energy:E (0<E<=1) or budget:F")
+    """A plan from a string: "rank:64", "energy:0.99" or "budget:0.25" (checked by
+    `plan_spec.parse_plan`; bytes and quality plans go through `compress_model`)."""
+    from afm_jax.compress.plan_spec import PLAN_USAGE, parse_plan
+
+    parsed = parse_plan(spec)
+    if parsed.kind == "rank":
+        return fixed_plan(params, stats, int(parsed.value), sites)
+    if parsed.kind == "energy":
+        return energy_plan(params, stats, float(parsed.value), sites)
+    if parsed.kind == "budget":
+        return budget_plan(params, stats, float(parsed.value), sites)
+    raise CompressionError(f"plan {spec!r} needs the model and data: use compress_model; "
+                           f"make_plan takes rank:K, energy:E or budget:F ({PLAN_USAGE})")
 
 
 @dataclass(frozen=True)

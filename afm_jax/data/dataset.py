@@ -35,6 +35,7 @@ __all__ = ["DATASET_DEFAULTS", "CACHE_FORMAT_VERSION", "DataSpec", "parse_data_s
            "SPLIT_FRACTIONS", "MAX_REPORTED_BAD_LINES"]
 
 CACHE_FORMAT_VERSION = 1
+DEFAULT_MAX_BAD_FRACTION = 0.5  # on_bad_lines="skip": more than this share bad is an error
 
 # Default options per dataset kind. min_count: values seen fewer times in train map to id 0.
 # criteo/avazu 10 (the usual choice on the full sets; lower it on the small samples);
@@ -76,6 +77,15 @@ def parse_data_spec(spec: str) -> DataSpec:
             raise DataError(f"synthetic needs at least 10 rows, got {rows}", field="spec")
         return DataSpec("synthetic", rows=rows)
     if kind not in DATASET_DEFAULTS:
+        kinds = ", ".join(f"{k}:" for k in DATASET_DEFAULTS)
+        guess = kind_for_path(spec)
+        if guess is not None or not rest:  # a bare path: the "kind:" prefix is what is missing
+            hint = f"; did you mean {guess}:{spec}?" if guess else ""
+            raise DataError(f"data spec {spec!r} has no kind: prefix{hint} (kinds: {kinds})",
+                            field="spec",
+                            cli=f"--data {spec} has no kind: prefix"
+                                + (f"; did you mean --data {guess}:{spec}?" if guess else "")
+                                + f" (kinds: {kinds})")
         raise DataError(f"unknown data kind {kind!r} in spec {spec!r}; one of {sorted(DATASET_DEFAULTS)}",
                         field="spec")
     if not rest:
@@ -84,6 +94,23 @@ def parse_data_spec(spec: str) -> DataSpec:
     if any(not p for p in paths):
         raise DataError(f"empty path in spec {spec!r}", field="spec")
     return DataSpec(kind, tuple(str(Path(p).expanduser()) for p in paths))
+
+
+# the kind a bare path's extension implies (a compression suffix is looked through)
+_KIND_BY_EXTENSION = {".tsv": "criteo", ".txt": "criteo", ".csv": "csv", ".parquet": "parquet",
+                      ".pq": "parquet", ".libfm": "libfm", ".svm": "libfm"}
+
+
+def kind_for_path(path: str) -> str | None:
+    """The data kind a bare path suggests by its extension (criteo for .tsv, parquet for
+    .parquet, ...; movielens for a folder), or None."""
+    p = Path(path.strip()).expanduser()
+    suffixes = [s.lower() for s in p.suffixes if s.lower() not in (".gz", ".bz2", ".xz", ".zst")]
+    if suffixes and suffixes[-1] in _KIND_BY_EXTENSION:
+        return _KIND_BY_EXTENSION[suffixes[-1]]
+    if p.is_dir():
+        return "movielens"
+    return None
 
 
 def make_source(ds: DataSpec, schema: Schema | str | None = None, *, require_label: bool = True) -> Source:
@@ -101,6 +128,31 @@ def make_source(ds: DataSpec, schema: Schema | str | None = None, *, require_lab
     if ds.kind in readers:
         return readers[ds.kind](ds.paths[0], schema, require_label=require_label)
     raise DataError(f"no file reader for kind {ds.kind!r}")
+
+
+def check_max_bad_fraction(value: float) -> float:
+    """`value` if it is a share in [0, 1], else DataError."""
+    if not 0.0 <= value <= 1.0:
+        raise DataError(f"max_bad_fraction must be in [0, 1], got {value}",
+                        cli=f"--max-bad-fraction must be in [0, 1], got {value}")
+    return value
+
+
+def check_bad_lines(good: int, bad: int, max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION,
+                    first_bad: list | None = None, path: str | None = None) -> None:
+    """DataError with the counts when no line was good, or more than `max_bad_fraction` of the
+    lines read were bad (lines skipped under on_bad_lines="skip" are counted, not lost)."""
+    if bad == 0 or (good > 0 and bad / (good + bad) <= max_bad_fraction):
+        return
+    share = bad / (good + bad)
+    first = f"; first bad lines: {list(first_bad)[:5]}" if first_bad else ""
+    what = (f"every line read was bad ({bad:,} bad, 0 good)" if good == 0 else
+            f"{bad:,} of {good + bad:,} lines read were bad ({share:.1%})")
+    raise DataError(f"{what}{first}; check the file and its kind, or raise max_bad_fraction "
+                    f"(now {max_bad_fraction:g}) if that many bad lines are expected",
+                    path=path,
+                    cli=f"{what}{first}; check the file and its kind:, or raise --max-bad-fraction "
+                        f"(now {max_bad_fraction:g}) if that many bad lines are expected")
 
 
 # ----------------------------------------------------------------------------------------- cache
@@ -145,7 +197,8 @@ def load_dataset(spec: str, *, schema: Schema | str | None = None, min_count: in
                  split: str = "sequential", seed: int = 0, on_bad_lines: str = "error",
                  cache_dir: str | None = None, max_rows: int | None = None, progress: bool = True,
                  encoder: Encoder | None = None, synthetic_vocab: int | None = None,
-                 synthetic_bags: SyntheticBags | str | None = None) -> Dataset:
+                 synthetic_bags: SyntheticBags | str | None = None,
+                 max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION) -> Dataset:
     """Read, validate, encode and split a dataset, caching the result as memory-mappable .npy.
 
     spec: see parse_data_spec. cache_dir: the cache root (default ~/.cache/afm_jax); each distinct
@@ -159,6 +212,9 @@ def load_dataset(spec: str, *, schema: Schema | str | None = None, min_count: in
     "FIELDS[:MEAN_LEN[:MAX_LEN]]"); None keeps the data exactly as without the option.
     Multi-valued (and hashed) fields of a file come from its schema; the cache stores each bag's
     ids and lengths beside the other arrays (`{split}_bag{k}.npy`, `{split}_bag{k}_len.npy`).
+    max_bad_fraction: with on_bad_lines="skip", a DataError (with the counts) when more than
+    this share of the lines read was bad (`check_bad_lines`): a file that is mostly bad is
+    a wrong file or a wrong kind, not data.
     """
     t0 = time.perf_counter()
     ds = parse_data_spec(spec)
@@ -174,10 +230,12 @@ def load_dataset(spec: str, *, schema: Schema | str | None = None, min_count: in
                                  total_vocab=synthetic_vocab, bags=synthetic_bags)
     for opt, value in (("synthetic_vocab", synthetic_vocab), ("synthetic_bags", synthetic_bags)):
         if value is not None:
-            raise DataError(f"{opt} (--{opt.replace('_', '-')}) applies to synthetic data only, not to {spec!r}",
-                            field=opt)
+            flag = "--" + opt.replace("_", "-")
+            raise DataError(f"{opt} applies to synthetic data only, not to {spec!r}", field=opt,
+                            cli=f"{flag} applies to --data synthetic[:ROWS] only, not to {spec!r}")
     if on_bad_lines not in ("error", "skip"):
         raise DataError(f"on_bad_lines must be 'error' or 'skip', got {on_bad_lines!r}", field="on_bad_lines")
+    check_max_bad_fraction(max_bad_fraction)
     if split not in ("sequential", "random"):
         raise DataError(f"split must be 'sequential' or 'random', got {split!r}", field="split")
     source = make_source(ds, schema)
@@ -189,7 +247,7 @@ def load_dataset(spec: str, *, schema: Schema | str | None = None, min_count: in
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_root()
     final = root / dirname
     if (final / "report.json").is_file():
-        return _load_cached(final, t0)
+        return _checked(_load_cached(final, t0), max_bad_fraction)
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".tmp-{dirname}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
@@ -197,6 +255,7 @@ def load_dataset(spec: str, *, schema: Schema | str | None = None, min_count: in
         dataset = build_from_chunks(ds.kind, source.chunks(progress), min_count=min_count, split=split, seed=seed,
                                     on_bad_lines=on_bad_lines, max_rows=max_rows, out_dir=tmp, encoder=encoder,
                                     paths=source.paths, schema=source.schema)
+        _checked(dataset, max_bad_fraction)  # a mostly bad file is an error, and not cached
         dataset.encoder.save(tmp / "encoder.json")
         with open(tmp / "key.json", "w", encoding="utf-8") as f:
             json.dump(key, f, indent=1)
@@ -223,4 +282,12 @@ def load_dataset(spec: str, *, schema: Schema | str | None = None, min_count: in
         raise
     out = _load_cached(final, t0)
     out.report.update(cache_hit=False, seconds=round(time.perf_counter() - t0, 3))
-    return out
+    return _checked(out, max_bad_fraction)
+
+
+def _checked(dataset: Dataset, max_bad_fraction: float) -> Dataset:
+    """`dataset`, if its bad lines are within `max_bad_fraction` (`check_bad_lines`)."""
+    r = dataset.report
+    check_bad_lines(r.get("rows_read", 0), r.get("rows_skipped", 0), max_bad_fraction,
+                    r.get("first_skipped_lines"), ", ".join(map(str, r.get("files", []))) or None)
+    return dataset

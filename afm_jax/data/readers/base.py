@@ -61,7 +61,8 @@ class BadLine:
     def error(self) -> DataError:
         """The DataError that on_bad_lines='error' raises for this line."""
         return DataError(self.reason + " (pass on_bad_lines='skip' to skip and count such lines)",
-                         path=self.path, line=self.line, field=self.field)
+                         path=self.path, line=self.line, field=self.field,
+                         cli=self.reason + " (--on-bad-lines skip skips and counts such lines)")
 
 
 ChunkStream = Iterator[tuple[RawChunk | None, list[BadLine]]]
@@ -89,7 +90,8 @@ def resolve_schema(schema: Schema | str | Path | None, default: Schema | None, p
         return Schema.from_json(schema)
     if default is None:
         raise DataError("this format needs a schema: pass schema=Schema(...) or the path of a schema JSON",
-                        path=path)
+                        path=path, cli="this format needs a schema: pass --schema FILE, a JSON file "
+                        '{"label": "col", "categorical": [...], "numeric": [...]}')
     return default
 
 
