@@ -4,6 +4,7 @@
     model = afm_jax.build_model("deepfm", ds.info)
     params = afm_jax.train(model, ds).params
     small = afm_jax.compress_model(model, params, ds, "budget:0.25").params
+    batch = next(afm_jax.iterate_batches(ds.test, 1024))
     scores = afm_jax.make_scorer(model)(small, batch)   # same scorer, both forms
     print(afm_jax.evaluate(afm_jax.make_scorer(model), afm_jax.pack(model, small), ds.test))
 

@@ -336,6 +336,8 @@ def collect_stats(model, params, batches: Iterable[Mapping[str, Any]],
     exact_tables: sites that are plain full-table lookups ("embed/<field>", {"embedding":
     [V, d]}) take their statistics from per-id counts (a scatter-add per batch) and the table,
     exactly, instead of per-row products; False runs them through the per-row path as well.
+    The pass runs at the model's precision (`model.compute_dtype`, float32 unless the model was
+    made with another, `models.with_precision`); its compiled update is cached per model.
     """
     from afm_jax import distributed
     from afm_jax.data.batching import shard_batch
