@@ -61,9 +61,9 @@ def from_chunks(y: jax.Array, n: int, shards: int) -> jax.Array:
     return y.reshape(shards, chunks * chunk_rows, *y.shape[3:])[:, :n // shards].reshape(n, *y.shape[3:])
 
 
-def with_precision(model, compute_dtype):
-    """`model` at `compute_dtype`, or `model` itself for None (it keeps its own precision,
-    `CTRModel.compute_dtype`, float32 unless it was built otherwise)."""
+def _at_precision(model, compute_dtype):
+    """`model` at `compute_dtype` (`models.with_precision`), or `model` itself for None: it
+    keeps its own precision (`CTRModel.compute_dtype`, float32 unless made otherwise)."""
     from afm_jax.models.base import with_precision as clone_at
 
     return model if compute_dtype is None else clone_at(model, compute_dtype)
@@ -83,7 +83,7 @@ def logits_fn(model, chunk_rows: int | None = None, shards: int = 1,
     kernels (`quantize`) run int8 x int8 -> int32 on activations quantized per row; float
     kernels stay float32. "float32": float32 all through.
     """
-    model = with_precision(model, compute_dtype)
+    model = _at_precision(model, compute_dtype)
 
     def one(params, cat, num):
         return model.apply({"params": params}, cat, num)
@@ -131,7 +131,7 @@ def make_scorer(model, mesh=None, compute_dtype=None) -> Scorer:
     same as `make_scorer(with_precision(model, compute_dtype), mesh)`.
     """
     from afm_jax.distributed import data_size
-    return _scorer(with_precision(model, compute_dtype), data_size(mesh))
+    return _scorer(_at_precision(model, compute_dtype), data_size(mesh))
 
 
 def predict(scorer: Scorer, params, split, batch_size: int = 8192, *, mesh=None,
@@ -280,7 +280,7 @@ def export(model, params, path, *, encoder=None, batch_size: int | None = None,
     n_cat, n_num = len(model.info.cat_names), len(model.info.num_names)
     b = jex.symbolic_shape("b")[0] if batch_size is None else batch_size
     leaves, treedef = jax.tree_util.tree_flatten(pack(model, params))
-    model = with_precision(model, compute_dtype)
+    model = _at_precision(model, compute_dtype)
     logits = logits_fn(model)
 
     def score(flat, cat, num):  # flat leaves: the layout stays in the code, not the inputs
