@@ -212,7 +212,7 @@ def _primary() -> bool:
 
 
 def cmd_train(args: argparse.Namespace) -> dict:
-    from afm_jax.inference import count_params, evaluate, make_scorer
+    from afm_jax.inference import count_params, device_params, evaluate, make_scorer
     from afm_jax.models import build_model
     from afm_jax.train import TrainConfig, train
 
@@ -232,7 +232,8 @@ def cmd_train(args: argparse.Namespace) -> dict:
     res = train(model, ds, config, out_dir=args.out, progress=progress,
                 extra_meta={"data": {"spec": args.data, **options}}, mesh=mesh,
                 shard_embeddings=args.shard_embeddings, overwrite=args.overwrite)
-    test = evaluate(make_scorer(model, mesh), res.params, ds.test, mesh=mesh)
+    test = evaluate(make_scorer(model, mesh),
+                    device_params(model, res.params, mesh, args.shard_embeddings), ds.test, mesh=mesh)
     out = {"model": args.model, "data": args.data, "auc": test["auc"],
            "logloss": test["logloss"], "rows": test["rows"],
            "valid_auc": res.best_valid.get("auc"), "params": count_params(res.params),
@@ -285,9 +286,9 @@ def _precision_arg(p: argparse.ArgumentParser, note: str = "") -> None:
                         f"(afm-jax quantize); all else float32{note}")
 
 
-def _compute_dtype(args: argparse.Namespace):
-    """--precision as make_scorer's compute_dtype (None: float32)."""
-    return None if args.precision == "float32" else args.precision
+def _compute_dtype(args: argparse.Namespace) -> str:
+    """--precision as make_scorer's compute_dtype ("float32", "bfloat16" or "int8")."""
+    return args.precision
 
 
 def cmd_evaluate(args: argparse.Namespace) -> dict:
@@ -322,7 +323,7 @@ def cmd_compress(args: argparse.Namespace) -> dict:
     from afm_jax.checkpoint import load_model_dir, write_model_dir
     from afm_jax.compress import compress_model, save_stats
     from afm_jax.compress.pipeline import DEFAULT_CALIBRATION_ROWS
-    from afm_jax.inference import count_bytes, count_params, evaluate, make_scorer
+    from afm_jax.inference import count_bytes, count_params, device_params, evaluate, make_scorer
     from afm_jax.outputs import atomic_dir
 
     progress = not args.no_progress
@@ -341,9 +342,8 @@ def cmd_compress(args: argparse.Namespace) -> dict:
                          stats_rows=args.stats_rows, progress=progress,
                          mesh=(mesh := _mesh(args)), shard_embeddings=args.shard_embeddings,
                          int8=args.int8)
-    from afm_jax.distributed import shard_params
     scorer = make_scorer(model, mesh)
-    before, after = (evaluate(scorer, shard_params(p, mesh, args.shard_embeddings), ds.test,
+    before, after = (evaluate(scorer, device_params(model, p, mesh, args.shard_embeddings), ds.test,
                               mesh=mesh) for p in (params, res.params))
     report = res.report
     encoder = None
@@ -393,7 +393,7 @@ def jax_to_host(params):
 
 def cmd_quantize(args: argparse.Namespace) -> dict:
     from afm_jax.checkpoint import load_encoder, load_model_dir, save_model_dir
-    from afm_jax.inference import count_bytes, count_params, evaluate, make_scorer
+    from afm_jax.inference import count_bytes, count_params, device_params, evaluate, make_scorer
     from afm_jax.quantize import quantize
 
     progress = not args.no_progress
@@ -416,7 +416,7 @@ def cmd_quantize(args: argparse.Namespace) -> dict:
         ds = None
     if ds is not None:
         scorer = make_scorer(model)
-        before, after = (evaluate(scorer, p, ds.test) for p in (params, qparams))
+        before, after = (evaluate(scorer, device_params(model, p), ds.test) for p in (params, qparams))
         result.update(auc_before=before["auc"], auc=after["auc"],
                       logloss_before=before["logloss"], logloss=after["logloss"],
                       rows=after["rows"])
@@ -432,7 +432,7 @@ def cmd_quantize(args: argparse.Namespace) -> dict:
 def cmd_demo(args: argparse.Namespace) -> dict:
     from afm_jax.compress import compress_model
     from afm_jax.data import synthetic_dataset
-    from afm_jax.inference import count_params, evaluate, make_scorer, throughput
+    from afm_jax.inference import count_params, device_params, evaluate, make_scorer, throughput
     from afm_jax.models import build_model
     from afm_jax.train import TrainConfig, train
 
@@ -448,20 +448,22 @@ def cmd_demo(args: argparse.Namespace) -> dict:
         model = build_model(name, ds.info)
         res = train(model, ds, config, progress=progress)
         scorer = make_scorer(model)
-        test = evaluate(scorer, res.params, ds.test)
+        placed = device_params(model, res.params)
+        test = evaluate(scorer, placed, ds.test)
         trained[name] = (model, res.params, scorer)
         rows.append({"model": name, "valid AUC": res.best_valid["auc"], "test AUC": test["auc"],
                      "test logloss": test["logloss"], "params": count_params(res.params),
-                     "rows/s": throughput(scorer, res.params, ds.test)})
+                     "rows/s": throughput(scorer, placed, ds.test)})
     print("\n" + _table(rows, ["model", "params", "valid AUC", "test AUC", "test logloss",
                                 "rows/s"]))
     model, params, scorer = trained["deepfm"]
     comp = compress_model(model, params, ds, args.plan, progress=progress)
     cparams = comp.params
-    test = evaluate(scorer, cparams, ds.test)
+    placed = device_params(model, cparams)
+    test = evaluate(scorer, placed, ds.test)
     rows.append({"model": f"deepfm AFM {args.plan}", "test AUC": test["auc"],
                  "test logloss": test["logloss"], "params": count_params(cparams),
-                 "rows/s": throughput(scorer, cparams, ds.test)})
+                 "rows/s": throughput(scorer, placed, ds.test)})
     print(f"\nAFM compression of DeepFM ({args.plan}; statistics {comp.stats_seconds:.1f}s, "
           f"map {comp.compress_seconds:.2f}s): compressible params "
           f"{comp.report.params_before:,} -> {comp.report.params_after:,} "

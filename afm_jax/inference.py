@@ -15,6 +15,7 @@ import numpy as np
 
 from afm_jax import metrics
 from afm_jax._cache import cache_per_model
+from afm_jax.nn import PRECISIONS, precision_name  # noqa: F401  (re-exported)
 
 Batch = Mapping[str, Any]
 Scorer = Callable[[Any, Batch], jax.Array]
@@ -60,24 +61,12 @@ def from_chunks(y: jax.Array, n: int, shards: int) -> jax.Array:
     return y.reshape(shards, chunks * chunk_rows, *y.shape[3:])[:, :n // shards].reshape(n, *y.shape[3:])
 
 
-PRECISIONS = ("float32", "bfloat16", "int8")
+def _at_precision(model, compute_dtype):
+    """`model` at `compute_dtype` (`models.with_precision`), or `model` itself for None: it
+    keeps its own precision (`CTRModel.compute_dtype`, float32 unless made otherwise)."""
+    from afm_jax.models.base import with_precision as clone_at
 
-
-def precision_name(compute_dtype) -> str:
-    """"float32", "bfloat16" or "int8": the name of a compute dtype (None: float32). Raises
-    ValueError for any other dtype."""
-    if compute_dtype is None:
-        return "float32"
-    dt = jnp.dtype(compute_dtype)
-    if dt.name not in PRECISIONS:
-        raise ValueError(f"compute_dtype must be one of {', '.join(PRECISIONS)}, got {dt}")
-    return dt.name
-
-
-def _compute_key(compute_dtype) -> str | None:
-    """The hashable cache key of a compute dtype: None for float32 (the plain scorer)."""
-    name = precision_name(compute_dtype)
-    return None if name == "float32" else name
+    return model if compute_dtype is None else clone_at(model, compute_dtype)
 
 
 def logits_fn(model, chunk_rows: int | None = None, shards: int = 1,
@@ -88,15 +77,13 @@ def logits_fn(model, chunk_rows: int | None = None, shards: int = 1,
     keeps each chunk's activations in cache on a CPU; None scores the batch at once.
     shards: devices on the batch axis (a batch sharded over a mesh's "data" axis): each chunk
     then takes `chunk_rows` rows from every device's block, so every step stays sharded.
-    compute_dtype: e.g. jnp.bfloat16: every Linear product (`nn._affine`) takes inputs of that
-    dtype and accumulates in float32; all else stays float32. jnp.int8: the products of
-    int8-stored kernels (`quantize`) run int8 x int8 -> int32 on activations quantized per row;
-    float kernels stay float32. None (or float32): float32 all through. Applied when the
-    function is traced (`nn.compute_dtype`).
+    compute_dtype: the model's precision (`CTRModel.compute_dtype`) unless given here: e.g.
+    jnp.bfloat16: every Linear product (`nn._affine`) takes inputs of that dtype and
+    accumulates in float32; all else stays float32. jnp.int8: the products of int8-stored
+    kernels (`quantize`) run int8 x int8 -> int32 on activations quantized per row; float
+    kernels stay float32. "float32": float32 all through.
     """
-    from afm_jax.nn import compute_dtype as computing_in
-
-    low = _compute_key(compute_dtype)
+    model = _at_precision(model, compute_dtype)
 
     def one(params, cat, num):
         return model.apply({"params": params}, cat, num)
@@ -110,71 +97,55 @@ def logits_fn(model, chunk_rows: int | None = None, shards: int = 1,
         chex.assert_type(cat, int)
         chex.assert_equal_shape_prefix([cat, num], 1)
         n = cat.shape[0]
-        with computing_in(low):   # read while tracing, so it holds in every trace below
-            if not chunked(n, shards, chunk_rows):
-                return rows(params, cat, num)
-            parts = (to_chunks(cat, shards, chunk_rows), to_chunks(num, shards, chunk_rows))
-            return from_chunks(jax.lax.map(lambda xs: rows(params, *xs), parts), n, shards)
+        if not chunked(n, shards, chunk_rows):
+            return rows(params, cat, num)
+        parts = (to_chunks(cat, shards, chunk_rows), to_chunks(num, shards, chunk_rows))
+        return from_chunks(jax.lax.map(lambda xs: rows(params, *xs), parts), n, shards)
 
     return batched
 
 
 @cache_per_model(32)
-def _scorer(model, shards: int, compute: str | None = None) -> Scorer:
-    # compute (a dtype name or None) is part of the cache key: one compiled scorer per dtype
-    logits = logits_fn(model, default_chunk_rows(), shards, compute)
-
-    @jax.jit
-    def jitted(params, batch: Batch) -> jax.Array:
-        return jax.nn.sigmoid(logits(params, batch))
-
-    def score(params, batch: Batch) -> jax.Array:
-        return jitted(params, batch)
-
-    score.model = model   # lets predict/evaluate pack per-field params once per call
-    score.precision = precision_name(compute)
-    return score
-
-
-def packed_for(scorer: Scorer, params):
-    """`params` in the packed layout the scorer's model runs fastest with (packed once here,
-    not per batch); params of a scorer without a model pass through."""
-    from afm_jax.packing import pack
-
-    model = getattr(scorer, "model", None)
-    return params if model is None else pack(model, params)
+def _scorer(model, shards: int) -> Scorer:
+    # the model carries its precision (compute_dtype): one compiled scorer per precision
+    logits = logits_fn(model, default_chunk_rows(), shards)
+    return jax.jit(lambda params, batch: jax.nn.sigmoid(logits(params, batch)))
 
 
 def make_scorer(model, mesh=None, compute_dtype=None) -> Scorer:
-    """`score(params, batch) -> probabilities [B]`, jitted; takes every params form of `model`.
+    """`score(params, batch) -> probabilities [B]`, a plain jitted function; it takes every
+    params form of `model`.
 
     The same function scores the original params and any AFM-compressed pytree, per-field or
-    packed (`packing.pack`, what `predict`, `evaluate` and `bind_scorer` run): the layers read
-    the structure of the params they are given (a new structure compiles once more). Cached per
-    model, so every evaluation of one model (each epoch's validation, each train() call) reuses
-    the compiled scorer. mesh: score batches sharded over its "data" axis (`predict`,
-    `evaluate` with the same mesh place them; params with `distributed.shard_params`).
-    compute_dtype: jnp.bfloat16 (or "bfloat16") runs every Linear product with bfloat16 inputs
-    and float32 accumulation, all else in float32 (`logits_fn`); jnp.int8 (or "int8") runs the
-    products of int8-stored kernels in int8 with int32 accumulation; None: float32 all through.
-    Each dtype has its own cached compiled scorer; `.precision` names it.
+    packed: the layers read the structure of the params they are given (a new structure
+    compiles once more). Pack per-field params once (`packing.pack`, or `device_params`, which
+    also places them) before scoring many batches: the packed layout runs fastest. Cached per
+    model (its fields, precision included) and mesh size, so every evaluation of one model
+    (each epoch's validation, each train() call) reuses the compiled scorer. mesh: score
+    batches sharded over its "data" axis (`predict`, `evaluate` with the same mesh place them;
+    params with `distributed.shard_params`).
+    compute_dtype: the model's own precision (`CTRModel.compute_dtype`) unless given:
+    jnp.bfloat16 (or "bfloat16") runs every Linear product with bfloat16 inputs and float32
+    accumulation, all else in float32 (`logits_fn`); jnp.int8 (or "int8") runs the products of
+    int8-stored kernels in int8 with int32 accumulation; "float32": float32 all through. The
+    same as `make_scorer(with_precision(model, compute_dtype), mesh)`.
     """
     from afm_jax.distributed import data_size
-    return _scorer(model, data_size(mesh), _compute_key(compute_dtype))
+    return _scorer(_at_precision(model, compute_dtype), data_size(mesh))
 
 
 def predict(scorer: Scorer, params, split, batch_size: int = 8192, *, mesh=None,
             out: np.ndarray | None = None) -> np.ndarray:
     """Probabilities [N] for every row of an EncodedSplit, in order (one compile per shape).
 
-    mesh: batches sharded over its "data" axis (each process reads only its devices' rows; the
+    params go to the scorer as they are: pack per-field params first (`device_params`, or
+    `packing.pack`) for the fast layout. mesh: batches sharded over its "data" axis (each process reads only its devices' rows; the
     scores are gathered to every process). out: write into this [N] array (e.g. a memory-mapped
     .npy) instead of collecting the scores in memory.
     """
     from afm_jax.data import iterate_batches
     from afm_jax.distributed import fetch
 
-    params = packed_for(scorer, params)
     parts, pos = [], 0
     for batch in iterate_batches(split, batch_size, pad_last=True, mesh=mesh):
         size = min(batch_size, len(split) - pos)  # the last batch is padded: drop its padding
@@ -190,7 +161,7 @@ def predict(scorer: Scorer, params, split, batch_size: int = 8192, *, mesh=None,
 
 
 def evaluate(scorer: Scorer, params, split, batch_size: int = 8192, *, mesh=None) -> dict[str, float]:
-    """AUC, logloss, rows and seconds of scoring a split."""
+    """AUC, logloss, rows and seconds of scoring a split (params as `predict` takes them)."""
     t0 = time.perf_counter()
     probs = predict(scorer, params, split, batch_size, mesh=mesh)
     seconds = time.perf_counter() - t0
@@ -200,13 +171,14 @@ def evaluate(scorer: Scorer, params, split, batch_size: int = 8192, *, mesh=None
 
 
 def throughput(scorer: Scorer, params, split, batch_size: int = 8192, repeats: int = 5) -> float:
-    """Rows/s of the jitted scorer on one fixed batch of real rows (median of repeats, warm)."""
+    """Rows/s of the jitted scorer on one fixed batch of real rows (median of repeats, warm);
+    params as `predict` takes them."""
     from afm_jax.data import iterate_batches
     from afm_jax.timing import median_seconds
 
     first = next(iterate_batches(split, batch_size, pad_last=True))
     batch = jax.device_put({"cat": first["cat"], "num": first["num"]})
-    params = jax.device_put(packed_for(scorer, params))
+    params = jax.device_put(params)
     return batch_size / median_seconds(scorer, params, batch, repeats=repeats)
 
 
@@ -296,9 +268,9 @@ def export(model, params, path, *, encoder=None, batch_size: int | None = None,
     allow_pickle=False), `signature.json` (inputs, dtypes, field names and order, vocabulary
     sizes, output) and, with `encoder`, `encoder.json`. platforms: lowering platforms ("cpu",
     "cuda", "tpu"); default the current backend. compute_dtype: as for `make_scorer`, baked
-    into the artifact and recorded in signature.json ("precision"). Load with
-    `load_exported(path)`. The directory is written atomically (`outputs.atomic_dir`); an
-    existing one is an OutputError unless `overwrite`.
+    into the artifact and recorded in signature.json ("precision"); None: the model's own.
+    Load with `load_exported(path)`. The directory is written atomically
+    (`outputs.atomic_dir`); an existing one is an OutputError unless `overwrite`.
     """
     from afm_jax.outputs import atomic_dir
 
@@ -315,7 +287,8 @@ def _write_export(model, params, out: Path, encoder, batch_size, platforms, comp
     n_cat, n_num = len(model.info.cat_names), len(model.info.num_names)
     b = jex.symbolic_shape("b")[0] if batch_size is None else batch_size
     leaves, treedef = jax.tree_util.tree_flatten(pack(model, params))
-    logits = logits_fn(model, compute_dtype=compute_dtype)
+    model = _at_precision(model, compute_dtype)
+    logits = logits_fn(model)
 
     def score(flat, cat, num):  # flat leaves: the layout stays in the code, not the inputs
         p = jax.tree_util.tree_unflatten(treedef, flat)
@@ -331,7 +304,7 @@ def _write_export(model, params, out: Path, encoder, batch_size, platforms, comp
     if encoder is not None:
         encoder.save(out / "encoder.json")
     sig = signature(model, len(leaves), batch_size, exported.platforms,
-                    precision_name(compute_dtype))
+                    precision_name(getattr(model, "compute_dtype", None)))
     (out / SIGNATURE_FILE).write_text(json.dumps(sig, indent=1) + "\n")
 
 

@@ -20,13 +20,16 @@ FieldEmbedding params, one entry per field (categorical fields first, then numer
 
 Each site sows its output vector (before any activation) into the "afm_outputs" collection, so
 `apply(..., mutable=["afm_outputs"])` exposes every site's output for the statistics pass.
+
+Precision is a field, not ambient state: every module with products has `compute_dtype` (None:
+float32, "bfloat16": bfloat16 inputs with float32 accumulation, "int8": int8 x int8 -> int32
+for int8-stored kernels), which the model (`models.base.CTRModel.compute_dtype`) passes down.
+A model's precision is part of the model object, so every cache keyed on the model keys on it.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -57,50 +60,44 @@ def _stored_or_new(module: nn.Module, name: str, init: Callable, shape: tuple[in
     return module.param(name, init, shape)
 
 
-_COMPUTE_DTYPE: contextvars.ContextVar = contextvars.ContextVar("afm_jax_compute_dtype",
-                                                               default=None)
+PRECISIONS = ("float32", "bfloat16", "int8")
 
 
-@contextlib.contextmanager
-def compute_dtype(dtype) -> Iterator[None]:
-    """Within the block, the products of `_affine` (every Linear: full, factor pair, int8, and
-    a single field's embedding projection) and of the grouped projections take `dtype` inputs
-    (e.g. jnp.bfloat16) and accumulate in float32; None or float32: plain float32 products.
-    jnp.int8: the products of int8-stored kernels (`quantize`) run int8 x int8 -> int32, with
-    the activations quantized per row on the fly; every other product stays float32.
-    Everything else (tables, biases, interactions, activations) stays in the params' dtype.
-
-    Read when a function is traced, not when it runs: set it inside the traced function
-    (`inference.logits_fn(..., compute_dtype=)` does), so a jitted function compiled under it
-    keeps it, and a cache of compiled functions must key on the dtype (`inference._scorer`).
-    """
-    token = _COMPUTE_DTYPE.set(None if dtype is None else jnp.dtype(dtype))
-    try:
-        yield
-    finally:
-        _COMPUTE_DTYPE.reset(token)
-
-
-def _float_products() -> jnp.dtype | None:
-    """The dtype float products take under the knob: None for plain float32 (also under int8,
-    which changes only the products of int8 kernels)."""
-    low = _COMPUTE_DTYPE.get()
-    if low is None or low == jnp.float32 or not jnp.issubdtype(low, jnp.floating):
+def precision_key(compute_dtype) -> str | None:
+    """The canonical, hashable form of a compute dtype, as modules hold it in their
+    `compute_dtype` field: None for float32 (or None), "bfloat16" or "int8" (from a name or a
+    dtype such as jnp.bfloat16). Raises ValueError for any other dtype."""
+    if compute_dtype is None:
         return None
-    return low
+    name = jnp.dtype(compute_dtype).name
+    if name not in PRECISIONS:
+        raise ValueError(f"compute_dtype must be one of {', '.join(PRECISIONS)}, got {name}")
+    return None if name == "float32" else name
 
 
-def _matmul(x: jax.Array, w: jax.Array) -> jax.Array:
-    """x @ w; under `compute_dtype(d)` for a float d with both cast to d and a float32 result."""
-    low = _float_products()
+def precision_name(compute_dtype) -> str:
+    """"float32", "bfloat16" or "int8": the name of a compute dtype (None: float32)."""
+    return precision_key(compute_dtype) or "float32"
+
+
+def _float_products(compute: str | None) -> jnp.dtype | None:
+    """The dtype float products take at precision `compute`: None for plain float32 (also
+    for int8, which changes only the products of int8 kernels)."""
+    key = precision_key(compute)
+    return jnp.dtype(key) if key == "bfloat16" else None
+
+
+def _matmul(x: jax.Array, w: jax.Array, compute: str | None = None) -> jax.Array:
+    """x @ w; at a float precision (bfloat16) both cast to it with a float32 result."""
+    low = _float_products(compute)
     if low is None:
         return x @ w
     return jnp.matmul(x.astype(low), w.astype(low), preferred_element_type=jnp.float32)
 
 
-def einsum_products(spec: str, x: jax.Array, w: jax.Array) -> jax.Array:
-    """`jnp.einsum(spec, x, w)` under the same knob as `_matmul`."""
-    low = _float_products()
+def einsum_products(spec: str, x: jax.Array, w: jax.Array, compute: str | None = None) -> jax.Array:
+    """`jnp.einsum(spec, x, w)` at precision `compute`, as `_matmul`."""
+    low = _float_products(compute)
     if low is None:
         return jnp.einsum(spec, x, w)
     return jnp.einsum(spec, x.astype(low), w.astype(low), preferred_element_type=jnp.float32)
@@ -124,44 +121,48 @@ def _int8_product(x: jax.Array, q: jax.Array) -> jax.Array:
     return acc.astype(jnp.float32) * scale
 
 
-def _affine(p: dict, x: jax.Array) -> jax.Array:
+def _affine(p: dict, x: jax.Array, compute: str | None = None) -> jax.Array:
     """x @ W + b for a float kernel, or (x @ q) * scale + b for an int8 one (exact for
-    per-output-channel scales, and no dequantized [in, out] kernel is materialized). The
-    product runs in the `compute_dtype` knob's dtype (float32 accumulation) when it is a
-    float; under int8 an int8 kernel takes an int8 x int8 -> int32 product (`_int8_product`)
-    and a float kernel a float32 one."""
+    per-output-channel scales, and no dequantized [in, out] kernel is materialized).
+
+    compute (a module's `compute_dtype`): None or "float32": float32 products; "bfloat16":
+    bfloat16 inputs, float32 accumulation; "int8": an int8 kernel takes an int8 x int8 ->
+    int32 product (`_int8_product`), a float kernel a float32 one."""
     if "kernel_q" in p:
-        if _COMPUTE_DTYPE.get() == jnp.int8:
+        if precision_key(compute) == "int8":
             return _int8_product(x, p["kernel_q"]) * p["kernel_scale"] + p["bias"]
-        return _matmul(x, p["kernel_q"].astype(x.dtype)) * p["kernel_scale"] + p["bias"]
-    return _matmul(x, p["kernel"]) + p["bias"]
+        return _matmul(x, p["kernel_q"].astype(x.dtype), compute) * p["kernel_scale"] + p["bias"]
+    return _matmul(x, p["kernel"], compute) + p["bias"]
 
 
 class Linear(nn.Module):
     """A Dense layer `y = x W + b` that also computes with an AFM factor pair.
 
     x: [in] -> y: [features]. The site's output is `y`, before any activation of the caller.
+    compute_dtype: precision of its products (`_affine`): None (float32), "bfloat16" or
+    "int8" (`precision_key`); the model passes its own down to every layer.
     """
 
     features: int
+    compute_dtype: str | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         mine = self.variables.get("params", {})
         if forms.linear_form(mine) == "factor":
             first = forms.first_factor_key(mine)
-            h = _affine(mine[first], x)
+            h = _affine(mine[first], x, self.compute_dtype)
             act = forms.factor_activation(mine)
             if act is not None:
                 h = ACTIVATIONS[act](h)
-            y = _affine(mine["v"], h)
+            y = _affine(mine["v"], h, self.compute_dtype)
         elif forms.is_int8(mine):
-            y = _affine(mine, x)
+            y = _affine(mine, x, self.compute_dtype)
         else:
             kernel = _stored_or_new(self, "kernel", nn.initializers.lecun_normal(),
                                     (x.shape[-1], self.features))
             bias = _stored_or_new(self, "bias", nn.initializers.zeros, (self.features,))
-            y = _affine({"kernel": kernel, "bias": bias}, x)
+            y = _affine({"kernel": kernel, "bias": bias}, x, self.compute_dtype)
         _sow_output(self, y)
         return y
 
@@ -220,11 +221,12 @@ class _Table(nn.Module):
         _sow_output(self, y)
 
 
-def project_fields(rows: list[jax.Array], projs: list[dict | None]) -> list[jax.Array]:
+def project_fields(rows: list[jax.Array], projs: list[dict | None],
+                   compute: str | None = None) -> list[jax.Array]:
     """Apply each field's projection {kernel [k, d], bias [d]} (None: none) to its row [k].
 
     Fields whose projections have the same shape share one batched product ("gk,gkd->gd")
-    instead of one small product each.
+    instead of one small product each; compute: the products' precision (`_affine`).
     """
     out = list(rows)
     groups: dict[tuple, list[int]] = {}
@@ -233,12 +235,12 @@ def project_fields(rows: list[jax.Array], projs: list[dict | None]) -> list[jax.
             groups.setdefault(tuple(p["kernel"].shape), []).append(i)
     for idxs in groups.values():
         if len(idxs) == 1:
-            out[idxs[0]] = _affine(projs[idxs[0]], rows[idxs[0]])
+            out[idxs[0]] = _affine(projs[idxs[0]], rows[idxs[0]], compute)
             continue
         e = jnp.stack([rows[i] for i in idxs])
         w = jnp.stack([projs[i]["kernel"] for i in idxs])
         b = jnp.stack([projs[i]["bias"] for i in idxs])
-        y = einsum_products("gk,gkd->gd", e, w) + b
+        y = einsum_products("gk,gkd->gd", e, w, compute) + b
         for n, i in enumerate(idxs):
             out[i] = y[n]
     return out
@@ -260,22 +262,24 @@ class FieldEmbedding(nn.Module):
 
     Every field has its own table, named by the field, so sites are "embed/<field>". The list
     holds [d] vectors, or [k] vectors for fields whose projection was folded away.
+    compute_dtype: precision of the projections of compressed tables (`Linear`'s).
     """
 
     cat_names: Sequence[str]
     vocab_sizes: Sequence[int]
     num_names: Sequence[str]
     features: int
+    compute_dtype: str | None = None
 
     @nn.compact
     def __call__(self, cat: jax.Array, num: jax.Array) -> list[jax.Array]:
         if forms.is_packed(self.variables.get("params", {})):  # afm_jax/packing.py; sows no sites
             from afm_jax.packing import lookup
-            return lookup(self.variables["params"], cat, num)
+            return lookup(self.variables["params"], cat, num, self.compute_dtype)
         tables = [_Table(v, self.features, name=n)
                   for n, v in zip(self.cat_names, self.vocab_sizes)]
         out = project_fields([t(cat[i]) for i, t in enumerate(tables)],
-                             [t.projection() for t in tables])
+                             [t.projection() for t in tables], self.compute_dtype)
         for t, y in zip(tables, out):
             t.record(y)
         out += [_NumericVector(self.features, name=n)(num[i])
@@ -317,11 +321,12 @@ class MLP(nn.Module):
 
     hidden: Sequence[int]
     activation: str = "relu"
+    compute_dtype: str | None = None   # every layer's precision (`Linear`)
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         for i, h in enumerate(self.hidden):
-            x = ACTIVATIONS[self.activation](Linear(h, name=f"dense_{i}")(x))
+            x = ACTIVATIONS[self.activation](Linear(h, self.compute_dtype, name=f"dense_{i}")(x))
         return x
 
 
@@ -350,12 +355,13 @@ class CrossNetV2(nn.Module):
     """DCN-V2 cross network: x_{l+1} = x0 * (W_l x_l + b_l) + x_l, each W_l a Linear (a site)."""
 
     num_layers: int = 3
+    compute_dtype: str | None = None   # the Linears' precision
 
     @nn.compact
     def __call__(self, x0: jax.Array) -> jax.Array:
         x = x0
         for i in range(self.num_layers):
-            x = x0 * Linear(x0.shape[-1], name=f"cross_{i}")(x) + x
+            x = x0 * Linear(x0.shape[-1], self.compute_dtype, name=f"cross_{i}")(x) + x
         return x
 
 
@@ -385,13 +391,15 @@ class SENETLayer(nn.Module):
     """
 
     reduction_ratio: int = 3
+    compute_dtype: str | None = None   # the Linears' precision
 
     @nn.compact
     def __call__(self, fields: jax.Array) -> jax.Array:
         num_fields = fields.shape[0]
         z = fields.mean(-1)
-        a = jax.nn.relu(Linear(max(1, num_fields // self.reduction_ratio), name="reduce")(z))
-        a = jax.nn.relu(Linear(num_fields, name="expand")(a))
+        a = jax.nn.relu(Linear(max(1, num_fields // self.reduction_ratio), self.compute_dtype,
+                                name="reduce")(z))
+        a = jax.nn.relu(Linear(num_fields, self.compute_dtype, name="expand")(a))
         return fields * a[:, None]
 
 
@@ -402,9 +410,11 @@ class BilinearInteraction(nn.Module):
     site "weight", applied to the F field vectors (F output vectors per example).
     """
 
+    compute_dtype: str | None = None   # the Linear's precision
+
     @nn.compact
     def __call__(self, fields: jax.Array) -> jax.Array:
-        transformed = Linear(fields.shape[-1], name="weight")(fields)
+        transformed = Linear(fields.shape[-1], self.compute_dtype, name="weight")(fields)
         i, j = _upper_pairs(fields.shape[0])
         return transformed[i] * fields[j]
 
@@ -418,17 +428,19 @@ class InteractingLayer(nn.Module):
 
     num_heads: int = 2
     head_dim: int = 32
+    compute_dtype: str | None = None   # the Linears' precision
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         width = self.num_heads * self.head_dim
         split = lambda y: y.reshape(x.shape[0], self.num_heads, self.head_dim)  # noqa: E731
-        q = split(Linear(width, name="query")(x))
-        k = split(Linear(width, name="key")(x))
-        v = split(Linear(width, name="value")(x))
+        q = split(Linear(width, self.compute_dtype, name="query")(x))
+        k = split(Linear(width, self.compute_dtype, name="key")(x))
+        v = split(Linear(width, self.compute_dtype, name="value")(x))
         scores = jnp.einsum("fhe,ghe->hfg", q, k) / jnp.sqrt(float(self.head_dim))
         attended = jnp.einsum("hfg,ghe->fhe", jax.nn.softmax(scores, axis=-1), v)
-        return jax.nn.relu(attended.reshape(x.shape[0], width) + Linear(width, name="residual")(x))
+        residual = Linear(width, self.compute_dtype, name="residual")(x)
+        return jax.nn.relu(attended.reshape(x.shape[0], width) + residual)
 
 
 class GatedCrossNet(nn.Module):
@@ -438,13 +450,14 @@ class GatedCrossNet(nn.Module):
     """
 
     num_layers: int = 3
+    compute_dtype: str | None = None   # the Linears' precision
 
     @nn.compact
     def __call__(self, x0: jax.Array) -> jax.Array:
         x = x0
         for i in range(self.num_layers):
-            cross = Linear(x0.shape[-1], name=f"cross_{i}")(x)
-            gate = jax.nn.sigmoid(Linear(x0.shape[-1], name=f"gate_{i}")(x))
+            cross = Linear(x0.shape[-1], self.compute_dtype, name=f"cross_{i}")(x)
+            gate = jax.nn.sigmoid(Linear(x0.shape[-1], self.compute_dtype, name=f"gate_{i}")(x))
             x = x0 * cross * gate + x
         return x
 
@@ -460,13 +473,14 @@ class CIN(nn.Module):
 
     layer_sizes: Sequence[int] = (200, 200, 200)
     activation: str | None = None
+    compute_dtype: str | None = None   # the Linears' precision
 
     @nn.compact
     def __call__(self, x0: jax.Array) -> jax.Array:
         x, pooled = x0, []
         for k, size in enumerate(self.layer_sizes):
             outer = jnp.einsum("hd,md->dhm", x, x0).reshape(x0.shape[1], -1)   # [d, H m]
-            maps = Linear(size, name=f"conv_{k}")(outer)                        # [d, H_k]
+            maps = Linear(size, self.compute_dtype, name=f"conv_{k}")(outer)                        # [d, H_k]
             if self.activation is not None:
                 maps = ACTIVATIONS[self.activation](maps)
             x = maps.T                                                          # [H_k, d]

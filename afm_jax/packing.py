@@ -218,10 +218,12 @@ def _stack_blocks(sources: list[tuple[Any, int]]) -> Any:
     return parts[0] if len(parts) == 1 else jnp.concatenate(parts)
 
 
-def lookup(embed: Mapping[str, Any], cat: jax.Array, num: jax.Array) -> Fields:
+def lookup(embed: Mapping[str, Any], cat: jax.Array, num: jax.Array,
+           compute: str | None = None) -> Fields:
     """One example's field vectors from packed params: cat int32[Fc], num float32[Fn] -> F
     vectors ([d], or [k] for folded fields), one gather per table width. cat may instead be
     {"raw": ids [Fc], "embed": rows [Fc]} with each field's row in its width's table resolved.
+    compute: the precision of the grouped projections (`nn.einsum_products`).
 
     Ids outside a field's vocabulary map to its reserved id 0 before the offset (JAX clamps
     out-of-range gathers silently, which would read another field's row).
@@ -247,7 +249,8 @@ def lookup(embed: Mapping[str, Any], cat: jax.Array, num: jax.Array) -> Fields:
         if projected:
             pos = tuple(members.index(i) for i in projected)
             p = embed[f"proj_{w}"]
-            y = einsum_products("gk,gkd->gd", take_static(got, pos), p["kernel"]) + p["bias"]
+            y = einsum_products("gk,gkd->gd", take_static(got, pos), p["kernel"],
+                                compute) + p["bias"]
             for n, i in enumerate(projected):
                 out[i], source[i] = y[n], (y, n)
         for n, i in enumerate(members):

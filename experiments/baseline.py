@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from common import RESULTS, command_line, load, machine
 
-from afm_jax.inference import count_params, evaluate, make_scorer
+from afm_jax.inference import count_params, device_params, evaluate, make_scorer
 from afm_jax.models import REGISTRY, build_model
 from afm_jax.train import TrainConfig, train
 
@@ -44,7 +44,7 @@ def main() -> None:
                 model = build_model(mname, ds.info)
                 t0 = time.perf_counter()
                 res = train(model, ds, TrainConfig(epochs=args.epochs, seed=seed))
-                test = evaluate(make_scorer(model), res.params, ds.test)
+                test = evaluate(make_scorer(model), device_params(model, res.params), ds.test)
                 rows.append({"dataset": dname, "model": mname, "seed": seed,
                              "command": command_line(),
                              "valid_auc": res.best_valid["auc"], "auc": test["auc"],

@@ -83,7 +83,7 @@ def scorer_rates(forms: dict[str, str], data: str, batch: int, repeats: int) -> 
     for form, d in forms.items():
         model, params, meta = load_model_dir(d)
         for prec in precisions_of(d):
-            scorer = make_scorer(model, compute_dtype=None if prec == "float32" else prec)
+            scorer = make_scorer(model, compute_dtype=prec)
             combos[(form, prec)] = (scorer, device_params(model, params), count_bytes(params))
     test = _test_batch(forms["original"], data, batch)
     times: dict = {k: [] for k in combos}

@@ -174,7 +174,7 @@ def worker_big(args) -> dict:
     from afm_jax.compress import collect_stats
     from afm_jax.data import EncodedSplit, FeatureInfo
     from afm_jax.data.dataset import _load_array
-    from afm_jax.inference import make_scorer, predict
+    from afm_jax.inference import device_params, make_scorer, predict
     from afm_jax.train import TrainConfig, init_params, train
 
     d = Path(args.dir)
@@ -201,7 +201,7 @@ def worker_big(args) -> dict:
     times["stats"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     scores = np.lib.format.open_memmap(d / "scores.npy", "w+", np.float32, (n,))
-    predict(make_scorer(model), res.params, ds.train, 8192, out=scores)
+    predict(make_scorer(model), device_params(model, res.params), ds.train, 8192, out=scores)
     scores.flush()
     times["score"] = time.perf_counter() - t0
     stop.set()

@@ -21,7 +21,7 @@ from common import RESULTS, command_line, load, machine  # noqa: E402
 
 from afm_jax.compress import collect_stats, compress, fixed_plan, plan_report, svd_compress, variance_kept  # noqa: E402
 from afm_jax.data import iterate_batches  # noqa: E402
-from afm_jax.inference import evaluate, make_scorer  # noqa: E402
+from afm_jax.inference import device_params, evaluate, make_scorer  # noqa: E402
 from afm_jax.models import build_model  # noqa: E402
 from afm_jax.train import TrainConfig, train  # noqa: E402
 
@@ -49,7 +49,7 @@ def main() -> None:
         stats = collect_stats(model, params, iterate_batches(ds.train, 4096),
                               total=math.ceil(len(ds.train) / 4096), progress=False)
         scorer = make_scorer(model)
-        base = evaluate(scorer, params, ds.test)
+        base = evaluate(scorer, device_params(model, params), ds.test)
 
         fig, axes = plt.subplots(1, 2, figsize=(11, 4))
         for site, st in stats.items():
@@ -79,7 +79,7 @@ def main() -> None:
             ratio = plan_report(params, stats, plan).ratio
             for method, p in (("AFM", compress(params, stats, plan)),
                               ("SVD", svd_compress(params, plan))):
-                r = evaluate(scorer, p, ds.test)
+                r = evaluate(scorer, device_params(model, p), ds.test)
                 res[method].append((rank, ratio, r["auc"], r["logloss"]))
         fig, axes = plt.subplots(1, 2, figsize=(11, 4))
         for method, vals in res.items():

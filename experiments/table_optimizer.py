@@ -14,7 +14,7 @@ import numpy as np
 from common import RESULTS, command_line, load, machine, write_results
 from tqdm import tqdm
 
-from afm_jax.inference import evaluate, make_scorer
+from afm_jax.inference import device_params, evaluate, make_scorer
 from afm_jax.models import build_model
 from afm_jax.train import TrainConfig, train
 
@@ -38,7 +38,7 @@ def main() -> None:
         t0 = time.perf_counter()
         res = train(model, ds, TrainConfig(seed=seed, table_optimizer=opt, table_learning_rate=lr),
                     progress=False)
-        test = evaluate(make_scorer(model), res.params, ds.test)
+        test = evaluate(make_scorer(model), device_params(model, res.params), ds.test)
         name = opt if lr is None else f"{opt}, tables lr {lr:g}"
         rows.append({"optimizer": name, "seed": seed, "auc": test["auc"],
                      "valid_auc": res.best_valid["auc"], "logloss": test["logloss"],

@@ -385,8 +385,8 @@ def test_finetune_trains_folded_tables_and_factors_and_freezes_the_rest():
     small = np_tree(compress(params, stats, {**embed, "mlp/dense_1": 4}, model=model))
     assert all(np.shape(t["embedding"])[1] == 3 for t in small["embed"].values()
                if "embedding" in t) and "proj" not in small["embed"]["c0"]   # folded
-    tuned, report = finetune(model, small, ds, 5, learning_rate=1e-2, progress=False)
-    tuned = np_tree(tuned)
+    res = finetune(model, small, ds, 5, learning_rate=1e-2, progress=False)
+    tuned, report = np_tree(res.params), res.report
     assert not np.array_equal(tuned["embed"]["c0"]["embedding"], small["embed"]["c0"]["embedding"])
     assert not np.array_equal(tuned["mlp"]["dense_1"]["u"]["kernel"],
                               small["mlp"]["dense_1"]["u"]["kernel"])

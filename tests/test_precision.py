@@ -11,7 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from afm_jax.inference import export, load_exported, logits_fn, make_scorer, packed_for
+from afm_jax.inference import export, load_exported, logits_fn, make_scorer
+from afm_jax.models import with_precision
+from afm_jax.packing import pack
 from tests.helpers import lively_params, random_batch, small_model
 
 BF16 = jnp.bfloat16
@@ -36,8 +38,8 @@ def test_bf16_scores_close_to_float32(name):
     model = small_model(name)
     params = lively_params(model)
     f32, low = make_scorer(model), make_scorer(model, compute_dtype=BF16)
-    assert (f32.precision, low.precision) == ("float32", "bfloat16")
-    for p in (params, packed_for(f32, params)):   # per-field and packed params
+    assert low is make_scorer(with_precision(model, "bfloat16"))
+    for p in (params, pack(model, params)):   # per-field and packed params
         batch = _batch()
         a, b = np.asarray(f32(p, batch)), np.asarray(low(p, batch))
         assert b.dtype == np.float32
@@ -71,7 +73,7 @@ def test_int8_forms_under_bf16():
 
 def test_compiled_bf16_scorer_has_bf16_dots():
     model = small_model("deepfm")
-    params = packed_for(make_scorer(model), lively_params(model))
+    params = pack(model, lively_params(model))
     batch = _batch(64)
 
     def compiled(dtype) -> str:
@@ -98,7 +100,9 @@ def test_cache_is_per_dtype():
     params, batch = lively_params(model), _batch(32)
     f32(params, batch), low(params, batch)
     assert not np.array_equal(np.asarray(f32(params, batch)), np.asarray(low(params, batch)))
-    assert make_scorer(model, compute_dtype="int8").precision == "int8"
+    assert make_scorer(model, compute_dtype="int8") is make_scorer(model.clone(compute_dtype="int8"))
+    assert with_precision(model, jnp.int8).compute_dtype == "int8"
+    assert with_precision(model, "float32") is model
     with pytest.raises(ValueError, match="float32, bfloat16, int8"):
         make_scorer(model, compute_dtype=jnp.int16)
 
@@ -168,7 +172,7 @@ def _np_int8_affine(x: np.ndarray, q: np.ndarray, k_scale: np.ndarray, bias: np.
 
 
 def test_int8_product_equals_numpy_reference():
-    from afm_jax.nn import _affine, compute_dtype, quantize_rows
+    from afm_jax.nn import _affine, quantize_rows
     from afm_jax.quantize import quantize
 
     rng = np.random.default_rng(0)
@@ -178,9 +182,8 @@ def test_int8_product_equals_numpy_reference():
            "bias": rng.normal(size=24).astype(np.float32)}
     p = quantize({"mlp": {"dense_0": lin}})["mlp"]["dense_0"]
 
-    with compute_dtype(jnp.int8):
-        got = np.asarray(jax.jit(lambda p, x: _affine(p, x))(p, x))
-        per_row = np.asarray(jax.jit(jax.vmap(lambda x: _affine(p, x)))(x))
+    got = np.asarray(jax.jit(lambda p, x: _affine(p, x, "int8"))(p, x))
+    per_row = np.asarray(jax.jit(jax.vmap(lambda x: _affine(p, x, "int8")))(x))
     want = _np_int8_affine(x, np.asarray(p["kernel_q"]), np.asarray(p["kernel_scale"]),
                            np.asarray(p["bias"]))
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
@@ -202,14 +205,14 @@ def test_int8_scorer_on_quantized_params(name):
     q = quantize(jax.tree.map(np.asarray, lively_params(model)))
     f32, low = make_scorer(model), make_scorer(model, compute_dtype="int8")
     batch = _batch()
-    for p in (q, packed_for(f32, q)):
+    for p in (q, pack(model, q)):
         a, b = np.asarray(f32(p, batch)), np.asarray(low(p, batch))
         assert 0 < np.abs(a - b).max() < 2e-2
     # float kernels under int8 keep float32 products: the original scores exactly as float32
     params = lively_params(model)
     np.testing.assert_array_equal(np.asarray(low(params, batch)), np.asarray(f32(params, batch)))
     hlo = jax.jit(logits_fn(model, compute_dtype=jnp.int8)).lower(
-        packed_for(f32, q), batch).compile().as_text()
+        pack(model, q), batch).compile().as_text()
     assert re.search(r"= s32\[[^\]]*\][^=]*? dot\(", hlo), "no int8 x int8 -> int32 product"
 
 

@@ -18,7 +18,7 @@ from afm_jax.compress.afm import (
                                   variance_kept,
 )
 from afm_jax.compress.baselines import svd_compress, svd_embedding, svd_linear
-from afm_jax.compress.finetune import finetune
+from afm_jax.compress.finetune import FinetuneResult, finetune
 from afm_jax.compress.pipeline import CompressionResult, calibration_indices, compress_model
 from afm_jax.compress.ranks import PlanReport, budget_plan, energy_plan, fixed_plan, make_plan, plan_report
 from afm_jax.compress.search import (
@@ -34,7 +34,7 @@ from afm_jax.compress.stats import SiteStats, collect_stats, load_stats, save_st
 __all__ = [
     "SiteStats", "collect_stats", "save_stats", "load_stats",
     "afm_linear", "afm_embedding", "fold_projections", "compress", "principal_directions",
-    "variance_kept", "svd_linear", "svd_embedding", "svd_compress", "finetune",
+    "variance_kept", "svd_linear", "svd_embedding", "svd_compress", "finetune", "FinetuneResult",
     "fixed_plan", "energy_plan", "budget_plan", "make_plan", "plan_report", "PlanReport",
     "compress_model", "CompressionResult", "calibration_indices",
     "QualityTarget", "SearchStep", "SearchResult", "parse_quality_target", "search_plan",

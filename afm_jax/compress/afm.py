@@ -10,13 +10,13 @@ All math runs in float64 numpy on the small d x d covariance; results take the p
 from __future__ import annotations
 
 import hashlib
-from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from afm_jax import forms
+from afm_jax._cache import KeyedCache
 from afm_jax.compress.stats import SiteStats
 from afm_jax.errors import CompressionError
 from afm_jax.nn import ACTIVATIONS
@@ -37,8 +37,8 @@ def principal_directions(cov: np.ndarray, rank: int) -> tuple[np.ndarray, np.nda
     return evecs[:, :rank].copy(), evals[:rank].copy()
 
 
-_EIGEN: OrderedDict[tuple, tuple[np.ndarray, np.ndarray]] = OrderedDict()
 _EIGEN_SIZE = 256
+_EIGEN = KeyedCache("afm_jax.compress.afm.eigen", _EIGEN_SIZE)
 
 
 def _eigen(cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -46,21 +46,19 @@ def _eigen(cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     remembered by content for the last _EIGEN_SIZE matrices: a plan search maps the same
     statistics many times, and eigh dominated each map."""
     key = (cov.shape, hashlib.blake2b(np.ascontiguousarray(cov).tobytes(), digest_size=16).digest())
-    if key in _EIGEN:
-        _EIGEN.move_to_end(key)
-        return _EIGEN[key]
-    evals, evecs = np.linalg.eigh((cov + cov.T) / 2.0)
-    evals, evecs = evals[::-1], evecs[:, ::-1]
-    idx = np.argmax(np.abs(evecs), axis=0)
-    signs = np.sign(evecs[idx, np.arange(evecs.shape[1])])
-    signs[signs == 0] = 1.0
-    out = (evecs * signs, np.maximum(evals, 0.0))
-    for a in out:
-        a.flags.writeable = False
-    _EIGEN[key] = out
-    if len(_EIGEN) > _EIGEN_SIZE:
-        _EIGEN.popitem(last=False)
-    return out
+
+    def decompose() -> tuple[np.ndarray, np.ndarray]:
+        evals, evecs = np.linalg.eigh((cov + cov.T) / 2.0)
+        evals, evecs = evals[::-1], evecs[:, ::-1]
+        idx = np.argmax(np.abs(evecs), axis=0)
+        signs = np.sign(evecs[idx, np.arange(evecs.shape[1])])
+        signs[signs == 0] = 1.0
+        out = (evecs * signs, np.maximum(evals, 0.0))
+        for a in out:
+            a.flags.writeable = False
+        return out
+
+    return _EIGEN.get(key, decompose)
 
 
 def variance_kept(cov: np.ndarray) -> np.ndarray:

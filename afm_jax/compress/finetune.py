@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import optax
@@ -20,10 +20,22 @@ def factor_labels(params: Any, embed_dim: int | None = None) -> Any:
     return trainable_labels(params, embed_dim)
 
 
+class FinetuneResult(NamedTuple):
+    """What `finetune` gives back (named, as `train`'s and `compress_model`'s results).
+
+    params: the fine-tuned per-field params (on the mesh with one).
+    report: {"steps", "trainable", "valid_before": {"auc", "logloss"}, "valid_after": {...}},
+    JSON-ready (`CompressionResult.finetune` and model.json hold it).
+    """
+
+    params: Any
+    report: dict
+
+
 def finetune(model, params: Any, dataset, steps: int, *, learning_rate: float = 1e-4,
              batch_size: int = 1024, trainable: str = "factors", seed: int = 0,
-             progress: bool = True, mesh=None, shard_embeddings: bool = False) -> tuple[Any, dict]:
-    """Train `params` for `steps` steps on dataset.train; returns (params, report).
+             progress: bool = True, mesh=None, shard_embeddings: bool = False) -> FinetuneResult:
+    """Train `params` for `steps` steps on dataset.train; returns a `FinetuneResult`.
 
     trainable: "factors" (only factor pairs and compressed tables move) or "all". The report
     holds validation AUC and logloss before and after, so a variant is judged against the same
@@ -69,6 +81,7 @@ def finetune(model, params: Any, dataset, steps: int, *, learning_rate: float = 
         epoch += 1
     bar.close()
     after = evaluate(scorer, params, dataset.valid, mesh=mesh)
-    return unpack(model, params), {"steps": steps, "trainable": trainable,
-                    "valid_before": {"auc": before["auc"], "logloss": before["logloss"]},
-                    "valid_after": {"auc": after["auc"], "logloss": after["logloss"]}}
+    report = {"steps": steps, "trainable": trainable,
+              "valid_before": {"auc": before["auc"], "logloss": before["logloss"]},
+              "valid_after": {"auc": after["auc"], "logloss": after["logloss"]}}
+    return FinetuneResult(params=unpack(model, params), report=report)

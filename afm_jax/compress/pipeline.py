@@ -171,8 +171,9 @@ def compress_model(model: Any, params: Params, dataset: Any, plan: str | Plan, *
     t_compress = time.perf_counter() - t1
     ft = None
     if finetune_steps:
-        new, ft = finetune(model, new, dataset, finetune_steps, progress=progress, mesh=mesh,
-                           shard_embeddings=shard_embeddings)
+        tuned = finetune(model, new, dataset, finetune_steps, progress=progress, mesh=mesh,
+                         shard_embeddings=shard_embeddings)
+        new, ft = tuned.params, tuned.report
         if mesh is not None:
             new = distributed.host_params(new, model.info)
     return CompressionResult(params=stored(new), stats=stats, plan=rank_plan, report=report,

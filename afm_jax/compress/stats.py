@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from afm_jax._cache import cache_per_model
+from afm_jax._cache import KeyedCache, cache_per_model
 from afm_jax.errors import CompressionError
 from afm_jax.inference import chunked, default_chunk_rows, to_chunks
 from afm_jax.nn import SOW_COLLECTION, in_vocab
@@ -111,25 +111,18 @@ def list_sites(model, params, example_batch: Mapping[str, Any]) -> dict[str, tup
     return dict(_traced_sites(model, key, params, example_batch))
 
 
-_SITE_CACHE: dict = {}
+_SITES = KeyedCache("afm_jax.compress.stats.sites", 64)
 
 
 def _traced_sites(model, key, params, example_batch) -> tuple[tuple[str, tuple[int, int]], ...]:
-    full_key = (model, key)
-    try:
-        hash(full_key)
-    except TypeError:  # a model that cannot be hashed: trace every time
-        full_key = None
-    if full_key is None or full_key not in _SITE_CACHE:
-        if len(_SITE_CACHE) > 64:
-            _SITE_CACHE.clear()
+    """(site, (output dim, vectors per example)) pairs, cached on (model, key) (`list_sites`)."""
+
+    def trace() -> tuple[tuple[str, tuple[int, int]], ...]:
         shapes = jax.eval_shape(partial(site_outputs, model), params, example_batch)
         b = int(np.shape(example_batch["cat"])[0])
-        found = tuple((k, (int(v.shape[-1]), int(v.shape[0]) // b)) for k, v in shapes.items())
-        if full_key is None:
-            return found
-        _SITE_CACHE[full_key] = found
-    return _SITE_CACHE[full_key]
+        return tuple((k, (int(v.shape[-1]), int(v.shape[0]) // b)) for k, v in shapes.items())
+
+    return _SITES.get((model, key), trace)
 
 
 class _Counted(NamedTuple):
@@ -343,6 +336,8 @@ def collect_stats(model, params, batches: Iterable[Mapping[str, Any]],
     exact_tables: sites that are plain full-table lookups ("embed/<field>", {"embedding":
     [V, d]}) take their statistics from per-id counts (a scatter-add per batch) and the table,
     exactly, instead of per-row products; False runs them through the per-row path as well.
+    The pass runs at the model's precision (`model.compute_dtype`, float32 unless the model was
+    made with another, `models.with_precision`); its compiled update is cached per model.
     """
     from afm_jax import distributed
     from afm_jax.data.batching import shard_batch

@@ -7,7 +7,7 @@ from typing import Any
 
 from afm_jax.errors import AfmError
 from afm_jax.models.autoint import AutoInt, AutoIntConfig
-from afm_jax.models.base import CTRModel
+from afm_jax.models.base import CTRModel, with_precision
 from afm_jax.models.dcn import DCN, DCNConfig
 from afm_jax.models.dcnv2 import DCNv2, DCNv2Config
 from afm_jax.models.deepfm import DeepFM, DeepFMConfig
@@ -64,4 +64,5 @@ def model_from_json(d: dict[str, Any], info: Any) -> CTRModel:
     return build_model(d["name"], info, **d.get("config", {}))
 
 
-__all__ = ["REGISTRY", "CTRModel", "build_model", "model_from_json", "model_to_json", "model_name"]
+__all__ = ["REGISTRY", "CTRModel", "build_model", "model_from_json", "model_to_json", "model_name",
+           "with_precision"]

@@ -33,12 +33,13 @@ class AutoInt(CTRModel):
 
     @nn.compact
     def __call__(self, cat: jax.Array, num: jax.Array) -> jax.Array:
+        prec = self.compute_dtype   # every layer computes at the model's precision
         fields = self.embed(cat, num)
         x = stack(fields)
         for i in range(self.config.attention_layers):
             x = InteractingLayer(self.config.num_heads, self.config.head_dim,
-                                 name=f"attention_{i}")(x)
+                                 compute_dtype=prec, name=f"attention_{i}")(x)
         parts = [x.reshape(-1)]
         if self.config.mlp:
-            parts.append(MLP(self.config.mlp, name="mlp")(concat(fields)))
-        return Linear(1, name="out")(jnp.concatenate(parts))[0]
+            parts.append(MLP(self.config.mlp, compute_dtype=prec, name="mlp")(concat(fields)))
+        return Linear(1, compute_dtype=prec, name="out")(jnp.concatenate(parts))[0]

@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from afm_jax.nn import FieldEmbedding, FirstOrder
+from afm_jax.nn import FieldEmbedding, FirstOrder, precision_key
 
 
 class FieldsInfo(Protocol):
@@ -25,10 +25,17 @@ class CTRModel(nn.Module):
     `FOLD_INTO` names the Linear that reads the concatenated field embeddings directly and
     exclusively (None when an interaction layer also reads them): AFM may fold each field's
     projection into that layer.
+
+    compute_dtype: the precision of every product of the model (None: float32, "bfloat16",
+    "int8"; see `afm_jax.nn`), passed down to each layer. It is part of the model object (its
+    hash and equality), so every cache keyed on the model keys on it; `with_precision` gives the
+    same model at another precision. It is a property of a run, not of the trained model: the
+    model JSON (`model_to_json`) does not hold it.
     """
 
     info: Any
     config: Any
+    compute_dtype: str | None = None
     FOLD_INTO: ClassVar[str | None] = None
 
     def first_order(self, cat: jax.Array, num: jax.Array) -> jax.Array:
@@ -37,7 +44,20 @@ class CTRModel(nn.Module):
 
     def embed(self, cat: jax.Array, num: jax.Array) -> list[jax.Array]:
         return FieldEmbedding(self.info.cat_names, self.info.vocab_sizes, self.info.num_names,
-                              self.config.embed_dim, name="embed")(cat, num)
+                              self.config.embed_dim, self.compute_dtype, name="embed")(cat, num)
+
+
+def with_precision(model: CTRModel, compute_dtype) -> CTRModel:
+    """`model` computing at `compute_dtype` (jnp.bfloat16, "bfloat16", "int8", None or
+    "float32"): the model itself when it already does, else a clone with that field. Raises
+    ValueError for another dtype."""
+    key = precision_key(compute_dtype)
+    if getattr(model, "compute_dtype", None) == key:
+        return model
+    if not hasattr(model, "compute_dtype"):
+        raise ValueError(f"{type(model).__name__} has no compute_dtype field: it computes in "
+                         "float32 only")
+    return model.clone(compute_dtype=key)
 
 
 def stack(fields: list[jax.Array]) -> jax.Array:

@@ -24,7 +24,8 @@ class DCN(CTRModel):
 
     @nn.compact
     def __call__(self, cat: jax.Array, num: jax.Array) -> jax.Array:
+        prec = self.compute_dtype   # every layer computes at the model's precision
         x0 = concat(self.embed(cat, num))
         cross = CrossNetV1(self.config.cross_layers, name="cross")(x0)
-        deep = MLP(self.config.mlp, name="mlp")(x0)
-        return Linear(1, name="out")(jnp.concatenate([cross, deep]))[0]
+        deep = MLP(self.config.mlp, compute_dtype=prec, name="mlp")(x0)
+        return Linear(1, compute_dtype=prec, name="out")(jnp.concatenate([cross, deep]))[0]

@@ -22,7 +22,9 @@ class DeepFM(CTRModel):
 
     @nn.compact
     def __call__(self, cat: jax.Array, num: jax.Array) -> jax.Array:
+        prec = self.compute_dtype   # every layer computes at the model's precision
         fields = self.embed(cat, num)
         first = self.first_order(cat, num)
-        deep = Linear(1, name="out")(MLP(self.config.mlp, name="mlp")(concat(fields)))[0]
+        hidden = MLP(self.config.mlp, compute_dtype=prec, name="mlp")(concat(fields))
+        deep = Linear(1, compute_dtype=prec, name="out")(hidden)[0]
         return first + fm_interaction(stack(fields)) + deep

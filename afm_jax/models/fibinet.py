@@ -30,10 +30,12 @@ class FiBiNET(CTRModel):
 
     @nn.compact
     def __call__(self, cat: jax.Array, num: jax.Array) -> jax.Array:
+        prec = self.compute_dtype   # every layer computes at the model's precision
         fields = stack(self.embed(cat, num))
         first = self.first_order(cat, num)
-        reweighted = SENETLayer(self.config.reduction_ratio, name="senet")(fields)
-        plain_pairs = BilinearInteraction(name="bilinear")(fields)
-        senet_pairs = BilinearInteraction(name="bilinear_senet")(reweighted)
+        reweighted = SENETLayer(self.config.reduction_ratio, compute_dtype=prec, name="senet")(fields)
+        plain_pairs = BilinearInteraction(compute_dtype=prec, name="bilinear")(fields)
+        senet_pairs = BilinearInteraction(compute_dtype=prec, name="bilinear_senet")(reweighted)
         x = jnp.concatenate([plain_pairs.reshape(-1), senet_pairs.reshape(-1)])
-        return first + Linear(1, name="out")(MLP(self.config.mlp, name="mlp")(x))[0]
+        hidden = MLP(self.config.mlp, compute_dtype=prec, name="mlp")(x)
+        return first + Linear(1, compute_dtype=prec, name="out")(hidden)[0]

@@ -32,12 +32,13 @@ class GDCN(CTRModel):
 
     @nn.compact
     def __call__(self, cat: jax.Array, num: jax.Array) -> jax.Array:
+        prec = self.compute_dtype   # every layer computes at the model's precision
         x0 = concat(self.embed(cat, num))
-        cross = GatedCrossNet(self.config.cross_layers, name="cross")(x0)
+        cross = GatedCrossNet(self.config.cross_layers, compute_dtype=prec, name="cross")(x0)
         if self.config.structure == "parallel":
-            x = jnp.concatenate([cross, MLP(self.config.mlp, name="mlp")(x0)])
+            x = jnp.concatenate([cross, MLP(self.config.mlp, compute_dtype=prec, name="mlp")(x0)])
         elif self.config.structure == "stacked":
-            x = MLP(self.config.mlp, name="mlp")(cross)
+            x = MLP(self.config.mlp, compute_dtype=prec, name="mlp")(cross)
         else:
             raise AfmError(f"GDCN structure {self.config.structure!r}: use 'parallel' or 'stacked'")
-        return Linear(1, name="out")(x)[0]
+        return Linear(1, compute_dtype=prec, name="out")(x)[0]

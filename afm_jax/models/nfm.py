@@ -27,6 +27,8 @@ class NFM(CTRModel):
 
     @nn.compact
     def __call__(self, cat: jax.Array, num: jax.Array) -> jax.Array:
+        prec = self.compute_dtype   # every layer computes at the model's precision
         pooled = bi_interaction(stack(self.embed(cat, num)))
         first = self.first_order(cat, num)
-        return first + Linear(1, name="out")(MLP(self.config.mlp, name="mlp")(pooled))[0]
+        hidden = MLP(self.config.mlp, compute_dtype=prec, name="mlp")(pooled)
+        return first + Linear(1, compute_dtype=prec, name="out")(hidden)[0]

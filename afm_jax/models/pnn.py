@@ -27,6 +27,8 @@ class PNN(CTRModel):
 
     @nn.compact
     def __call__(self, cat: jax.Array, num: jax.Array) -> jax.Array:
+        prec = self.compute_dtype   # every layer computes at the model's precision
         fields = self.embed(cat, num)
         x = jnp.concatenate([concat(fields), pairwise_inner_products(stack(fields))])
-        return Linear(1, name="out")(MLP(self.config.mlp, name="mlp")(x))[0]
+        hidden = MLP(self.config.mlp, compute_dtype=prec, name="mlp")(x)
+        return Linear(1, compute_dtype=prec, name="out")(hidden)[0]

@@ -23,6 +23,8 @@ class WideDeep(CTRModel):
 
     @nn.compact
     def __call__(self, cat: jax.Array, num: jax.Array) -> jax.Array:
+        prec = self.compute_dtype   # every layer computes at the model's precision
         wide = self.first_order(cat, num)
-        deep = Linear(1, name="out")(MLP(self.config.mlp, name="mlp")(concat(self.embed(cat, num))))
+        hidden = MLP(self.config.mlp, compute_dtype=prec, name="mlp")(concat(self.embed(cat, num)))
+        deep = Linear(1, compute_dtype=prec, name="out")(hidden)
         return wide + deep[0]

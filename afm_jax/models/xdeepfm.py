@@ -32,8 +32,9 @@ class XDeepFM(CTRModel):
 
     @nn.compact
     def __call__(self, cat: jax.Array, num: jax.Array) -> jax.Array:
+        prec = self.compute_dtype   # every layer computes at the model's precision
         fields = self.embed(cat, num)
         first = self.first_order(cat, num)
-        pooled = CIN(self.config.cin, name="cin")(stack(fields))
-        deep = MLP(self.config.mlp, name="mlp")(concat(fields))
-        return first + Linear(1, name="out")(jnp.concatenate([pooled, deep]))[0]
+        pooled = CIN(self.config.cin, compute_dtype=prec, name="cin")(stack(fields))
+        deep = MLP(self.config.mlp, compute_dtype=prec, name="mlp")(concat(fields))
+        return first + Linear(1, compute_dtype=prec, name="out")(jnp.concatenate([pooled, deep]))[0]
