@@ -26,6 +26,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -281,7 +282,7 @@ def run(models=("deepfm", "dcnv2"), batch_sizes=(1, 64, 1024, 8192), repeats: in
                        "packed": jax.device_put(pack(model, host))}
             bound = bind_scorer(model, host)
             with tempfile.TemporaryDirectory() as tmp:
-                exported = load_exported(export(model, host, tmp))
+                exported = load_exported(export(model, host, Path(tmp) / "export"))
             torch_models = (torch_peer.build(name, info, host, compile=torch_compile)
                             if torch_peer else None)
             for bs in batch_sizes:
