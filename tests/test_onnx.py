@@ -5,6 +5,8 @@ go through the encoder in the graph exactly as `Encoder.encode` does."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import jax
@@ -202,5 +204,43 @@ def test_cli_onnx_export_scores_raw_criteo_lines_as_afm_jax_score(tmp_path):
     feeds = {name: np.array([float(r[1 + j]) if r[1 + j] else np.nan for r in rows])
              for j, name in enumerate(CRITEO_INT)}
     feeds |= {name: np.array([r[14 + j] for r in rows], dtype=str) for j, name in enumerate(CRITEO_CAT)}
-    got = load_onnx(out)(feeds)
-    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    score = load_onnx(out)
+    np.testing.assert_allclose(score(feeds), want, rtol=0, atol=1e-6)
+    for n in (1, 3, 257):                                    # one file, any batch size
+        np.testing.assert_allclose(score({k: v[:n] for k, v in feeds.items()}), want[:n],
+                                   rtol=0, atol=1e-6)
+    # a client without JAX: onnxruntime, numpy and the two files only
+    client = tmp_path / "client_scores.npy"
+    proc = subprocess.run([sys.executable, "-c", JAX_FREE_CLIENT, str(out), str(data), str(client)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    np.testing.assert_allclose(np.load(client), want, rtol=0, atol=1e-6)
+
+
+# Reads a Criteo TSV (label, I1..I13, C1..C26) and scores it from signature.json and model.onnx
+# alone; importing jax fails in it.
+JAX_FREE_CLIENT = """
+import sys
+sys.modules["jax"] = None
+try:
+    import jax  # noqa
+    raise SystemExit("jax imported")
+except ImportError:
+    pass
+import json
+import numpy as np
+import onnxruntime as ort
+export_dir, data, out = sys.argv[1:4]
+sig = json.load(open(export_dir + "/signature.json"))
+columns = ["label"] + [f"I{i}" for i in range(1, 14)] + [f"C{i}" for i in range(1, 27)]
+rows = [line.rstrip("\\n").split("\\t") for line in open(data, encoding="utf-8")]
+feeds = {}
+for spec in sig["inputs"]:
+    j = columns.index(spec["name"])
+    if spec["dtype"] == "string":
+        feeds[spec["name"]] = np.array([r[j] for r in rows], dtype=str)
+    else:   # missing: NaN
+        feeds[spec["name"]] = np.array([float(r[j]) if r[j] else np.nan for r in rows])
+session = ort.InferenceSession(export_dir + "/" + sig["file"], providers=["CPUExecutionProvider"])
+np.save(out, session.run([sig["output"]["name"]], feeds)[0])
+"""
