@@ -589,8 +589,12 @@ def cmd_export(args: argparse.Namespace) -> dict:
     _check_out(args, args.model_dir)
     model, params, meta = load_model_dir(args.model_dir)
     encoder = load_encoder(args.model_dir) if Path(args.model_dir, "encoder.json").is_file() else None
+    from afm_jax.transforms import bucketized_fields, source_layout
+
+    data_meta = meta.get("data")
+    bucketize = bucketized_fields(data_meta) if encoder is not None else ()
     if args.format == "onnx":
-        from afm_jax.onnx_export import ONNX_FILE, bucketized_fields, export_onnx
+        from afm_jax.onnx_export import ONNX_FILE, export_onnx
         raw = args.raw_inputs if args.raw_inputs is not None else True
         if args.batch_size:
             raise AfmError("--batch-size is for --format jax: the ONNX graph's batch is dynamic")
@@ -598,18 +602,21 @@ def cmd_export(args: argparse.Namespace) -> dict:
             raise AfmError(f"{args.model_dir} has no encoder.json, so the graph cannot take raw "
                            "values: export with --no-raw-inputs (ids in)")
         out = export_onnx(model, params, args.out, encoder=encoder if raw else None,
-                          bucketize=bucketized_fields(meta.get("data")) if raw else (),
-                          compute_dtype=_compute_dtype(args), overwrite=args.overwrite)
+                          bucketize=bucketize if raw else (), source=source_layout(data_meta),
+                          compute_dtype=_compute_dtype(args), overwrite=args.overwrite,
+                          ort=args.ort)
         size = (out / ONNX_FILE).stat().st_size
         print(f"exported the scorer of {args.model_dir} ({count_params(params):,} params, "
               f"{args.precision} products, {'raw values' if raw else 'ids'} in) to "
               f"{out / ONNX_FILE} ({size:,} bytes)")
         return {"out": str(out), "params": count_params(params), "precision": args.precision,
                 "format": "onnx", "raw_inputs": raw, "bytes": size}
-    if args.raw_inputs:
-        raise AfmError("--raw-inputs needs --format onnx (the jax.export artifact takes ids)")
+    if args.raw_inputs or args.ort:
+        raise AfmError(f"{'--raw-inputs' if args.raw_inputs else '--ort'} needs --format onnx "
+                       "(the jax.export artifact takes ids)")
     out = export(model, params, args.out, encoder=encoder, batch_size=args.batch_size,
-                 compute_dtype=_compute_dtype(args), overwrite=args.overwrite)
+                 compute_dtype=_compute_dtype(args), overwrite=args.overwrite,
+                 bucketize=bucketize, source=source_layout(data_meta))
     print(f"exported the scorer of {args.model_dir} ({count_params(params):,} params, "
           f"{args.precision} products) to {out}")
     return {"out": str(out), "params": count_params(params), "precision": args.precision}
@@ -818,6 +825,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--raw-inputs", action=argparse.BooleanOptionalAction, default=None,
                    help="ONNX: the encoder goes into the graph, one input per field (strings, "
                         "numbers; default on); --no-raw-inputs: ids and transformed numbers in")
+    p.add_argument("--ort", action="store_true",
+                   help="ONNX: also write model.ort and the operator list of a minimal ONNX "
+                        "Runtime build (model.required_operators.config)")
     p.add_argument("--batch-size", type=int, help="fixed batch size (default: symbolic)")
     p.add_argument("--out", required=True, help="artifact directory")
     _overwrite_arg(p)

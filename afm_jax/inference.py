@@ -230,10 +230,11 @@ def bind_scorer(model, params, mesh=None) -> Callable[[Batch], jax.Array]:
 
 
 def signature(model, n_leaves: int, batch_size: int | None, platforms,
-              precision: str = "float32") -> dict:
+              precision: str = "float32", encoder=None, bucketize=(), source=None) -> dict:
     """What a client in any language needs to feed an exported scorer: inputs in order with
     dtypes, shapes, field names and vocabulary sizes, and the output."""
     from afm_jax.models import model_to_json
+    from afm_jax.transforms import field_transforms
 
     info = model.info
     batch = "batch" if batch_size is None else int(batch_size)
@@ -255,12 +256,16 @@ def signature(model, n_leaves: int, batch_size: int | None, platforms,
                       "meaning": "dtype of the Linear products' inputs (float32 accumulation); "
                                  "everything else float32"},
         "model": model_to_json(model),
+        # with the encoder: every field's raw-value transform, and where fields come from
+        **({} if encoder is None else {"fields": field_transforms(encoder, bucketize),
+                                       "source": source or {}}),
     }
 
 
 def export(model, params, path, *, encoder=None, batch_size: int | None = None,
            platforms: tuple[str, ...] | None = None, compute_dtype=None,
-           overwrite: bool = False) -> Path:
+           overwrite: bool = False, bucketize: tuple[str, ...] = (),
+           source: dict | None = None) -> Path:
     """Write the scorer as a serialized `jax.export` artifact that runs with jax alone.
 
     path/ gets `scorer.jaxexport` (StableHLO of the packed scorer; the batch dimension is
@@ -270,16 +275,20 @@ def export(model, params, path, *, encoder=None, batch_size: int | None = None,
     "cuda", "tpu"); default the current backend. compute_dtype: as for `make_scorer`, baked
     into the artifact and recorded in signature.json ("precision"); None: the model's own.
     Load with `load_exported(path)`. The directory is written atomically
-    (`outputs.atomic_dir`); an existing one is an OutputError unless `overwrite`.
+    (`outputs.atomic_dir`); an existing one is an OutputError unless `overwrite`. With
+    `encoder`, signature.json states every field's raw-value transform (`transforms`):
+    bucketize names the fields bucketized from numbers, source the raw files' layout.
     """
     from afm_jax.outputs import atomic_dir
 
     with atomic_dir(path, overwrite) as tmp:
-        _write_export(model, params, tmp, encoder, batch_size, platforms, compute_dtype)
+        _write_export(model, params, tmp, encoder, batch_size, platforms, compute_dtype,
+                      bucketize, source)
     return Path(path)
 
 
-def _write_export(model, params, out: Path, encoder, batch_size, platforms, compute_dtype) -> None:
+def _write_export(model, params, out: Path, encoder, batch_size, platforms, compute_dtype,
+                  bucketize=(), source=None) -> None:
     from jax import export as jex
 
     from afm_jax.packing import pack
@@ -304,7 +313,8 @@ def _write_export(model, params, out: Path, encoder, batch_size, platforms, comp
     if encoder is not None:
         encoder.save(out / "encoder.json")
     sig = signature(model, len(leaves), batch_size, exported.platforms,
-                    precision_name(getattr(model, "compute_dtype", None)))
+                    precision_name(getattr(model, "compute_dtype", None)), encoder, bucketize,
+                    source)
     (out / SIGNATURE_FILE).write_text(json.dumps(sig, indent=1) + "\n")
 
 

@@ -490,24 +490,6 @@ def _raw_encoder(g: _Graph, encoder, bucketize: frozenset[str]) -> tuple[list, s
 
 # ---------------------------------------------------------------------------------- the export
 
-def bucketized_fields(data_meta: dict | None) -> tuple[str, ...]:
-    """The categorical fields a model dir's data reader bucketized from numbers (model.json's
-    "data": a schema file's "bucketize", or the reader's default: Criteo's I1..I13)."""
-    from afm_jax.data.readers import CRITEO_SCHEMA
-    from afm_jax.data.schema import Schema
-
-    data_meta = data_meta or {}
-    if data_meta.get("schema"):
-        try:
-            return tuple(Schema.from_json(data_meta["schema"]).bucketize)
-        except Exception as e:
-            raise ExportError(f"the model was trained with the schema file {data_meta['schema']}, "
-                              f"which cannot be read now ({e}); its bucketized fields are needed "
-                              "to put the encoder in the graph (or export with --no-raw-inputs)") from e
-    spec = str(data_meta.get("spec") or "")
-    return tuple(CRITEO_SCHEMA.bucketize) if spec.startswith("criteo:") else ()
-
-
 def scorer_fn(model, params, compute_dtype=None) -> Callable:
     """(cat, num) -> probabilities, with the packed params closed over as device arrays (numpy
     leaves would be indexed by tracers)."""
@@ -577,7 +559,7 @@ def encoder_to_onnx(encoder, bucketize: Sequence[str] = ()):
 
 
 def onnx_signature(model, encoder, bucketize: Sequence[str], precision: str, file_bytes: int,
-                   stored_bytes: int) -> dict:
+                   stored_bytes: int, source: dict | None = None) -> dict:
     """What a client needs: each input with its dtype and transform, and the output."""
     from afm_jax.models import model_to_json
 
@@ -606,7 +588,11 @@ def onnx_signature(model, encoder, bucketize: Sequence[str], precision: str, fil
                            "missing": "NaN",
                            "transform": f"(log1p(max(x, 0)) - {encoder.num_mean[j]!r}) / "
                                         f"{encoder.num_std[j]!r}, missing -> 0"})
-    return {"format": ONNX_FORMAT, "file": ONNX_FILE, "inputs": inputs,
+    from afm_jax.transforms import field_transforms
+
+    extra = {} if encoder is None else {"fields": field_transforms(encoder, bucketize),
+                                        "source": source or {}}
+    return {"format": ONNX_FORMAT, "file": ONNX_FILE, "inputs": inputs, **extra,
             "output": {"name": "score", "dtype": "float32", "shape": ["B"],
                        "meaning": "click probability"},
             "precision": precision, "opset": {"ai.onnx": ONNX_OPSET, "ai.onnx.ml": ML_OPSET},
@@ -615,13 +601,17 @@ def onnx_signature(model, encoder, bucketize: Sequence[str], precision: str, fil
 
 
 def export_onnx(model, params, path, *, encoder=None, bucketize: Sequence[str] = (),
-                compute_dtype=None, overwrite: bool = False) -> Path:
+                compute_dtype=None, overwrite: bool = False, source: dict | None = None,
+                ort: bool = False) -> Path:
     """Write `path/model.onnx` and `path/signature.json` (see the module docstring), atomically
     (`outputs.atomic_dir`; an existing `path` is refused unless `overwrite`).
 
     encoder: put it in the graph (raw values in); None: the graph takes ids and transformed
     numbers. bucketize: the categorical fields that come as numbers and are bucketized
-    (Criteo's I1..I13). compute_dtype: as for `make_scorer` (int8 runs MatMulInteger).
+    (Criteo's I1..I13). compute_dtype: as for `make_scorer` (int8 runs MatMulInteger). source:
+    the raw files' layout (`transforms.source_layout`), recorded in signature.json. ort: also
+    write `model.ort` and `model.required_operators.config` for a minimal ONNX Runtime build
+    (`python -m onnxruntime.tools.convert_onnx_models_to_ort`).
     """
     from afm_jax.inference import precision_name
     from afm_jax.outputs import atomic_dir
@@ -631,11 +621,33 @@ def export_onnx(model, params, path, *, encoder=None, bucketize: Sequence[str] =
     data = proto.SerializeToString()
     stored = sum(np.asarray(x).nbytes for x in jax.tree_util.tree_leaves(params))
     sig = onnx_signature(model, encoder, tuple(bucketize), precision_name(compute_dtype),
-                         len(data), int(stored))
+                         len(data), int(stored), source)
     with atomic_dir(path, overwrite) as tmp:
         (tmp / ONNX_FILE).write_bytes(data)
+        if ort:
+            sig["ort"] = _to_ort(tmp / ONNX_FILE)
         (tmp / ONNX_SIGNATURE).write_text(json.dumps(sig, indent=1) + "\n")
     return Path(path)
+
+
+def _to_ort(onnx_file: Path) -> dict:
+    """ONNX Runtime's own format and the operator list a reduced build needs, beside the file."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "onnxruntime.tools.convert_onnx_models_to_ort",
+                           str(onnx_file), "--output_dir", str(onnx_file.parent)],
+                          capture_output=True, text=True)
+    ort_file = onnx_file.with_suffix(".ort")
+    config = onnx_file.with_name(onnx_file.stem + ".required_operators.config")
+    if proc.returncode != 0 or not ort_file.is_file() or not config.is_file():
+        raise ExportError(f"converting {onnx_file.name} to the .ort format failed: "
+                          f"{(proc.stderr or proc.stdout)[-500:]}")
+    ops = [line.strip() for line in config.read_text().splitlines()
+           if line.strip() and not line.startswith("#")]
+    return {"file": ort_file.name, "bytes": ort_file.stat().st_size,
+            "required_operators": config.name, "operators": ops,
+            "build": "onnxruntime build.sh --minimal_build --include_ops_by_config " + config.name}
 
 
 def load_onnx(path, providers: Sequence[str] = ("CPUExecutionProvider",)) -> Callable:
@@ -646,7 +658,13 @@ def load_onnx(path, providers: Sequence[str] = ("CPUExecutionProvider",)) -> Cal
         raise ExportError("scoring an ONNX export needs onnxruntime: pip install -e '.[onnx]'") from e
     p = Path(path)
     file = p / ONNX_FILE if p.is_dir() else p
-    session = ort.InferenceSession(str(file), providers=list(providers))
+    if not file.is_file():
+        raise ExportError(f"{file}: no ONNX file here (export one with afm-jax export --format onnx)")
+    try:
+        session = ort.InferenceSession(str(file), providers=list(providers))
+    except Exception as e:   # onnxruntime raises its own Fail/InvalidProtobuf types
+        raise ExportError(f"{file}: not a loadable ONNX model ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:300]}); export it again") from e
 
     def score(inputs: dict) -> np.ndarray:
         return session.run(["score"], dict(inputs))[0]

@@ -175,35 +175,50 @@ def test_raw_inputs_equal_encoder_then_scorer(deepfm):
         np.testing.assert_allclose(got, want, rtol=0, atol=4e-6)
 
 
-@pytest.mark.skipif(not CRITEO.is_file(), reason=f"shared Criteo sample not found at {CRITEO}")
-def test_cli_onnx_export_scores_raw_criteo_lines_as_afm_jax_score(tmp_path):
+@pytest.fixture(scope="module")
+def criteo_export(tmp_path_factory):
+    """A DeepFM trained on 1,200 Criteo sample lines, compressed at budget 0.5, its `afm-jax
+    score` scores, and its ONNX export (with .ort): (dir, data file, lines, scores, export)."""
     from afm_jax.cli import main
-    from afm_jax.data.readers import CRITEO_CAT, CRITEO_INT
 
-    lines = []
+    if not CRITEO.is_file():
+        pytest.skip(f"shared Criteo sample not found at {CRITEO}")
+    d = tmp_path_factory.mktemp("onnx_criteo")
     with open(CRITEO, encoding="utf-8") as f:
-        for _ in range(1200):
-            lines.append(next(f).rstrip("\n"))
-    data = tmp_path / "sample.tsv"
+        lines = [next(f).rstrip("\n") for _ in range(1200)]
+    data = d / "sample.tsv"
     data.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    m, small, out = tmp_path / "m", tmp_path / "small", tmp_path / "onnx"
+    m, small, out = d / "m", d / "small", d / "onnx"
     assert main(["train", "--data", f"criteo:{data}", "--min-count", "2", "--mlp", "16",
-                 "--epochs", "1", "--out", str(m), "--cache-dir", str(tmp_path / "cache"),
+                 "--epochs", "1", "--out", str(m), "--cache-dir", str(d / "cache"),
                  "--no-progress"]) == 0
     assert main(["compress", "--model-dir", str(m), "--data", f"criteo:{data}", "--plan",
-                 "budget:0.5", "--out", str(small), "--cache-dir", str(tmp_path / "cache"),
+                 "budget:0.5", "--out", str(small), "--cache-dir", str(d / "cache"),
                  "--no-progress"]) == 0
     assert main(["score", "--model-dir", str(small), "--data", f"criteo:{data}", "--out",
-                 str(tmp_path / "s.parquet"), "--no-progress"]) == 0
-    want = np.asarray(pq.read_table(tmp_path / "s.parquet")["score"])
-    assert main(["export", "--format", "onnx", "--model-dir", str(small), "--out", str(out)]) == 0
-    sig = json.loads((out / "signature.json").read_text())
-    kinds = {i["name"]: i["kind"] for i in sig["inputs"]}
-    assert kinds["I1"] == "bucketized" and kinds["C1"] == "categorical"
+                 str(d / "s.parquet"), "--no-progress"]) == 0
+    want = np.asarray(pq.read_table(d / "s.parquet")["score"])
+    assert main(["export", "--format", "onnx", "--ort", "--model-dir", str(small),
+                 "--out", str(out)]) == 0
+    return d, data, lines, want, out
+
+
+def _criteo_feeds(lines: list[str]) -> dict:
+    from afm_jax.data.readers import CRITEO_CAT, CRITEO_INT
+
     rows = [line.split("\t") for line in lines]
     feeds = {name: np.array([float(r[1 + j]) if r[1 + j] else np.nan for r in rows])
              for j, name in enumerate(CRITEO_INT)}
-    feeds |= {name: np.array([r[14 + j] for r in rows], dtype=str) for j, name in enumerate(CRITEO_CAT)}
+    return feeds | {name: np.array([r[14 + j] for r in rows], dtype=str)
+                    for j, name in enumerate(CRITEO_CAT)}
+
+
+def test_cli_onnx_export_scores_raw_criteo_lines_as_afm_jax_score(criteo_export, tmp_path):
+    d, data, lines, want, out = criteo_export
+    sig = json.loads((out / "signature.json").read_text())
+    kinds = {i["name"]: i["kind"] for i in sig["inputs"]}
+    assert kinds["I1"] == "bucketized" and kinds["C1"] == "categorical"
+    feeds = _criteo_feeds(lines)
     score = load_onnx(out)
     np.testing.assert_allclose(score(feeds), want, rtol=0, atol=1e-6)
     for n in (1, 3, 257):                                    # one file, any batch size
@@ -215,6 +230,104 @@ def test_cli_onnx_export_scores_raw_criteo_lines_as_afm_jax_score(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     np.testing.assert_allclose(np.load(client), want, rtol=0, atol=1e-6)
+
+
+def test_ort_format_for_a_minimal_runtime(criteo_export):
+    d, data, lines, want, out = criteo_export
+    sig = json.loads((out / "signature.json").read_text())
+    assert (out / "model.ort").is_file() and (out / "model.required_operators.config").is_file()
+    assert sig["ort"]["bytes"] == (out / "model.ort").stat().st_size
+    assert any("LabelEncoder" in line for line in sig["ort"]["operators"])
+    session = ort.InferenceSession(str(out / "model.ort"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(["score"], _criteo_feeds(lines))[0], want,
+                               rtol=0, atol=1e-6)
+
+
+def test_a_client_encodes_from_signature_and_encoder_json_alone(criteo_export, tmp_path):
+    """Both export formats state every transform: a client that imports neither afm_jax nor jax
+    turns raw Criteo lines into the scorer's inputs exactly as Encoder.encode does."""
+    from afm_jax.checkpoint import load_encoder
+    from afm_jax.cli import main
+    from afm_jax.data.dataset import make_source, parse_data_spec
+
+    d, data, lines, want, onnx_out = criteo_export
+    jax_out = tmp_path / "jax_export"
+    assert main(["export", "--model-dir", str(d / "small"), "--out", str(jax_out)]) == 0
+    encoder = load_encoder(d / "small")
+    cat, num = [], []
+    for chunk, bad in make_source(parse_data_spec(f"criteo:{data}")).chunks(False):
+        assert not bad
+        c, n = encoder.encode(chunk)
+        cat.append(c)
+        num.append(n)
+    cat, num = np.concatenate(cat), np.concatenate(num)
+    for export_dir in (jax_out, onnx_out):
+        got = tmp_path / f"{export_dir.name}_encoded.npz"
+        proc = subprocess.run([sys.executable, "-c", CLIENT_ENCODER, str(export_dir),
+                               str(d / "small" / "encoder.json"), str(data), str(got)],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        with np.load(got) as z:
+            np.testing.assert_array_equal(z["cat"], cat)
+            np.testing.assert_array_equal(z["num"], num)
+
+
+def test_a_corrupt_or_truncated_onnx_file_is_a_clear_error(criteo_export, tmp_path):
+    out = criteo_export[4]
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    data = (out / "model.onnx").read_bytes()
+    (broken / "model.onnx").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ExportError, match="not a loadable ONNX model"):
+        load_onnx(broken)
+    (broken / "model.onnx").write_bytes(b"not onnx at all")
+    with pytest.raises(ExportError, match=str(broken / "model.onnx")):
+        load_onnx(broken)
+    with pytest.raises(ExportError, match="no ONNX file here"):
+        load_onnx(tmp_path)
+
+
+# Encodes a Criteo TSV from signature.json ("fields", "source") and encoder.json alone: what a
+# client in another language does. Neither afm_jax nor jax can be imported in it.
+CLIENT_ENCODER = """
+import sys
+sys.modules["jax"] = None
+sys.modules["afm_jax"] = None
+import json
+import numpy as np
+export_dir, encoder_json, data, out = sys.argv[1:5]
+sig = json.load(open(export_dir + "/signature.json"))
+enc = json.load(open(encoder_json))
+columns = sig["source"]["columns"]
+rows = [line.rstrip("\\n").split(sig["source"]["delimiter"]) for line in open(data, encoding="utf-8")]
+cat_fields = [f for f in sig["fields"] if f["input"] == "cat"]
+num_fields = [f for f in sig["fields"] if f["input"] == "num"]
+cat = np.zeros((len(rows), len(cat_fields)), np.int32)
+num = np.zeros((len(rows), len(num_fields)), np.float32)
+for f in cat_fields:
+    vocab = {v: i + 1 for i, v in enumerate(enc["vocabs"][f["column"]])}
+    j = columns.index(f["field"])
+    for i, r in enumerate(rows):
+        raw = r[j]
+        if raw == "":
+            continue                       # missing -> 0
+        if f["kind"] == "bucketized":
+            x = float(raw)
+            key = "b%d" % int(np.floor(np.log(x) ** 2)) if x > 2 else "%d" % int(np.floor(x))
+        elif f["kind"] == "categorical":
+            key = raw
+        else:
+            raise SystemExit("unexpected kind " + f["kind"])
+        cat[i, f["column"]] = vocab.get(key, 0)
+for f in num_fields:
+    j = columns.index(f["field"])
+    for i, r in enumerate(rows):
+        if r[j] == "":
+            continue
+        t = np.float32(np.log1p(max(float(r[j]), 0.0)))
+        num[i, f["column"]] = np.float32((np.float64(t) - f["mean"]) / f["std"])
+np.savez(out, cat=cat, num=num)
+"""
 
 
 # Reads a Criteo TSV (label, I1..I13, C1..C26) and scores it from signature.json and model.onnx
