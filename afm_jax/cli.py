@@ -826,8 +826,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ONNX: the encoder goes into the graph, one input per field (strings, "
                         "numbers; default on); --no-raw-inputs: ids and transformed numbers in")
     p.add_argument("--ort", action="store_true",
-                   help="ONNX: also write model.ort and the operator list of a minimal ONNX "
-                        "Runtime build (model.required_operators.config)")
+                   help="ONNX: also write ONNX Runtime's .ort file and the operator list of a "
+                        "minimal build (model.required_operators.with_runtime_opt.config)")
     p.add_argument("--batch-size", type=int, help="fixed batch size (default: symbolic)")
     p.add_argument("--out", required=True, help="artifact directory")
     _overwrite_arg(p)

@@ -610,8 +610,9 @@ def export_onnx(model, params, path, *, encoder=None, bucketize: Sequence[str] =
     numbers. bucketize: the categorical fields that come as numbers and are bucketized
     (Criteo's I1..I13). compute_dtype: as for `make_scorer` (int8 runs MatMulInteger). source:
     the raw files' layout (`transforms.source_layout`), recorded in signature.json. ort: also
-    write `model.ort` and `model.required_operators.config` for a minimal ONNX Runtime build
-    (`python -m onnxruntime.tools.convert_onnx_models_to_ort`).
+    write `model.with_runtime_opt.ort` and `model.required_operators.with_runtime_opt.config`
+    for a minimal ONNX Runtime build (`python -m onnxruntime.tools.convert_onnx_models_to_ort
+    --optimization_style Runtime`).
     """
     from afm_jax.inference import precision_name
     from afm_jax.outputs import atomic_dir
@@ -635,11 +636,15 @@ def _to_ort(onnx_file: Path) -> dict:
     import subprocess
     import sys
 
+    # "Runtime" style: the graph is stored as exported (int8 initializers stay int8; the
+    # "Fixed" style may constant-fold their float casts) and the optimizations are applied when
+    # the session starts
     proc = subprocess.run([sys.executable, "-m", "onnxruntime.tools.convert_onnx_models_to_ort",
-                           str(onnx_file), "--output_dir", str(onnx_file.parent)],
+                           str(onnx_file), "--output_dir", str(onnx_file.parent),
+                           "--optimization_style", "Runtime"],
                           capture_output=True, text=True)
-    ort_file = onnx_file.with_suffix(".ort")
-    config = onnx_file.with_name(onnx_file.stem + ".required_operators.config")
+    ort_file = onnx_file.with_name(onnx_file.stem + ".with_runtime_opt.ort")
+    config = onnx_file.with_name(onnx_file.stem + ".required_operators.with_runtime_opt.config")
     if proc.returncode != 0 or not ort_file.is_file() or not config.is_file():
         raise ExportError(f"converting {onnx_file.name} to the .ort format failed: "
                           f"{(proc.stderr or proc.stdout)[-500:]}")

@@ -235,10 +235,11 @@ def test_cli_onnx_export_scores_raw_criteo_lines_as_afm_jax_score(criteo_export,
 def test_ort_format_for_a_minimal_runtime(criteo_export):
     d, data, lines, want, out = criteo_export
     sig = json.loads((out / "signature.json").read_text())
-    assert (out / "model.ort").is_file() and (out / "model.required_operators.config").is_file()
-    assert sig["ort"]["bytes"] == (out / "model.ort").stat().st_size
+    ort_file = out / "model.with_runtime_opt.ort"
+    assert ort_file.is_file() and (out / "model.required_operators.with_runtime_opt.config").is_file()
+    assert sig["ort"]["bytes"] == ort_file.stat().st_size
     assert any("LabelEncoder" in line for line in sig["ort"]["operators"])
-    session = ort.InferenceSession(str(out / "model.ort"), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(ort_file), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(session.run(["score"], _criteo_feeds(lines))[0], want,
                                rtol=0, atol=1e-6)
 

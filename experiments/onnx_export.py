@@ -1,0 +1,175 @@
+"""ONNX export on the Criteo sample (issue 23): file sizes per form, operators, test AUC in ONNX
+Runtime against the JAX scorer, and rows/s and per-call latency of both, in one run.
+
+For each model (DeepFM, DCNv2 by default; trained `--epochs` on the shared Criteo sample, 8:1:1
+in file order, min-count 10) and each form (original, AFM at a 25 % parameter budget, int8, AFM +
+int8): the ONNX file that takes ids (`--no-raw-inputs`) and the one with the encoder in the graph
+(raw values in), the `.ort` file of the ids graph and its operator count; test AUC of ONNX
+Runtime on the encoded test split against the JAX scorer's; rows/s of ONNX Runtime (2 intra-op
+threads) and the JAX live scorer (packed params on the device) at each batch size, rounds
+alternating the two; p50 / p99 per-call latency at batch 1 and 64.
+
+    python experiments/onnx_export.py [--models deepfm dcnv2] [--epochs 2]
+        [--batch-sizes 1 64 1024 8192] [--rounds 3] [--out experiments/results/onnx_export]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import onnxruntime as ort
+from common import RESULTS, command_line, load, machine, write_results
+
+from afm_jax import compress_model, make_scorer, quantize, train
+from afm_jax.inference import count_bytes, device_params, evaluate
+from afm_jax.metrics import auc
+from afm_jax.models import build_model
+from afm_jax.onnx_export import _to_ort, to_onnx
+from afm_jax.train import TrainConfig
+from afm_jax.transforms import bucketized_fields
+
+
+def _session(proto) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 2
+    return ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def _rows(split, n: int) -> dict:
+    idx = np.arange(n) % len(split)
+    return {"cat": np.ascontiguousarray(split.cat[idx]), "num": np.ascontiguousarray(split.num[idx])}
+
+
+def _speed(session, scorer, placed, split, batch_sizes, rounds: int) -> dict:
+    out = {}
+    for bs in batch_sizes:
+        batch = _rows(split, bs)
+        calls = max(3, min(400, 20_000 // bs))
+        jb = jax.device_put(batch)
+
+        def run_ort(batch=batch, calls=calls):
+            times = []
+            for _ in range(calls):
+                t = time.perf_counter()
+                session.run(["score"], batch)
+                times.append(time.perf_counter() - t)
+            return times
+
+        def run_jax(jb=jb, calls=calls):
+            times = []
+            for _ in range(calls):
+                t = time.perf_counter()
+                scorer(placed, jb).block_until_ready()
+                times.append(time.perf_counter() - t)
+            return times
+
+        run_ort(), run_jax()                          # warm
+        per = {"ort": [], "jax": []}
+        for r in range(rounds):
+            for name, fn in (("ort", run_ort), ("jax", run_jax))[:: 1 if r % 2 == 0 else -1]:
+                per[name].append(fn())
+        res = {}
+        for name, rs in per.items():
+            rows_s = [bs * len(t) / sum(t) for t in rs]
+            flat = np.concatenate(rs)
+            res[name] = {"rows_s": float(np.median(rows_s)), "p50_ms": float(np.percentile(flat, 50) * 1e3),
+                         "p99_ms": float(np.percentile(flat, 99) * 1e3)}
+        res["ratio"] = res["ort"]["rows_s"] / res["jax"]["rows_s"]
+        out[bs] = res
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=["deepfm", "dcnv2"])
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 64, 1024, 8192])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--out", default=str(RESULTS / "onnx_export"))
+    args = ap.parse_args()
+    ds = load("criteo", progress=False)
+    bucketize = bucketized_fields({"spec": "criteo:x"})
+    results = []
+    for name in args.models:
+        model = build_model(name, ds.info)
+        params = train(model, ds, TrainConfig(epochs=args.epochs), progress=False).params
+        afm = compress_model(model, params, ds, "budget:0.25", progress=False).params
+        forms = {"original": params, "AFM 25%": afm, "int8": quantize(params), "AFM 25% + int8": quantize(afm)}
+        for form, p in forms.items():
+            ids = to_onnx(model, p)
+            raw = to_onnx(model, p, encoder=ds.encoder, bucketize=bucketize)
+            with tempfile.TemporaryDirectory() as tmp:
+                f = Path(tmp) / "model.onnx"
+                f.write_bytes(ids.SerializeToString())
+                ort_info = _to_ort(f)
+            session = _session(ids)
+            scorer = make_scorer(model)
+            placed = device_params(model, p)
+            jax_auc = evaluate(scorer, placed, ds.test)["auc"]
+            onnx_scores = np.concatenate([session.run(["score"], _rows_slice(ds.test, i, 8192))[0]
+                                          for i in range(0, len(ds.test), 8192)])
+            row = {"model": name, "form": form, "stored_bytes": int(count_bytes(p)),
+                   "onnx_ids_bytes": len(ids.SerializeToString()),
+                   "onnx_raw_bytes": len(raw.SerializeToString()), "ort_bytes": ort_info["bytes"],
+                   "operators": ort_info["operators"], "nodes": len(ids.graph.node),
+                   "auc_jax": float(jax_auc), "auc_onnx": float(auc(np.asarray(ds.test.label), onnx_scores)),
+                   "speed": _speed(session, scorer, placed, ds.test, args.batch_sizes, args.rounds)}
+            results.append(row)
+            print(name, form, {k: v for k, v in row.items() if k not in ("operators", "speed")}, flush=True)
+    write_results(args.out, results, to_markdown(results, args.batch_sizes))
+
+
+def _rows_slice(split, start: int, size: int) -> dict:
+    return {"cat": np.ascontiguousarray(split.cat[start:start + size]),
+            "num": np.ascontiguousarray(split.num[start:start + size])}
+
+
+def to_markdown(results: list[dict], batch_sizes) -> str:
+    lines = ["# ONNX export: sizes, operators, AUC and speed beside the JAX scorer", "",
+             f"Command: `{command_line()}`  ", f"Machine: {machine()}; ONNX Runtime "
+             f"{ort.__version__}, 2 intra-op threads", "",
+             "Forms of DeepFM/DCNv2 trained on the Criteo sample. *ids* file: the scorer alone "
+             "(`--no-raw-inputs`); *raw* file: the encoder in the graph (vocabularies as "
+             "LabelEncoder tables); *.ort*: ONNX Runtime's format of the ids file. AUC on the "
+             "test split (the same encoded rows for both runtimes).", "",
+             "| model | form | stored bytes | ids .onnx | raw .onnx | .ort | vs original raw .onnx "
+             "| operator types | test AUC JAX | test AUC ORT |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    orig = {r["model"]: r["onnx_raw_bytes"] for r in results if r["form"] == "original"}
+    for r in results:
+        n_ops = sum(len(line.split(";")[2].split(",")) for line in r["operators"])
+        lines.append(f"| {r['model']} | {r['form']} | {r['stored_bytes']:,} | {r['onnx_ids_bytes']:,} | "
+                     f"{r['onnx_raw_bytes']:,} | {r['ort_bytes']:,} | "
+                     f"1/{orig[r['model']] / r['onnx_raw_bytes']:.1f} | {n_ops} | "
+                     f"{r['auc_jax']:.4f} | {r['auc_onnx']:.4f} |")
+    lines += ["", "Rows/s (median of rounds, ORT and JAX alternating) and ORT / JAX:", "",
+              "| model | form | " + " | ".join(f"batch {b}: JAX | ORT | ORT/JAX" for b in batch_sizes) + " |",
+              "|---|---|" + "---:|---:|---:|" * len(batch_sizes)]
+    for r in results:
+        cells = []
+        for b in batch_sizes:
+            s = r["speed"][b]
+            cells += [f"{s['jax']['rows_s']:,.0f}", f"{s['ort']['rows_s']:,.0f}", f"{s['ratio']:.2f}x"]
+        lines.append(f"| {r['model']} | {r['form']} | " + " | ".join(cells) + " |")
+    small = [b for b in batch_sizes if b <= 64]
+    if small:
+        lines += ["", "Per-call latency, p50 / p99 in ms:", "",
+                  "| model | form | " + " | ".join(f"batch {b}: JAX | ORT" for b in small) + " |",
+                  "|---|---|" + "---:|---:|" * len(small)]
+        for r in results:
+            cells = []
+            for b in small:
+                s = r["speed"][b]
+                cells += [f"{s['jax']['p50_ms']:.3f} / {s['jax']['p99_ms']:.3f}",
+                          f"{s['ort']['p50_ms']:.3f} / {s['ort']['p99_ms']:.3f}"]
+            lines.append(f"| {r['model']} | {r['form']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
