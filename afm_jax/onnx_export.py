@@ -170,8 +170,12 @@ def _sub_jaxpr(eqn):
 class _Converter:
     """Walks a jaxpr; env maps each variable to a numpy constant or an ONNX tensor name."""
 
+    def _batched_matmul(self, *args):
+        return _batched_matmul_of(self, *args)
+
     def __init__(self, graph: _Graph):
         self.g = graph
+        self._slices: dict[str, tuple[str, int, int, int]] = {}   # Slice output -> (x, axis, a, b)
 
     def read(self, env: dict, v) -> Any:
         if hasattr(v, "val"):                       # a Literal
@@ -265,7 +269,16 @@ class _Converter:
         return self.g.node("Transpose", [self.name(ins[0])], perm=list(eqn.params["permutation"]))
 
     def p_concatenate(self, eqn, ins):
-        return self.g.node("Concat", [self.name(x) for x in ins], axis=eqn.params["dimension"])
+        """Concat; pieces that are all unit-stride slices of one tensor along the concatenated
+        axis (`packing.take_static`: one field's columns after another) become one Gather
+        with constant indices, instead of a Slice per piece (the Slices are pruned)."""
+        axis = eqn.params["dimension"]
+        pieces = [self._slices.get(x) if isinstance(x, str) else None for x in ins]
+        if len(ins) > 1 and all(p is not None and p[0] == pieces[0][0] and p[1] == axis
+                                for p in pieces):
+            idx = np.concatenate([np.arange(a, b) for _, _, a, b in pieces]).astype(np.int64)
+            return self.g.node("Gather", [pieces[0][0], self.g.const(idx)], axis=axis)
+        return self.g.node("Concat", [self.name(x) for x in ins], axis=axis)
 
     def p_slice(self, eqn, ins):
         shape = eqn.invars[0].aval.shape
@@ -281,9 +294,12 @@ class _Converter:
         if any(_is_symbolic(limits[i]) or _is_symbolic(starts[i]) for i in axes):
             raise ExportError("slice with a symbolic bound along a sliced axis")
         c = self.g.const
-        return self.g.node("Slice", [self.name(ins[0]), c([starts[i] for i in axes], np.int64),
-                                     c([limits[i] for i in axes], np.int64),
-                                     c(axes, np.int64), c([strides[i] for i in axes], np.int64)])
+        y = self.g.node("Slice", [self.name(ins[0]), c([starts[i] for i in axes], np.int64),
+                                  c([limits[i] for i in axes], np.int64),
+                                  c(axes, np.int64), c([strides[i] for i in axes], np.int64)])
+        if len(axes) == 1 and strides[axes[0]] == 1:
+            self._slices[y] = (self.name(ins[0]), axes[0], int(starts[axes[0]]), int(limits[axes[0]]))
+        return y
 
     def p_select_n(self, eqn, ins):
         if len(ins) != 3:
@@ -392,11 +408,33 @@ class _Converter:
         if plain:
             y = self.g.node("MatMul", [x, w])
         else:
-            y = self.g.node("Einsum", [x, w], equation=_einsum_spec(len(la.shape), len(ra.shape),
-                                                                   lc, rc, lb, rb))
+            y = self._batched_matmul(x, w, len(la.shape), len(ra.shape), lc, rc, lb, rb)
         if np.dtype(out.dtype) != np.float32:
             y = self.g.node("Cast", [y], to=_tensor_type(out.dtype))
         return y
+
+
+def _batched_matmul_of(self, x: str, w: str, lr: int, rr: int, lc, rc, lb, rb) -> str:
+    """A dot_general with one contracted dim and at most one free dim per side as a batched
+    MatMul ([batch.., M, K] @ [batch.., K, N], transposes and unit dims around it), which ONNX
+    Runtime runs faster than Einsum; any other as Einsum."""
+    lfree = [i for i in range(lr) if i not in lc and i not in lb]
+    rfree = [j for j in range(rr) if j not in rc and j not in rb]
+    if len(lc) != 1 or len(lfree) > 1 or len(rfree) > 1:
+        return self.g.node("Einsum", [x, w], equation=_einsum_spec(lr, rr, lc, rc, lb, rb))
+    g, nb = self.g, len(lb)
+    lperm, rperm = [*lb, *lfree, *lc], [*rb, *rc, *rfree]
+    if lperm != list(range(lr)):
+        x = g.node("Transpose", [x], perm=lperm)
+    if rperm != list(range(rr)):
+        w = g.node("Transpose", [w], perm=rperm)
+    if not lfree:
+        x = g.node("Unsqueeze", [x, g.const([nb], np.int64)])          # [.., 1, K]
+    if not rfree:
+        w = g.node("Unsqueeze", [w, g.const([nb + 1], np.int64)])      # [.., K, 1]
+    y = g.node("MatMul", [x, w])                                        # [batch.., M, N]
+    drop = ([nb] if not lfree else []) + ([nb + 1] if not rfree else [])
+    return g.node("Squeeze", [y, g.const(drop, np.int64)]) if drop else y
 
 
 def _einsum_spec(lr: int, rr: int, lc, rc, lb, rb) -> str:
@@ -532,10 +570,23 @@ def to_onnx(model, params, *, encoder=None, bucketize: Sequence[str] = (), compu
         onnx.helper.make_tensor_value_info("score", onnx.TensorProto.FLOAT, ["B"])])
 
 
+def _live(nodes: list, initializers: list, outputs: list) -> tuple[list, list]:
+    """The nodes and initializers the outputs depend on (dead ones, e.g. Slices replaced by a
+    Gather, dropped), nodes in their order."""
+    needed = {o.name for o in outputs}
+    keep = []
+    for node in reversed(nodes):
+        if any(o in needed for o in node.output):
+            keep.append(node)
+            needed.update(node.input)
+    return keep[::-1], [t for t in initializers if t.name in needed]
+
+
 def _model_proto(g: _Graph, inputs: list, outputs: list):
     onnx = _onnx()
-    graph = onnx.helper.make_graph(g.nodes, "afm_jax_scorer", inputs, outputs,
-                                   initializer=g.initializers)
+    nodes, initializers = _live(g.nodes, g.initializers, outputs)
+    graph = onnx.helper.make_graph(nodes, "afm_jax_scorer", inputs, outputs,
+                                   initializer=initializers)
     proto = onnx.helper.make_model(graph, opset_imports=[
         onnx.helper.make_opsetid("", ONNX_OPSET), onnx.helper.make_opsetid("ai.onnx.ml", ML_OPSET)],
         producer_name="afm_jax")
