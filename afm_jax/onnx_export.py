@@ -547,6 +547,14 @@ def to_onnx(model, params, *, encoder=None, bucketize: Sequence[str] = (), compu
     """The scorer as an `onnx.ModelProto` (see the module docstring)."""
     onnx = _onnx()
     info = model.info
+    if getattr(info, "bags", ()):
+        raise ExportError(f"the model reads multi-valued fields {[b.name for b in info.bags]}: "
+                          "the ONNX export takes single-valued fields only so far")
+    hashed = sorted(getattr(encoder, "hash_buckets", {}) or {}) if encoder is not None else []
+    if hashed:
+        raise ExportError(f"fields {hashed} are hashed (FNV-1a over UTF-8 bytes), which standard "
+                          "ONNX operators cannot compute from strings: export with "
+                          "--no-raw-inputs and hash on the client (signature.json states the rule)")
     b = jax.export.symbolic_shape("B")[0]
     closed = jax.make_jaxpr(scorer_fn(model, params, compute_dtype))(
         jax.ShapeDtypeStruct((b, len(info.cat_names)), jnp.int32),

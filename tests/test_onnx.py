@@ -358,3 +358,14 @@ for spec in sig["inputs"]:
 session = ort.InferenceSession(export_dir + "/" + sig["file"], providers=["CPUExecutionProvider"])
 np.save(out, session.run([sig["output"]["name"]], feeds)[0])
 """
+
+
+def test_hashed_fields_in_the_graph_are_a_clear_error(deepfm):
+    model, params, _ = deepfm
+    enc, bucketized = _raw_encoder()
+    hashed = Encoder(enc.cat_names, [[]] + enc.vocabs[1:], enc.num_names, enc.num_mean,
+                     enc.num_std, hash_buckets={"a": INFO.vocab_sizes[0]})
+    assert hashed.info.vocab_sizes == INFO.vocab_sizes
+    with pytest.raises(ExportError, match="hashed"):
+        to_onnx(model, params, encoder=hashed, bucketize=bucketized)
+    _check(model, params)       # ids in: the client hashes, as signature.json says
