@@ -117,6 +117,17 @@ def model_inputs(batch: Mapping[str, Any]) -> Any:
     return {"raw": batch["cat"], "bags": dict(batch["bags"]), "bag_len": dict(batch["bag_len"])}
 
 
+def example_input(info: Any) -> Any:
+    """One example's model input of zeros for `info` (a `FeatureInfo`): ids [Fc], with every
+    bag empty when it has bag fields (what `init` and shape checks trace)."""
+    cat = jnp.zeros((len(info.cat_names),), jnp.int32)
+    bags = tuple(getattr(info, "bags", ()))
+    if not bags:
+        return cat
+    return {"raw": cat, "bags": {b.name: jnp.zeros((b.max_len,), jnp.int32) for b in bags},
+            "bag_len": {b.name: jnp.zeros((), jnp.int32) for b in bags}}
+
+
 def split_inputs(x: Any) -> tuple[Any, dict, dict]:
     """(categorical ids, {bag: ids}, {bag: length}) of a model input (`model_inputs`, one
     example or a batch; row-wise training's resolved form has "raw" too)."""

@@ -24,7 +24,7 @@ from afm_jax._cache import cache_per_model
 from afm_jax.errors import AfmError
 from afm_jax.inference import evaluate, logits_fn, make_scorer
 from afm_jax.packing import pack, unpack
-from afm_jax.pooling import model_inputs
+from afm_jax.pooling import example_input, model_inputs
 
 
 @dataclass(frozen=True)
@@ -55,13 +55,8 @@ class TrainResult:
 
 def init_params(model, info, seed: int = 0) -> Any:
     """Fresh params for one example of the fields in `info`."""
-    cat = jnp.zeros((len(info.cat_names),), jnp.int32)
     num = jnp.zeros((len(info.num_names),), jnp.float32)
-    bags = tuple(getattr(info, "bags", ()))
-    if bags:   # one example with every bag empty (`pooling.model_inputs`' form)
-        cat = {"raw": cat, "bags": {b.name: jnp.zeros((b.max_len,), jnp.int32) for b in bags},
-               "bag_len": {b.name: jnp.zeros((), jnp.int32) for b in bags}}
-    return model.init(jax.random.key(seed), cat, num)["params"]
+    return model.init(jax.random.key(seed), example_input(info), num)["params"]
 
 
 def embedding_l2(params: Any, cat: jax.Array, weight: jax.Array | None = None) -> jax.Array:

@@ -330,3 +330,20 @@ def test_without_bags_the_params_and_layout_are_as_before():
     batch = {"cat": np.array([[1, 4], [2, 0]], np.int32), "num": np.ones((2, 1), np.float32)}
     np.testing.assert_allclose(np.asarray(logits_fn(model)(packed, batch)),
                                np.asarray(logits_fn(model)(params, batch)), rtol=1e-6)
+
+
+def test_train_rowwise_with_bags_round_trips_through_a_model_dir(synthetic_bags, tmp_path):
+    from afm_jax.checkpoint import load_model_dir
+    from afm_jax.inference import device_params, make_scorer, predict
+    from afm_jax.train import TrainConfig, train
+
+    ds = synthetic_bags
+    model = _model("deepfm", ds.info)
+    res = train(model, ds, TrainConfig(epochs=1, batch_size=128, table_optimizer="rowwise",
+                                       embed_l2=1e-5), out_dir=str(tmp_path / "m"), progress=False)
+    loaded, params, _ = load_model_dir(tmp_path / "m")
+    assert loaded.info.bags == ds.info.bags
+    want = predict(make_scorer(model), device_params(model, res.params), ds.test)
+    got = predict(make_scorer(loaded), device_params(loaded, params), ds.test)
+    np.testing.assert_array_equal(got, want)
+    assert 0.0 < float(np.mean(got)) < 1.0
