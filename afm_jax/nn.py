@@ -288,7 +288,7 @@ class FieldEmbedding(nn.Module):
         if forms.is_packed(self.variables.get("params", {})):  # afm_jax/packing.py; sows no sites
             from afm_jax.packing import lookup
             return lookup(self.variables["params"], cat, num, self.compute_dtype)
-        raw, bag_ids, bag_len = split_inputs(cat)
+        raw, bag_ids, bag_len = split_inputs(cat, self.bags)
         tables = [_Table(v, self.features, name=n)
                   for n, v in zip(self.cat_names, self.vocab_sizes)]
         out = Fields(project_fields([t(raw[i]) for i, t in enumerate(tables)],
@@ -328,7 +328,7 @@ def first_order_rows(vocab_sizes: Sequence[int], cat, bags: Sequence = (),
     field's, or those of the field it shares)."""
     sizes = np.asarray(vocab_sizes, np.int32)
     offsets = (np.cumsum(sizes) - sizes).astype(np.int32)
-    raw, bag_ids, _ = split_inputs(cat)
+    raw, bag_ids, _ = split_inputs(cat, bags)
     if not bags:
         return in_vocab(raw, sizes) + offsets
     tables = {n: (int(v), int(o)) for n, v, o in zip(cat_names, sizes, offsets)}
@@ -375,7 +375,7 @@ class FirstOrder(nn.Module):
         n_cat = len(self.vocab_sizes)
         vals = w[idx]
         out = (vals[:n_cat].sum() if self.bags else vals.sum()) + b
-        start, lengths = n_cat, split_inputs(cat)[2]
+        start, lengths = n_cat, split_inputs(cat, self.bags)[2]
         for bag in self.bags:
             stop = start + int(bag.max_len)
             out = out + pool(vals[start:stop], lengths[bag.name], bag.combiner)

@@ -208,9 +208,6 @@ def _ids(layout: PackedLayout, cat: jax.Array, bags: Mapping[str, Any] | None = 
     rows = np.array([f.rows for f in columns], np.int32)
     offsets = np.array([f.offset for f in columns], np.int32)
     if layout.bags:
-        if bags is None or any(b.name not in bags for b in layout.bags):
-            raise CompressionError(f"the model reads bag fields {[b.name for b in layout.bags]}: "
-                                   "pass the batch's \"bags\" and \"bag_len\"")
         cat = jnp.concatenate([cat] + [bags[b.name].astype(cat.dtype) for b in layout.bags], -1)
     return in_vocab(cat, rows) + offsets
 
@@ -220,7 +217,7 @@ def resolved_ids(layout: PackedLayout, cat) -> jax.Array:
     resolved form of row-wise training, whose "embed" holds them already)."""
     if isinstance(cat, Mapping) and "embed" in cat:
         return cat["embed"]
-    raw, bags, _ = split_inputs(cat)
+    raw, bags, _ = split_inputs(cat, layout.bags)
     return _ids(layout, raw, bags)
 
 
@@ -294,7 +291,7 @@ def lookup(embed: Mapping[str, Any], cat, num: jax.Array,
     got_cols: list[Any] = [None] * len(columns)   # (gathered array, row) of each bag column
     out: list[Any] = [None] * n_cat
     source: list[Any] = [None] * n_cat     # (array, row) each field's vector is a row of
-    raw, bag_ids, bag_len = split_inputs(cat)
+    raw, bag_ids, bag_len = split_inputs(cat, layout.bags)
     if columns:
         ids = resolved_ids(layout, cat)
     for w in layout.widths():

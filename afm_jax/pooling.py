@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from afm_jax.data.schema import COMBINERS  # noqa: F401  (the schema's combiners, re-exported)
+from afm_jax.errors import AfmError
 
 # (x [..., k], scale [...]) -> x K + scale b: a compressed table's projection, the bias times
 # `scale` (the pooled weights' sum). None: no projection.
@@ -128,12 +129,17 @@ def example_input(info: Any) -> Any:
             "bag_len": {b.name: jnp.zeros((), jnp.int32) for b in bags}}
 
 
-def split_inputs(x: Any) -> tuple[Any, dict, dict]:
+def split_inputs(x: Any, bags: Sequence = ()) -> tuple[Any, dict, dict]:
     """(categorical ids, {bag: ids}, {bag: length}) of a model input (`model_inputs`, one
-    example or a batch; row-wise training's resolved form has "raw" too)."""
-    if isinstance(x, Mapping):
-        return x["raw"], dict(x.get("bags", {})), dict(x.get("bag_len", {}))
-    return x, {}, {}
+    example or a batch; row-wise training's resolved form has "raw" too). bags (anything with
+    .name): the bag fields the caller reads; AfmError when the input lacks one."""
+    raw, ids, lengths = (x["raw"], dict(x.get("bags", {})), dict(x.get("bag_len", {}))) \
+        if isinstance(x, Mapping) else (x, {}, {})
+    missing = [b.name for b in bags if b.name not in ids or b.name not in lengths]
+    if missing:
+        raise AfmError(f"the model reads bag fields {missing}: pass the batch's \"bags\" and "
+                       "\"bag_len\" (pooling.model_inputs)")
+    return raw, ids, lengths
 
 
 def full_bag_rows(fields: Fields, name: str) -> tuple[jax.Array, jax.Array]:

@@ -154,12 +154,12 @@ def resolve_rows(params: Mapping[str, Any], model, cat):
     """
     from afm_jax.packing import _ids, take_static
 
-    raw, bag_ids, bag_len = split_inputs(cat)
+    bags = tuple(getattr(model.info, "bags", ()))
+    raw, bag_ids, bag_len = split_inputs(cat, bags)
     resolved: dict[str, Any] = {"raw": raw}
     if bag_ids:
         resolved["bags"], resolved["bag_len"] = bag_ids, bag_len
     uniques: dict[str, jax.Array] = {}
-    bags = tuple(getattr(model.info, "bags", ()))
     real = real_columns(raw.shape[-1], bags, bag_len) if bags else None
 
     def unique(name: str, ids: jax.Array, rows: int, real=None) -> jax.Array:

@@ -347,3 +347,15 @@ def test_train_rowwise_with_bags_round_trips_through_a_model_dir(synthetic_bags,
     got = predict(make_scorer(loaded), device_params(loaded, params), ds.test)
     np.testing.assert_array_equal(got, want)
     assert 0.0 < float(np.mean(got)) < 1.0
+
+
+def test_a_bag_model_without_bags_in_the_batch_says_so():
+    from afm_jax.errors import AfmError
+
+    model = _model("fm")
+    params = init_params(model, INFO, 0)
+    batch = _bag_batch(np.random.default_rng(11), 4)
+    plain = {"cat": batch["cat"], "num": batch["num"]}
+    for p in (params, pack(model, params)):
+        with pytest.raises(AfmError, match="bag fields"):
+            jax.jit(logits_fn(model))(p, plain)
