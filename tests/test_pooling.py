@@ -11,6 +11,7 @@ import pytest
 
 from afm_jax import rowwise
 from afm_jax.compress.afm import compress
+from afm_jax.compress.ranks import SiteShape, site_shapes
 from afm_jax.compress.stats import collect_stats
 from afm_jax.data import BagInfo, FeatureInfo, iterate_batches, load_dataset
 from afm_jax.errors import CompressionError
@@ -280,6 +281,9 @@ def test_afm_on_pooled_and_shared_tables_is_exact_at_full_rank(name, combiner):
     rows_item = sum(len(b["cat"]) for b in batches)
     hist_full = sum(int((b["bag_len"]["hist"] > 0).sum()) for b in batches)
     assert stats["embed/item"].count == rows_item + hist_full
+    shapes = site_shapes(params, stats)   # what plans, budgets and bytes:N count
+    assert shapes["embed/tags"] == SiteShape("embedding", 5, 4)
+    assert shapes["embed/item"] == SiteShape("embedding", 6, 4) and "embed/hist" not in shapes
     plan = _full_rank_plan(stats, 4)
     assert {"embed/item", "embed/tags", "embed/user"} <= set(plan)
     small = jax.tree.map(jnp.asarray, compress(params, stats, plan, model=model))
