@@ -363,3 +363,17 @@ def test_a_bag_model_without_bags_in_the_batch_says_so():
     for p in (params, pack(model, params)):
         with pytest.raises(AfmError, match="bag fields"):
             jax.jit(logits_fn(model))(p, plain)
+
+
+@pytest.mark.parametrize("name", ["fm", "deepfm", "autoint"])
+def test_bags_join_the_one_gather_per_width(name):
+    import re
+
+    model = _model(name)
+    packed = pack(model, _lively(init_params(model, INFO, 0)))
+    batch = {k: v for k, v in _bag_batch(np.random.default_rng(12), 32).items() if k != "label"}
+    text = jax.jit(logits_fn(model)).lower(packed, batch).compile().as_text()
+    widths = len(packed["embed"]["layout"].widths())
+    assert widths == 1
+    # one gather of the packed table (categorical ids and both bags' items) + the first order
+    assert len(re.findall(r"\bgather\(", text)) <= widths + 1
