@@ -37,14 +37,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from afm_jax import forms
-from afm_jax.pooling import (  # noqa: F401  (in_vocab moved down a floor; re-exported)
-    Fields,
-    affine_projection,
-    bag_mask,
+from afm_jax.ops import (  # noqa: F401  (moved down a floor, re-exported)
+    PRECISIONS,
+    _float_products,
+    einsum_products,
     in_vocab,
-    pool,
-    split_inputs,
+    precision_key,
+    precision_name,
+    tt_row,
 )
+from afm_jax.packing import lookup
+from afm_jax.pooling import Fields, affine_projection, bag_mask, pool, split_inputs
 
 SOW_COLLECTION = "afm_outputs"
 
@@ -68,47 +71,12 @@ def _stored_or_new(module: nn.Module, name: str, init: Callable, shape: tuple[in
     return module.param(name, init, shape)
 
 
-PRECISIONS = ("float32", "bfloat16", "int8")
-
-
-def precision_key(compute_dtype) -> str | None:
-    """The canonical, hashable form of a compute dtype, as modules hold it in their
-    `compute_dtype` field: None for float32 (or None), "bfloat16" or "int8" (from a name or a
-    dtype such as jnp.bfloat16). Raises ValueError for any other dtype."""
-    if compute_dtype is None:
-        return None
-    name = jnp.dtype(compute_dtype).name
-    if name not in PRECISIONS:
-        raise ValueError(f"compute_dtype must be one of {', '.join(PRECISIONS)}, got {name}")
-    return None if name == "float32" else name
-
-
-def precision_name(compute_dtype) -> str:
-    """"float32", "bfloat16" or "int8": the name of a compute dtype (None: float32)."""
-    return precision_key(compute_dtype) or "float32"
-
-
-def _float_products(compute: str | None) -> jnp.dtype | None:
-    """The dtype float products take at precision `compute`: None for plain float32 (also
-    for int8, which changes only the products of int8 kernels)."""
-    key = precision_key(compute)
-    return jnp.dtype(key) if key == "bfloat16" else None
-
-
 def _matmul(x: jax.Array, w: jax.Array, compute: str | None = None) -> jax.Array:
     """x @ w; at a float precision (bfloat16) both cast to it with a float32 result."""
     low = _float_products(compute)
     if low is None:
         return x @ w
     return jnp.matmul(x.astype(low), w.astype(low), preferred_element_type=jnp.float32)
-
-
-def einsum_products(spec: str, x: jax.Array, w: jax.Array, compute: str | None = None) -> jax.Array:
-    """`jnp.einsum(spec, x, w)` at precision `compute`, as `_matmul`."""
-    low = _float_products(compute)
-    if low is None:
-        return jnp.einsum(spec, x, w)
-    return jnp.einsum(spec, x.astype(low), w.astype(low), preferred_element_type=jnp.float32)
 
 
 def quantize_rows(x: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -173,17 +141,6 @@ class Linear(nn.Module):
             y = _affine({"kernel": kernel, "bias": bias}, x, self.compute_dtype)
         _sow_output(self, y)
         return y
-
-
-def tt_row(cores: Sequence[jax.Array], idx: jax.Array) -> jax.Array:
-    """Row `idx` of a 3-core tensor-train table (TT-Rec): cores [v1,d1,r1], [v2,r1,d2,r2],
-    [v3,r2,d3] -> [d1*d2*d3]. Row i = (i1, i2, i3) in mixed radix (v1, v2, v3)."""
-    g0, g1, g2 = (jnp.asarray(c) for c in cores)
-    v2, v3 = g1.shape[0], g2.shape[0]
-    i1, rest = jnp.divmod(idx, v2 * v3)
-    i2, i3 = jnp.divmod(rest, v3)
-    out = jnp.einsum("ar,rbs,sc->abc", g0[i1], g1[i2], g2[i3])
-    return out.reshape(-1)
 
 
 class _Table(nn.Module):
@@ -286,7 +243,6 @@ class FieldEmbedding(nn.Module):
     @nn.compact
     def __call__(self, cat, num: jax.Array) -> list[jax.Array]:
         if forms.is_packed(self.variables.get("params", {})):  # afm_jax/packing.py; sows no sites
-            from afm_jax.packing import lookup
             return lookup(self.variables["params"], cat, num, self.compute_dtype)
         raw, bag_ids, bag_len = split_inputs(cat, self.bags)
         tables = [_Table(v, self.features, name=n)

@@ -37,12 +37,12 @@ from afm_jax.forms import (
     table_form,
     table_width,
 )
+from afm_jax.ops import einsum_products, in_vocab, tt_row
 from afm_jax.pooling import (  # noqa: F401  (Fields, full_bag_rows re-exported)
     Fields,
     affine_projection,
     bag_mask,
     full_bag_rows,
-    in_vocab,
     pool,
     real_columns,
     split_inputs,
@@ -283,8 +283,6 @@ def lookup(embed: Mapping[str, Any], cat, num: jax.Array,
     Ids outside a field's vocabulary map to its reserved id 0 before the offset (JAX clamps
     out-of-range gathers silently, which would read another field's row).
     """
-    from afm_jax.nn import einsum_products, tt_row
-
     layout: PackedLayout = embed["layout"]
     n_cat = len(layout.fields)
     columns = layout.columns()
@@ -340,8 +338,6 @@ def lookup(embed: Mapping[str, Any], cat, num: jax.Array,
 def _bag_gathered(embed, layout: PackedLayout, k: int, got_cols: list, bag_ids) -> jax.Array:
     """Bag k's gathered table rows [L, w] (before any projection): a slice of its width's
     gather (its columns are consecutive there), or its TT rows."""
-    from afm_jax.nn import tt_row
-
     b = layout.bags[k]
     start, stop = layout.bag_columns(k)
     if b.table.kind == "tt":
@@ -356,8 +352,6 @@ def _projection(embed, table: FieldSlot, compute: str | None):
     """The `pooling.Project` of a table slot's projection in "proj_<width>" (None: none)."""
     if table.kind != "table" or table.proj < 0:
         return None
-    from afm_jax.nn import einsum_products
-
     p = embed[f"proj_{table.width}"]
     proj = {"kernel": p["kernel"][table.proj], "bias": p["bias"][table.proj]}
     return affine_projection(proj, lambda x, w: einsum_products("...k,kd->...d", x, w, compute))

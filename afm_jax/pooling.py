@@ -18,7 +18,8 @@ projects once: `(sum_l a_l c_l) K + (sum_l a_l) b` with the combiner's weights a
 pool of the reconstructed rows (the bias scaled by the weights' sum: n, 1 or sqrt(n), 0 for an
 empty bag). max is not linear: its rows are projected first, then pooled.
 
-Depends on nothing in afm_jax but the schema's names, so `nn` and `packing` both import it.
+Depends on nothing in afm_jax but the schema's names and errors, so `nn` and `packing` both
+import it.
 """
 
 from __future__ import annotations
@@ -35,15 +36,6 @@ from afm_jax.errors import AfmError
 # (x [..., k], scale [...]) -> x K + scale b: a compressed table's projection, the bias times
 # `scale` (the pooled weights' sum). None: no projection.
 Project = Callable[[jax.Array, jax.Array], jax.Array] | None
-
-
-def in_vocab(ids: jax.Array, rows) -> jax.Array:
-    """`ids` with every id outside [0, rows) mapped to the reserved out-of-vocabulary id 0.
-
-    JAX clamps out-of-bounds gathers silently, so an id beyond a table would score with its
-    last row (or, in a packed table, another field's row): every lookup goes through this.
-    rows: a number, or an array broadcasting against ids (one bound per field)."""
-    return jnp.where((ids >= 0) & (ids < rows), ids, 0)
 
 
 class Fields(list):
