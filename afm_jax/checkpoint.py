@@ -32,7 +32,8 @@ def _info_to_json(info: Any) -> dict:
     from afm_jax.data import FeatureInfo
     return FeatureInfo(cat_names=tuple(info.cat_names),
                        vocab_sizes=tuple(int(v) for v in info.vocab_sizes),
-                       num_names=tuple(info.num_names)).to_json()
+                       num_names=tuple(info.num_names),
+                       bags=tuple(getattr(info, "bags", ()))).to_json()
 
 
 def save_params(path: str | os.PathLike, params: Any) -> None:
@@ -194,11 +195,11 @@ def validate_params(model: CTRModel, params: Any, where: str = "params") -> None
     import jax.numpy as jnp
 
     from afm_jax.packing import unpack
+    from afm_jax.pooling import example_input
 
     params = unpack(model, params)
     info = model.info
-    expected = jax.eval_shape(model.init, jax.random.key(0),
-                              jnp.zeros((len(info.cat_names),), jnp.int32),
+    expected = jax.eval_shape(model.init, jax.random.key(0), example_input(info),
                               jnp.zeros((len(info.num_names),), jnp.float32))["params"]
     fold_target = getattr(model, "FOLD_INTO", None)
 

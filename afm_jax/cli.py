@@ -565,7 +565,8 @@ def cmd_score(args: argparse.Namespace) -> dict:
                 if chunk is None or len(chunk) == 0:
                     continue
                 cat, num = encoder.encode(chunk)
-                scores = predict(scorer, params, EncodedSplit(cat, num, chunk.label),
+                bags, bag_len, _ = encoder.encode_bags(chunk)   # empty without bag fields
+                scores = predict(scorer, params, EncodedSplit(cat, num, chunk.label, bags, bag_len),
                                  args.batch_size, mesh=mesh)
                 writer.write(chunk.path, chunk.lines, scores)
                 rows += len(chunk)

@@ -169,20 +169,62 @@ class FieldSlot:
     proj: int = -1
 
 
+@dataclass(frozen=True)
+class BagSlot:
+    """Where the rows of one multi-valued field sit in a packed "embed", and how it pools.
+
+    `table` is the slot of the table it reads: its own (`shares` None: rows appended after the
+    categorical fields' rows of its width, and its projection after theirs in "proj_<width>"),
+    or the slot of the field it shares (a categorical field or another bag), which it reads
+    without a table of its own. Its `max_len` ids are columns Fc + (the bags before it's
+    max_len) .. of the concatenated ids (`PackedLayout.columns`).
+    """
+
+    name: str
+    max_len: int
+    combiner: str
+    table: FieldSlot
+    shares: str | None = None
+
+
 @jax.tree_util.register_static
 @dataclass(frozen=True)
 class PackedLayout:
     """The static part of a packed "embed" (no arrays: a leafless pytree node, so jit treats it
     as part of the params' structure and recompiles for another layout). `fields` follows the
-    model's categorical field order; `num_fields` numeric vectors are stacked in "numeric"."""
+    model's categorical field order; `num_fields` numeric vectors are stacked in "numeric";
+    `bags` the multi-valued fields (`BagSlot`, `FeatureInfo.bags` order; empty without them,
+    which leaves the layout of single-valued models as it always was)."""
 
     fields: tuple[FieldSlot, ...]
     num_fields: int
     dim: int
+    bags: tuple[BagSlot, ...] = ()
+
+    def columns(self) -> tuple[FieldSlot, ...]:
+        """The table slot each id column reads: the Fc categorical fields, then every bag's
+        max_len items (the concatenated ids a packed lookup gathers)."""
+        return self.fields + tuple(s for b in self.bags for s in (b.table,) * b.max_len)
+
+    def bag_columns(self, k: int) -> tuple[int, int]:
+        """[start, stop) of bag k's columns in `columns()`."""
+        start = len(self.fields) + sum(b.max_len for b in self.bags[:k])
+        return start, start + self.bags[k].max_len
+
+    def own_tables(self) -> tuple[FieldSlot, ...]:
+        """Every table slot with rows of its own: the categorical fields, then the bags that
+        share no other field's table."""
+        return self.fields + tuple(b.table for b in self.bags if b.shares is None)
+
+    def column_members(self, width: int) -> tuple[int, ...]:
+        """Column indices (`columns()`) whose rows live in "table_<width>"; `members` when the
+        layout has no bags."""
+        return tuple(i for i, f in enumerate(self.columns())
+                     if f.kind == "table" and f.width == width)
 
     def widths(self) -> tuple[int, ...]:
         """Widths of the packed tables, ascending."""
-        return tuple(sorted({f.width for f in self.fields if f.kind == "table"}))
+        return tuple(sorted({f.width for f in self.own_tables() if f.kind == "table"}))
 
     def members(self, width: int) -> tuple[int, ...]:
         """Field indices (in field order) whose rows live in "table_<width>"."""

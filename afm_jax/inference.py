@@ -16,6 +16,7 @@ import numpy as np
 from afm_jax import metrics
 from afm_jax._cache import cache_per_model
 from afm_jax.nn import PRECISIONS, precision_name  # noqa: F401  (re-exported)
+from afm_jax.pooling import model_inputs
 
 Batch = Mapping[str, Any]
 Scorer = Callable[[Any, Batch], jax.Array]
@@ -71,7 +72,9 @@ def _at_precision(model, compute_dtype):
 
 def logits_fn(model, chunk_rows: int | None = None, shards: int = 1,
               compute_dtype=None) -> Callable[[Any, Batch], jax.Array]:
-    """Un-jitted batched logits: (params, {"cat": [B,Fc], "num": [B,Fn]}) -> [B].
+    """Un-jitted batched logits: (params, {"cat": [B,Fc], "num": [B,Fn]}) -> [B]; a batch
+    with bag fields carries "bags" and "bag_len" too (`afm_jax.data.splits`), which go to the
+    model with the ids (`pooling.model_inputs`).
 
     chunk_rows: score a batch larger than this in chunks of that many rows (`lax.map`), which
     keeps each chunk's activations in cache on a CPU; None scores the batch at once.
@@ -96,10 +99,11 @@ def logits_fn(model, chunk_rows: int | None = None, shards: int = 1,
         chex.assert_rank([cat, num], 2)
         chex.assert_type(cat, int)
         chex.assert_equal_shape_prefix([cat, num], 1)
+        x = model_inputs(batch)   # the categorical ids, with the bags when the batch has some
         n = cat.shape[0]
         if not chunked(n, shards, chunk_rows):
-            return rows(params, cat, num)
-        parts = (to_chunks(cat, shards, chunk_rows), to_chunks(num, shards, chunk_rows))
+            return rows(params, x, num)
+        parts = jax.tree.map(lambda a: to_chunks(a, shards, chunk_rows), (x, num))
         return from_chunks(jax.lax.map(lambda xs: rows(params, *xs), parts), n, shards)
 
     return batched
@@ -134,6 +138,12 @@ def make_scorer(model, mesh=None, compute_dtype=None) -> Scorer:
     return _scorer(_at_precision(model, compute_dtype), data_size(mesh))
 
 
+def model_batch(batch: Batch) -> dict:
+    """The arrays of a batch a scorer reads: "cat", "num", and "bags" / "bag_len" when the
+    data has multi-valued fields (labels and weights left out)."""
+    return {k: batch[k] for k in ("cat", "num", "bags", "bag_len") if k in batch}
+
+
 def predict(scorer: Scorer, params, split, batch_size: int = 8192, *, mesh=None,
             out: np.ndarray | None = None) -> np.ndarray:
     """Probabilities [N] for every row of an EncodedSplit, in order (one compile per shape).
@@ -149,7 +159,7 @@ def predict(scorer: Scorer, params, split, batch_size: int = 8192, *, mesh=None,
     parts, pos = [], 0
     for batch in iterate_batches(split, batch_size, pad_last=True, mesh=mesh):
         size = min(batch_size, len(split) - pos)  # the last batch is padded: drop its padding
-        scores = fetch(scorer(params, {"cat": batch["cat"], "num": batch["num"]}))[:size]
+        scores = fetch(scorer(params, model_batch(batch)))[:size]
         if out is None:
             parts.append(scores)
         else:
@@ -177,7 +187,7 @@ def throughput(scorer: Scorer, params, split, batch_size: int = 8192, repeats: i
     from afm_jax.timing import median_seconds
 
     first = next(iterate_batches(split, batch_size, pad_last=True))
-    batch = jax.device_put({"cat": first["cat"], "num": first["num"]})
+    batch = jax.device_put(model_batch(first))
     params = jax.device_put(params)
     return batch_size / median_seconds(scorer, params, batch, repeats=repeats)
 

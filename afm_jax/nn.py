@@ -29,7 +29,7 @@ A model's precision is part of the model object, so every cache keyed on the mod
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -37,6 +37,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from afm_jax import forms
+from afm_jax.ops import (  # noqa: F401  (moved down a floor, re-exported)
+    PRECISIONS,
+    _float_products,
+    einsum_products,
+    in_vocab,
+    precision_key,
+    precision_name,
+    tt_row,
+)
+from afm_jax.packing import lookup
+from afm_jax.pooling import Fields, affine_projection, bag_mask, pool, split_inputs
 
 SOW_COLLECTION = "afm_outputs"
 
@@ -60,47 +71,12 @@ def _stored_or_new(module: nn.Module, name: str, init: Callable, shape: tuple[in
     return module.param(name, init, shape)
 
 
-PRECISIONS = ("float32", "bfloat16", "int8")
-
-
-def precision_key(compute_dtype) -> str | None:
-    """The canonical, hashable form of a compute dtype, as modules hold it in their
-    `compute_dtype` field: None for float32 (or None), "bfloat16" or "int8" (from a name or a
-    dtype such as jnp.bfloat16). Raises ValueError for any other dtype."""
-    if compute_dtype is None:
-        return None
-    name = jnp.dtype(compute_dtype).name
-    if name not in PRECISIONS:
-        raise ValueError(f"compute_dtype must be one of {', '.join(PRECISIONS)}, got {name}")
-    return None if name == "float32" else name
-
-
-def precision_name(compute_dtype) -> str:
-    """"float32", "bfloat16" or "int8": the name of a compute dtype (None: float32)."""
-    return precision_key(compute_dtype) or "float32"
-
-
-def _float_products(compute: str | None) -> jnp.dtype | None:
-    """The dtype float products take at precision `compute`: None for plain float32 (also
-    for int8, which changes only the products of int8 kernels)."""
-    key = precision_key(compute)
-    return jnp.dtype(key) if key == "bfloat16" else None
-
-
 def _matmul(x: jax.Array, w: jax.Array, compute: str | None = None) -> jax.Array:
     """x @ w; at a float precision (bfloat16) both cast to it with a float32 result."""
     low = _float_products(compute)
     if low is None:
         return x @ w
     return jnp.matmul(x.astype(low), w.astype(low), preferred_element_type=jnp.float32)
-
-
-def einsum_products(spec: str, x: jax.Array, w: jax.Array, compute: str | None = None) -> jax.Array:
-    """`jnp.einsum(spec, x, w)` at precision `compute`, as `_matmul`."""
-    low = _float_products(compute)
-    if low is None:
-        return jnp.einsum(spec, x, w)
-    return jnp.einsum(spec, x.astype(low), w.astype(low), preferred_element_type=jnp.float32)
 
 
 def quantize_rows(x: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -167,28 +143,9 @@ class Linear(nn.Module):
         return y
 
 
-def in_vocab(ids: jax.Array, rows) -> jax.Array:
-    """`ids` with every id outside [0, rows) mapped to the reserved out-of-vocabulary id 0.
-
-    JAX clamps out-of-bounds gathers silently, so an id beyond a table would score with its
-    last row (or, in a packed table, another field's row): every lookup goes through this.
-    rows: a number, or an array broadcasting against ids (one bound per field)."""
-    return jnp.where((ids >= 0) & (ids < rows), ids, 0)
-
-
-def tt_row(cores: Sequence[jax.Array], idx: jax.Array) -> jax.Array:
-    """Row `idx` of a 3-core tensor-train table (TT-Rec): cores [v1,d1,r1], [v2,r1,d2,r2],
-    [v3,r2,d3] -> [d1*d2*d3]. Row i = (i1, i2, i3) in mixed radix (v1, v2, v3)."""
-    g0, g1, g2 = (jnp.asarray(c) for c in cores)
-    v2, v3 = g1.shape[0], g2.shape[0]
-    i1, rest = jnp.divmod(idx, v2 * v3)
-    i2, i3 = jnp.divmod(rest, v3)
-    out = jnp.einsum("ar,rbs,sc->abc", g0[i1], g1[i2], g2[i3])
-    return out.reshape(-1)
-
-
 class _Table(nn.Module):
-    """One categorical field's table: id -> its row ([d], or [k] for a compressed table).
+    """One categorical field's table: id -> its row ([d], or [k] for a compressed table); a
+    bag's ids [L] -> its rows [L, d] (or [L, k]).
 
     The projection of a compressed table is applied by FieldEmbedding, which batches the
     projections of all fields into one product; `record` sows the field's output in its scope.
@@ -201,12 +158,15 @@ class _Table(nn.Module):
     def __call__(self, idx: jax.Array) -> jax.Array:
         if forms.table_form(self.variables.get("params", {})) == "tt":
             cores = [self.get_variable("params", k) for k in forms.TT_KEYS]
-            return tt_row(cores, in_vocab(idx, self.vocab_size))
+            ids = in_vocab(idx, self.vocab_size)
+            if ids.ndim:   # a bag's ids [L]
+                return jax.vmap(lambda i: tt_row(cores, i))(ids)
+            return tt_row(cores, ids)
         if self.has_variable("params", "embedding_q"):   # int8 rows times their row scale
             q = self.get_variable("params", "embedding_q")
             scale = self.get_variable("params", "embedding_scale")
             i = in_vocab(idx, min(q.shape[0], self.vocab_size))
-            return q[i].astype(scale.dtype) * scale[i]
+            return q[i].astype(scale.dtype) * scale[i][..., None]
         table = _stored_or_new(self, "embedding", nn.initializers.normal(1e-2),
                                (self.vocab_size, self.features))
         # JAX clamps out-of-bounds gathers silently: map ids outside the table to the
@@ -258,11 +218,19 @@ class _NumericVector(nn.Module):
 
 
 class FieldEmbedding(nn.Module):
-    """Embeds one example: cat int32[Fc], num float32[Fn] -> list of F = Fc + Fn vectors.
+    """Embeds one example: cat int32[Fc], num float32[Fn] -> list of F = Fc + Fb + Fn vectors.
 
     Every field has its own table, named by the field, so sites are "embed/<field>". The list
     holds [d] vectors, or [k] vectors for fields whose projection was folded away.
     compute_dtype: precision of the projections of compressed tables (`Linear`'s).
+
+    bags (`data.BagInfo`, the model's `info.bags`): multi-valued fields. cat is then the
+    Mapping of `pooling.model_inputs` ({"raw": [Fc], "bags": {bag: [L]}, "bag_len": {bag: n}}).
+    A bag with its own vocabulary has its own table "embed/<bag>"; a bag that `shares` another
+    field reads that field's table. Each bag's rows are pooled by its combiner
+    (`pooling.pool`) into one more field vector, sown at "embed/<bag>" (the pooled output).
+    Order of the vectors: categorical fields, bags (in `bags` order), numeric fields.
+    The result is a `pooling.Fields`, whose `bag_rows` hold each bag's unpooled rows (DIN).
     """
 
     cat_names: Sequence[str]
@@ -270,47 +238,104 @@ class FieldEmbedding(nn.Module):
     num_names: Sequence[str]
     features: int
     compute_dtype: str | None = None
+    bags: Sequence = ()
 
     @nn.compact
-    def __call__(self, cat: jax.Array, num: jax.Array) -> list[jax.Array]:
+    def __call__(self, cat, num: jax.Array) -> list[jax.Array]:
         if forms.is_packed(self.variables.get("params", {})):  # afm_jax/packing.py; sows no sites
-            from afm_jax.packing import lookup
             return lookup(self.variables["params"], cat, num, self.compute_dtype)
+        raw, bag_ids, bag_len = split_inputs(cat, self.bags)
         tables = [_Table(v, self.features, name=n)
                   for n, v in zip(self.cat_names, self.vocab_sizes)]
-        out = project_fields([t(cat[i]) for i, t in enumerate(tables)],
-                             [t.projection() for t in tables], self.compute_dtype)
+        out = Fields(project_fields([t(raw[i]) for i, t in enumerate(tables)],
+                                    [t.projection() for t in tables], self.compute_dtype))
         for t, y in zip(tables, out):
             t.record(y)
+        by_name = dict(zip(self.cat_names, tables))
+        for b in self.bags:
+            if b.shares is None:
+                by_name[b.name] = _Table(b.vocab_size, self.features, name=b.name)
+        for b in self.bags:
+            table = by_name[b.shares or b.name]
+            rows = table(bag_ids[b.name])                                    # [L, w]
+            project = affine_projection(table.projection(),
+                                        lambda x, k: _matmul(x, k, self.compute_dtype))
+            y = pool(rows, bag_len[b.name], b.combiner, project)
+            if b.shares is None:
+                table.record(y)
+            else:   # no table of its own: the pooled output is sown at "embed/<bag>" all the same
+                self.sow(SOW_COLLECTION, b.name, y, init_fn=lambda: None,
+                         reduce_fn=lambda _, new: new)
+            out.append(y)
+            out.bag_rows[b.name] = (rows, bag_mask(bag_len[b.name], b.max_len), project)
         out += [_NumericVector(self.features, name=n)(num[i])
                 for i, n in enumerate(self.num_names)]
         return out
 
 
-def first_order_rows(vocab_sizes: Sequence[int], cat: jax.Array) -> jax.Array:
+def first_order_rows(vocab_sizes: Sequence[int], cat, bags: Sequence = (),
+                     cat_names: Sequence[str] = ()) -> jax.Array:
     """Each field's id as a row of the first-order weights [sum V]: cat [..., Fc] -> [..., Fc].
-    Ids outside a field's vocabulary map to its id 0 (JAX clamps out-of-range gathers)."""
+    Ids outside a field's vocabulary map to its id 0 (JAX clamps out-of-range gathers).
+
+    bags (`data.BagInfo`; cat_names the categorical fields' names, which bags may share): cat
+    is then a model input (`pooling.model_inputs`) and the rows come for every id column,
+    [..., Fc + sum L]: each bag's items in its table's rows (its own, after every categorical
+    field's, or those of the field it shares)."""
     sizes = np.asarray(vocab_sizes, np.int32)
     offsets = (np.cumsum(sizes) - sizes).astype(np.int32)
-    return in_vocab(cat, sizes) + offsets
+    raw, bag_ids, _ = split_inputs(cat, bags)
+    if not bags:
+        return in_vocab(raw, sizes) + offsets
+    tables = {n: (int(v), int(o)) for n, v, o in zip(cat_names, sizes, offsets)}
+    end = int(sizes.sum())
+    for b in bags:
+        if b.shares is None:
+            tables[b.name] = (int(b.vocab_size), end)
+            end += int(b.vocab_size)
+    parts = [in_vocab(raw, sizes) + offsets]
+    for b in bags:
+        rows, offset = tables[b.shares or b.name]
+        parts.append(in_vocab(bag_ids[b.name], rows) + offset)
+    return jnp.concatenate(parts, -1)
+
+
+def first_order_size(vocab_sizes: Sequence[int], bags: Sequence = ()) -> int:
+    """Rows of the first-order weights: every categorical field's ids, then every bag's with
+    a vocabulary of its own."""
+    return int(sum(vocab_sizes)) + sum(int(b.vocab_size) for b in bags if b.shares is None)
 
 
 class FirstOrder(nn.Module):
-    """Per-feature weights of logistic regression: sum_f w_f[id_f] + sum_j w_j x_j + b -> scalar."""
+    """Per-feature weights of logistic regression: sum_f w_f[id_f] + sum_j w_j x_j + b -> scalar.
+
+    bags (`data.BagInfo`; cat_names the categorical fields' names): each bag adds its items'
+    weights pooled by its combiner (`pooling.pool`, an empty bag 0); a bag with a vocabulary of
+    its own has weights after every categorical field's, a shared one reads the field's."""
 
     vocab_sizes: Sequence[int]
     num_fields: int
+    bags: Sequence = ()
+    cat_names: Sequence[str] = ()
 
     @nn.compact
-    def __call__(self, cat: jax.Array, num: jax.Array) -> jax.Array:
+    def __call__(self, cat, num: jax.Array) -> jax.Array:
         # _stored_or_new: a row-sharded table may carry zero padding after the last id
-        w = _stored_or_new(self, "weights", nn.initializers.zeros, (int(sum(self.vocab_sizes)),))
-        if isinstance(cat, dict):   # rows resolved by the caller (row-wise training)
+        w = _stored_or_new(self, "weights", nn.initializers.zeros,
+                           (first_order_size(self.vocab_sizes, self.bags),))
+        if isinstance(cat, Mapping) and "linear" in cat:   # rows resolved by the caller (row-wise)
             idx = cat["linear"]
         else:
-            idx = first_order_rows(self.vocab_sizes, cat)
+            idx = first_order_rows(self.vocab_sizes, cat, self.bags, self.cat_names)
         b = self.param("bias", nn.initializers.zeros, ())
-        out = w[idx].sum() + b
+        n_cat = len(self.vocab_sizes)
+        vals = w[idx]
+        out = (vals[:n_cat].sum() if self.bags else vals.sum()) + b
+        start, lengths = n_cat, split_inputs(cat, self.bags)[2]
+        for bag in self.bags:
+            stop = start + int(bag.max_len)
+            out = out + pool(vals[start:stop], lengths[bag.name], bag.combiner)
+            start = stop
         if self.num_fields:  # no zero-size params: checkpoints cannot hold them
             out = out + num @ self.param("num_weights", nn.initializers.zeros, (self.num_fields,))
         return out

@@ -28,6 +28,7 @@ import numpy as np
 
 from afm_jax.errors import CompressionError
 from afm_jax.forms import (
+    BagSlot,
     FieldSlot,
     PackedLayout,
     embedding_shape,
@@ -35,6 +36,16 @@ from afm_jax.forms import (
     is_packed,
     table_form,
     table_width,
+)
+from afm_jax.ops import einsum_products, in_vocab, tt_row
+from afm_jax.pooling import (  # noqa: F401  (Fields, full_bag_rows re-exported)
+    Fields,
+    affine_projection,
+    bag_mask,
+    full_bag_rows,
+    pool,
+    real_columns,
+    split_inputs,
 )
 
 EMBED = "embed"
@@ -53,31 +64,52 @@ def _stack(xs: list[Any]) -> Any:
     return _xp(xs).stack(xs)
 
 
+def _table_slot(name: str, node: Any, vocab: int, dim: int, next_row: dict, next_proj: dict
+                ) -> FieldSlot:
+    """The slot of one table with rows of its own, appended to its width's table and
+    projections (`next_row` / `next_proj` advance)."""
+    form = table_form(node, dim)
+    if form is None or form == "numeric":
+        raise CompressionError(f"embed/{name}: not a field's table (keys {sorted(node)})")
+    width = table_width(node)
+    if form == "tt":
+        return FieldSlot(name, "tt", width, rows=int(vocab))
+    rows = int(embedding_shape(node)[0])
+    if rows < vocab:
+        raise CompressionError(f"embed/{name}: table has {rows} rows, the field {vocab} ids")
+    proj = -1
+    if form == "compressed":
+        proj = next_proj.get(width, 0)
+        next_proj[width] = proj + 1
+    slot = FieldSlot(name, "table", width, next_row.get(width, 0), int(vocab), proj)
+    next_row[width] = next_row.get(width, 0) + int(vocab)
+    return slot
+
+
 def layout_of(model, embed: Mapping[str, Any]) -> PackedLayout:
-    """The packed layout of per-field "embed" params of `model` (fields in the model's order)."""
+    """The packed layout of per-field "embed" params of `model` (fields in the model's order).
+
+    Bags (`model.info.bags`) with a table of their own take rows after every categorical
+    field's rows of their width (and projections after theirs), so a model without bags packs
+    exactly as before; a bag sharing another field's table reads that field's slot."""
     info, dim = model.info, int(model.config.embed_dim)
-    slots, next_row, next_proj = [], {}, {}
-    for name, vocab in zip(info.cat_names, info.vocab_sizes):
+    next_row: dict[int, int] = {}
+    next_proj: dict[int, int] = {}
+
+    def slot(name: str, vocab: int) -> FieldSlot:
         if name not in embed:
             raise CompressionError(f"params have no table for field {name!r} at embed/{name}")
-        node = embed[name]
-        form = table_form(node, dim)
-        if form is None or form == "numeric":
-            raise CompressionError(f"embed/{name}: not a field's table (keys {sorted(node)})")
-        width = table_width(node)
-        if form == "tt":
-            slots.append(FieldSlot(name, "tt", width, rows=int(vocab)))
-            continue
-        rows = int(embedding_shape(node)[0])
-        if rows < vocab:
-            raise CompressionError(f"embed/{name}: table has {rows} rows, the field {vocab} ids")
-        proj = -1
-        if form == "compressed":
-            proj = next_proj.get(width, 0)
-            next_proj[width] = proj + 1
-        slots.append(FieldSlot(name, "table", width, next_row.get(width, 0), int(vocab), proj))
-        next_row[width] = next_row.get(width, 0) + int(vocab)
-    return PackedLayout(tuple(slots), len(info.num_names), dim)
+        return _table_slot(name, embed[name], vocab, dim, next_row, next_proj)
+
+    slots = tuple(slot(n, v) for n, v in zip(info.cat_names, info.vocab_sizes))
+    bag_infos = tuple(getattr(info, "bags", ()))
+    tables = {s.name: s for s in slots}
+    for b in bag_infos:
+        if b.shares is None:
+            tables[b.name] = slot(b.name, b.vocab_size)
+    bags = tuple(BagSlot(b.name, int(b.max_len), b.combiner, tables[b.shares or b.name], b.shares)
+                 for b in bag_infos)
+    return PackedLayout(slots, len(info.num_names), dim, bags)
 
 
 def pack(model, params: Mapping[str, Any]) -> dict:
@@ -91,8 +123,9 @@ def pack(model, params: Mapping[str, Any]) -> dict:
         return dict(params) if isinstance(params, Mapping) else params
     layout = layout_of(model, embed)
     out: dict[str, Any] = {"layout": layout}
+    owned = layout.own_tables()
     for w in layout.widths():
-        members = [layout.fields[i] for i in layout.members(w)]
+        members = [f for f in owned if f.kind == "table" and f.width == w]
         int8 = [is_int8(embed[f.name]) for f in members]
         if any(int8) and not all(int8):
             raise CompressionError(f"tables of width {w} mix int8 and float storage "
@@ -103,11 +136,11 @@ def pack(model, params: Mapping[str, Any]) -> dict:
                                       for f in members])
         else:
             out[f"table_{w}"] = _cat([embed[f.name]["embedding"][:f.rows] for f in members])
-        projected = [layout.fields[i] for i in layout.projected(w)]
+        projected = [f for f in members if f.proj >= 0]
         if projected:
             out[f"proj_{w}"] = {k: _stack([embed[f.name]["proj"][k] for f in projected])
                                 for k in ("kernel", "bias")}
-    tt = {f.name: dict(embed[f.name]) for f in layout.fields if f.kind == "tt"}
+    tt = {f.name: dict(embed[f.name]) for f in owned if f.kind == "tt"}
     if tt:
         out["tt"] = tt
     if layout.num_fields:
@@ -124,7 +157,7 @@ def unpack(model, params: Mapping[str, Any]) -> dict:
         return dict(params) if isinstance(params, Mapping) else params
     layout: PackedLayout = embed["layout"]
     out: dict[str, Any] = {}
-    for f in layout.fields:
+    for f in layout.own_tables():
         if f.kind == "tt":
             out[f.name] = dict(embed["tt"][f.name])
             continue
@@ -166,43 +199,59 @@ def take_static(x: jax.Array, positions: tuple[int, ...], axis: int = 0) -> jax.
     return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=axis)
 
 
-def _ids(layout: PackedLayout, cat: jax.Array) -> jax.Array:
-    """Row of each field's id in its width's table: [..., Fc]; ids outside a field's vocabulary
-    map to its reserved id 0 before the offset (JAX clamps out-of-range gathers silently, which
-    would read another field's row)."""
-    rows = np.array([f.rows for f in layout.fields], np.int32)
-    offsets = np.array([f.offset for f in layout.fields], np.int32)
-    from afm_jax.nn import in_vocab
+def _ids(layout: PackedLayout, cat: jax.Array, bags: Mapping[str, Any] | None = None) -> jax.Array:
+    """Row of each id column (`PackedLayout.columns`) in its width's table: cat [..., Fc] and
+    each bag's ids [..., L] -> [..., Fc + sum L]; ids outside a table's vocabulary map to its
+    reserved id 0 before the offset (JAX clamps out-of-range gathers silently, which would read
+    another field's row). Padding slots hold id 0: a valid row, masked when pooled."""
+    columns = layout.columns()
+    rows = np.array([f.rows for f in columns], np.int32)
+    offsets = np.array([f.offset for f in columns], np.int32)
+    if layout.bags:
+        cat = jnp.concatenate([cat] + [bags[b.name].astype(cat.dtype) for b in layout.bags], -1)
     return in_vocab(cat, rows) + offsets
 
 
+def resolved_ids(layout: PackedLayout, cat) -> jax.Array:
+    """The packed row of every id column of a model input (`pooling.model_inputs`, or the
+    resolved form of row-wise training, whose "embed" holds them already)."""
+    if isinstance(cat, Mapping) and "embed" in cat:
+        return cat["embed"]
+    raw, bags, _ = split_inputs(cat, layout.bags)
+    return _ids(layout, raw, bags)
+
+
 def gathered_rows(embed: Mapping[str, Any], cat) -> dict[int, jax.Array]:
-    """The table rows a batch reads, per width: cat [B, Fc] (or resolved, as `lookup` takes
-    it) -> {w: [B, G_w, w]}."""
+    """The table rows a batch reads, per width: a model input [B, ...] (`lookup`'s forms) ->
+    {w: [B, G_w, w]}, padding slots of bags included (`rows_l2` masks them)."""
     layout: PackedLayout = embed["layout"]
-    ids = cat["embed"] if isinstance(cat, Mapping) else _ids(layout, cat)
-    return {w: embed[f"table_{w}"][take_static(ids, layout.members(w), axis=-1)]
+    ids = resolved_ids(layout, cat)
+    return {w: embed[f"table_{w}"][take_static(ids, layout.column_members(w), axis=-1)]
             for w in layout.widths()}
+
+
+def _real_columns(layout: PackedLayout, cat, width: int) -> jax.Array | None:
+    """[B, G_w] 1/0: which gathered columns of width `width` are real ids (bag padding 0);
+    None when the layout has no bags (every column real)."""
+    if not layout.bags:
+        return None
+    real = real_columns(len(layout.fields), layout.bags, split_inputs(cat)[2])
+    return take_static(real.astype(jnp.float32), layout.column_members(width), axis=-1)
 
 
 def rows_l2(embed: Mapping[str, Any], cat, weight=None) -> jax.Array:
     """Mean over the batch of the squared norm of the table rows each example reads (cat as
-    `gathered_rows` takes it). weight [B] (0 for padding rows): the mean weighted by it, as
+    `gathered_rows` takes it; a bag's items each count, its padding does not). weight [B] (0 for padding rows): the mean weighted by it, as
     `train.batch_loss` weights the loss, so a padded batch regularizes like the short one."""
-    per_example = sum(((r * r).sum((-2, -1)) for r in gathered_rows(embed, cat).values()),
-                      jnp.zeros(()))
+    layout: PackedLayout = embed["layout"]
+    per_example = jnp.zeros(())
+    for w, r in gathered_rows(embed, cat).items():
+        real = _real_columns(layout, cat, w)   # a bag's padding slots read row 0: not read
+        sq = (r * r).sum((-2, -1)) if real is None else ((r * r).sum(-1) * real).sum(-1)
+        per_example = per_example + sq
     if weight is None:
         return jnp.mean(per_example)
     return (per_example * weight).sum() / jnp.maximum(weight.sum(), 1.0)
-
-
-class Fields(list):
-    """The F field vectors of one example (a list, as the per-field path gives), with
-    `stacked` [F, d] built from whole blocks of the gathered rows when every field has the
-    full width d (None otherwise): `models.base.stack` / `concat` take it as it is instead of
-    slicing the rows apart and joining them again."""
-
-    stacked: Any = None
 
 
 def _stack_blocks(sources: list[tuple[Any, int]]) -> Any:
@@ -218,50 +267,65 @@ def _stack_blocks(sources: list[tuple[Any, int]]) -> Any:
     return parts[0] if len(parts) == 1 else jnp.concatenate(parts)
 
 
-def lookup(embed: Mapping[str, Any], cat: jax.Array, num: jax.Array,
+def lookup(embed: Mapping[str, Any], cat, num: jax.Array,
            compute: str | None = None) -> Fields:
     """One example's field vectors from packed params: cat int32[Fc], num float32[Fn] -> F
-    vectors ([d], or [k] for folded fields), one gather per table width. cat may instead be
-    {"raw": ids [Fc], "embed": rows [Fc]} with each field's row in its width's table resolved.
+    vectors ([d], or [k] for folded fields), one gather per table width.
+
+    cat may instead be a Mapping (`pooling.model_inputs`): {"raw": ids [Fc], "bags": {bag:
+    ids [L]}, "bag_len": {bag: n}}, and in row-wise training (rowwise.py) "embed": the row of
+    every id column (`PackedLayout.columns`) in its width's table, resolved. A bag's ids are
+    gathered in the same one gather per width as the categorical ids, then pooled
+    (`pooling.pool`). The vectors come in the order categorical fields, bags (the model's
+    `info.bags` order), numeric fields; `Fields.bag_rows` holds each bag's unpooled rows.
     compute: the precision of the grouped projections (`nn.einsum_products`).
 
     Ids outside a field's vocabulary map to its reserved id 0 before the offset (JAX clamps
     out-of-range gathers silently, which would read another field's row).
     """
-    from afm_jax.nn import einsum_products, in_vocab, tt_row
-
     layout: PackedLayout = embed["layout"]
     n_cat = len(layout.fields)
+    columns = layout.columns()
+    got_cols: list[Any] = [None] * len(columns)   # (gathered array, row) of each bag column
     out: list[Any] = [None] * n_cat
     source: list[Any] = [None] * n_cat     # (array, row) each field's vector is a row of
-    if isinstance(cat, Mapping):   # rows resolved by the caller (row-wise training, rowwise.py)
-        ids, cat = cat["embed"], cat["raw"]
-    elif n_cat:
-        ids = _ids(layout, cat)
+    raw, bag_ids, bag_len = split_inputs(cat, layout.bags)
+    if columns:
+        ids = resolved_ids(layout, cat)
     for w in layout.widths():
-        members = layout.members(w)
+        members = layout.column_members(w)
         rows = take_static(ids, members)
         got = embed[f"table_{w}"][rows]                                     # [G_w, w]
         if f"scale_{w}" in embed:   # int8 rows times their row scale
             scale = embed[f"scale_{w}"]
             got = got.astype(scale.dtype) * scale[rows][:, None]
-        projected = layout.projected(w)
+        projected = tuple(i for i in layout.projected(w) if i < n_cat)
         if projected:
             pos = tuple(members.index(i) for i in projected)
             p = embed[f"proj_{w}"]
-            y = einsum_products("gk,gkd->gd", take_static(got, pos), p["kernel"],
-                                compute) + p["bias"]
+            kernel = take_static(p["kernel"], tuple(columns[i].proj for i in projected))
+            bias = take_static(p["bias"], tuple(columns[i].proj for i in projected))
+            y = einsum_products("gk,gkd->gd", take_static(got, pos), kernel, compute) + bias
             for n, i in enumerate(projected):
                 out[i], source[i] = y[n], (y, n)
         for n, i in enumerate(members):
-            if out[i] is None:
+            if i < n_cat and out[i] is None:
                 out[i], source[i] = got[n], (got, n)
+            elif i >= n_cat:
+                got_cols[i] = (got, n)
     for i, f in enumerate(layout.fields):
         if f.kind == "tt":
             cores = [embed["tt"][f.name][f"tt_{j}"] for j in range(3)]
-            out[i] = tt_row(cores, in_vocab(cat[i], f.rows))
+            out[i] = tt_row(cores, in_vocab(raw[i], f.rows))
             source[i] = (out[i][None], 0)
     fields = Fields(out)
+    for k, b in enumerate(layout.bags):
+        rows_k = _bag_gathered(embed, layout, k, got_cols, bag_ids)
+        project = _projection(embed, b.table, compute)
+        pooled = pool(rows_k, bag_len[b.name], b.combiner, project)
+        fields.append(pooled)
+        source.append((pooled[None], 0))
+        fields.bag_rows[b.name] = (rows_k, bag_mask(bag_len[b.name], b.max_len), project)
     if layout.num_fields:
         numeric = num[:, None] * embed["numeric"]
         fields += list(numeric)
@@ -269,3 +333,37 @@ def lookup(embed: Mapping[str, Any], cat: jax.Array, num: jax.Array,
     if all(np.shape(s[0])[-1] == layout.dim for s in source):
         fields.stacked = _stack_blocks(source)
     return fields
+
+
+def _bag_gathered(embed, layout: PackedLayout, k: int, got_cols: list, bag_ids) -> jax.Array:
+    """Bag k's gathered table rows [L, w] (before any projection): a slice of its width's
+    gather (its columns are consecutive there), or its TT rows."""
+    b = layout.bags[k]
+    start, stop = layout.bag_columns(k)
+    if b.table.kind == "tt":
+        cores = [embed["tt"][b.table.name][f"tt_{j}"] for j in range(3)]
+        ids = in_vocab(bag_ids[b.name], b.table.rows)
+        return jax.vmap(lambda i: tt_row(cores, i))(ids)
+    got, first = got_cols[start]
+    return jax.lax.slice_in_dim(got, first, first + (stop - start), axis=0)
+
+
+def _projection(embed, table: FieldSlot, compute: str | None):
+    """The `pooling.Project` of a table slot's projection in "proj_<width>" (None: none)."""
+    if table.kind != "table" or table.proj < 0:
+        return None
+    p = embed[f"proj_{table.width}"]
+    proj = {"kernel": p["kernel"][table.proj], "bias": p["bias"][table.proj]}
+    return affine_projection(proj, lambda x, w: einsum_products("...k,kd->...d", x, w, compute))
+
+
+def bag_rows(embed: Mapping[str, Any], cat, name: str, compute: str | None = None
+             ) -> tuple[jax.Array, jax.Array]:
+    """The unpooled rows of bag `name` for one example, for models that attend over a sequence
+    (DIN): (rows [L, d], each its table's full-width row (a compressed table's projection
+    applied), and mask [L] bool, True for the bag's real items). Padding rows read id 0's row;
+    mask them (their gradient is then exactly 0). Takes packed params and an input as `lookup`
+    does; `Fields.bag_rows` (from `lookup` or `FieldEmbedding`) gives the same from the gather
+    the other fields already made, which is what a model should use."""
+    fields = lookup(embed, cat, jnp.zeros((embed["layout"].num_fields,)), compute)
+    return full_bag_rows(fields, name)

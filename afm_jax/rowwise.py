@@ -42,7 +42,8 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from afm_jax.errors import AfmError
 from afm_jax.forms import PackedLayout, is_packed, is_table_leaf
-from afm_jax.nn import first_order_rows
+from afm_jax.nn import first_order_rows, first_order_size
+from afm_jax.pooling import model_inputs, real_columns, split_inputs
 
 TABLE_OPTIMIZERS = ("auto", "rowwise", "rowwise_adagrad", "dense")
 # "auto": row-wise from this many table rows on, dense below. experiments/results/table_scale.md:
@@ -122,13 +123,14 @@ def init(params: Mapping[str, Any], learning_rate: float, table_optimizer: str) 
 
 def resolve(table_optimizer: str, info) -> str:
     """The table optimizer a run uses: "auto" picks "rowwise" when the model's tables hold at
-    least AUTO_ROWWISE_ROWS rows in all (info.vocab_sizes), else "dense"."""
+    least AUTO_ROWWISE_ROWS rows in all (info.vocab_sizes and the bags' own tables), else "dense"."""
     if table_optimizer not in TABLE_OPTIMIZERS:
         raise AfmError(f"table_optimizer must be one of {TABLE_OPTIMIZERS}, got "
                        f"{table_optimizer!r}")
     if table_optimizer != "auto":
         return table_optimizer
-    return "rowwise" if sum(int(v) for v in info.vocab_sizes) >= AUTO_ROWWISE_ROWS else "dense"
+    rows = first_order_size(info.vocab_sizes, getattr(info, "bags", ()))
+    return "rowwise" if rows >= AUTO_ROWWISE_ROWS else "dense"
 
 
 def _rule(table_optimizer: str) -> str:
@@ -138,43 +140,57 @@ def _rule(table_optimizer: str) -> str:
     return _RULES[table_optimizer]
 
 
-def resolve_rows(params: Mapping[str, Any], model, cat: jax.Array):
+def resolve_rows(params: Mapping[str, Any], model, cat):
     """Each table's unique rows read by a batch and the batch's ids resolved to positions in them.
 
-    cat [B, Fc] -> ({"parent/key": unique rows [U] (padded with the table's row count, which
-    no id reaches)}, resolved cat {"raw": cat, "embed": [B, Fc], "linear": [B, Fc]}) as the
-    model's packed lookup and first-order layer take it.
+    cat [B, Fc], or with bag fields the model input (`pooling.model_inputs`) -> ({"parent/key":
+    unique rows [U] (padded with the table's row count, which no id reaches)}, resolved input
+    {"raw": cat, "embed": [B, C], "linear": [B, C]} (and the bags, "bags" / "bag_len") as the
+    model's packed lookup and first-order layer take it; C = Fc + the bags' max_len, the id
+    columns of `PackedLayout.columns`). Duplicate ids, within a bag, across bags and with the
+    single-valued ids of a shared table, resolve to one unique row, whose gradient autodiff
+    then sums; a bag's padding slots resolve to the fill row (gathered as 0, its update
+    dropped), so they touch no row.
     """
     from afm_jax.packing import _ids, take_static
 
-    resolved: dict[str, Any] = {"raw": cat}
+    bags = tuple(getattr(model.info, "bags", ()))
+    raw, bag_ids, bag_len = split_inputs(cat, bags)
+    resolved: dict[str, Any] = {"raw": raw}
+    if bag_ids:
+        resolved["bags"], resolved["bag_len"] = bag_ids, bag_len
     uniques: dict[str, jax.Array] = {}
+    real = real_columns(raw.shape[-1], bags, bag_len) if bags else None
 
-    def unique(name: str, ids: jax.Array, rows: int) -> jax.Array:
+    def unique(name: str, ids: jax.Array, rows: int, real=None) -> jax.Array:
+        if real is not None:   # padding -> the fill value, one more distinct value at most
+            ids = jnp.where(real, ids, rows)
         flat = ids.reshape(-1)
         # a batch reads at most min(its ids, the table's rows) distinct rows: the static size
         # bounds the gathered rows, their gradient and (over a mesh) its all-reduce
-        u, inv = jnp.unique(flat, size=min(flat.size, rows), fill_value=rows,
-                            return_inverse=True)
+        size = min(flat.size, rows + (real is not None))
+        u, inv = jnp.unique(flat, size=size, fill_value=rows, return_inverse=True)
         uniques[name] = u
         return inv.reshape(ids.shape).astype(jnp.int32)
 
     embed = params.get("embed")
     if isinstance(embed, Mapping) and is_packed(embed):
         layout: PackedLayout = embed["layout"]
-        ids = _ids(layout, cat)                                        # [B, Fc]
-        cols: list[Any] = [jnp.zeros(cat.shape[:1], jnp.int32)] * len(layout.fields)
+        ids = _ids(layout, raw, bag_ids)                               # [B, C]
+        n_cols = ids.shape[-1]
+        cols: list[Any] = [jnp.zeros(raw.shape[:1], jnp.int32)] * n_cols
         for w in layout.widths():
-            members = layout.members(w)
+            members = layout.column_members(w)
             group = take_static(ids, members, axis=-1)                 # [B, G_w]
-            inv = unique(f"embed/table_{w}", group, embed[f"table_{w}"].shape[0])
+            group_real = None if real is None else take_static(real, members, axis=-1)
+            inv = unique(f"embed/table_{w}", group, embed[f"table_{w}"].shape[0], group_real)
             for n, i in enumerate(members):
                 cols[i] = inv[:, n]
-        resolved["embed"] = jnp.stack(cols, axis=1) if cols else jnp.zeros_like(cat)
+        resolved["embed"] = jnp.stack(cols, axis=1) if cols else jnp.zeros_like(raw)
     linear = params.get("linear")
     if isinstance(linear, Mapping) and "weights" in linear:
-        resolved["linear"] = unique("linear/weights", first_order_rows(model.info.vocab_sizes, cat),
-                                    linear["weights"].shape[0])
+        rows = first_order_rows(model.info.vocab_sizes, cat, bags, model.info.cat_names)
+        resolved["linear"] = unique("linear/weights", rows, linear["weights"].shape[0], real)
     return uniques, resolved
 
 
@@ -322,7 +338,7 @@ def make_step(model, learning_rate: float, table_optimizer: str = "rowwise",
 def _grads(loss_fn, model, params, batch):
     """Gradients of the loss w.r.t. the dense params and each table's gathered unique rows."""
     dense, tables = _split(params, table_paths(params))
-    uniques, resolved = resolve_rows(params, model, batch["cat"])
+    uniques, resolved = resolve_rows(params, model, model_inputs(batch))
     subs = {k: tables[k].at[uniques[k]].get(mode="fill", fill_value=0) for k in tables}
     (_, loss), (g_dense, g_subs) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(
         dense, subs, resolved, batch)

@@ -24,6 +24,7 @@ from afm_jax._cache import cache_per_model
 from afm_jax.errors import AfmError
 from afm_jax.inference import evaluate, logits_fn, make_scorer
 from afm_jax.packing import pack, unpack
+from afm_jax.pooling import example_input, model_inputs
 
 
 @dataclass(frozen=True)
@@ -54,14 +55,14 @@ class TrainResult:
 
 def init_params(model, info, seed: int = 0) -> Any:
     """Fresh params for one example of the fields in `info`."""
-    cat = jnp.zeros((len(info.cat_names),), jnp.int32)
     num = jnp.zeros((len(info.num_names),), jnp.float32)
-    return model.init(jax.random.key(seed), cat, num)["params"]
+    return model.init(jax.random.key(seed), example_input(info), num)["params"]
 
 
 def embedding_l2(params: Any, cat: jax.Array, weight: jax.Array | None = None) -> jax.Array:
     """Mean over the batch (weighted by `weight` [B], 0 for padding rows) of the squared norm of
-    the embedding rows it reads. cat: [B, Fc]. The tables must be packed (`packing.pack`, as
+    the embedding rows it reads. cat: [B, Fc], or with bags the model input
+    (`pooling.model_inputs`); a bag's padding reads nothing. The tables must be packed (`packing.pack`, as
     `train` trains them); a model without embedding tables has no L2 (0)."""
     from afm_jax.forms import is_packed
     from afm_jax.packing import rows_l2
@@ -95,7 +96,8 @@ def make_train_step(model, tx: optax.GradientTransformation, embed_l2: float = 0
 
     def loss_fn(params, batch):
         loss = batch_loss(logits(params, batch), batch)
-        reg = embed_l2 * embedding_l2(params, batch["cat"], batch.get("weight")) if embed_l2 else 0.0
+        reg = (embed_l2 * embedding_l2(params, model_inputs(batch), batch.get("weight"))
+               if embed_l2 else 0.0)
         return loss + reg, loss
 
     @partial(jax.jit, donate_argnums=(0, 1))

@@ -141,6 +141,11 @@ def fold_projections(model: Any, params: Params) -> Params:
     else (`model.FOLD_INTO`); for others the params are returned unchanged. The Linear's rows
     for field f, K_f [d, out], become `U_f^T K_f` [k, out] and its bias gains `mu_f K_f`; the
     projection disappears and scores are unchanged.
+
+    Bag fields (`info.bags`) read their vectors between the categorical and the numeric ones
+    and never fold: a pooled bag's bias is scaled by its weights' sum (its length for "sum", 0
+    for an empty bag; `pooling`), which a fixed bias of the Linear cannot follow; nor does a
+    table a bag shares (the bag still needs its projection).
     """
     target = getattr(model, "FOLD_INTO", None)
     if target is None:
@@ -152,14 +157,16 @@ def fold_projections(model: Any, params: Params) -> Params:
     kernel = np.asarray(dense["kernel"], np.float64)
     bias = np.asarray(dense["bias"], np.float64)
     embed = params["embed"]
-    names = list(model.info.cat_names) + list(model.info.num_names)
+    bags = tuple(getattr(model.info, "bags", ()))
+    keep = {b.name for b in bags} | {b.shares for b in bags if b.shares is not None}
+    names = list(model.info.cat_names) + [b.name for b in bags] + list(model.info.num_names)
     new_embed, blocks, row = dict(embed), [], 0
     for name in names:
-        p = embed[name]
+        p = embed[next((b.shares for b in bags if b.name == name and b.shares), name)]
         dim = forms.output_width(p)
         k_f = kernel[row:row + dim]
         row += dim
-        if forms.table_form(p) == "compressed":
+        if forms.table_form(p) == "compressed" and name not in keep:
             proj_w = np.asarray(p["proj"]["kernel"], np.float64)
             bias = bias + np.asarray(p["proj"]["bias"], np.float64) @ k_f
             k_f = proj_w @ k_f

@@ -26,8 +26,9 @@ from tqdm.auto import tqdm
 
 from afm_jax._cache import KeyedCache, cache_per_model
 from afm_jax.errors import CompressionError
-from afm_jax.inference import chunked, default_chunk_rows, to_chunks
+from afm_jax.inference import chunked, default_chunk_rows, model_batch, to_chunks
 from afm_jax.nn import SOW_COLLECTION, in_vocab
+from afm_jax.pooling import model_inputs
 
 
 class SiteStats(NamedTuple):
@@ -80,14 +81,15 @@ def merge_moments(a: Moments, b: Moments) -> Moments:
 def site_outputs(model, params, batch: Mapping[str, Any]) -> dict[str, jax.Array]:
     """Every site's output vectors for a batch: {"mlp/dense_0": [B, d], "embed/C1": [B, d], ...}.
 
-    A site applied T times per example (per field, per head) gives [B * T, d].
+    A site applied T times per example (per field, per head) gives [B * T, d]. A bag field's
+    site "embed/<bag>" is its pooled output (one vector per example, `pooling.pool`).
     """
 
     def one(cat, num):
         _, state = model.apply({"params": params}, cat, num, mutable=[SOW_COLLECTION])
         return state.get(SOW_COLLECTION, {})
 
-    sown = jax.vmap(one)(batch["cat"], batch["num"])
+    sown = jax.vmap(one)(model_inputs(batch), batch["num"])
     flat = jax.tree_util.tree_flatten_with_path(sown)[0]
     out = {}
     for path, leaf in flat:
@@ -107,7 +109,8 @@ def list_sites(model, params, example_batch: Mapping[str, Any]) -> dict[str, tup
     """
     leaves, treedef = jax.tree_util.tree_flatten(params)
     key = (treedef, tuple((np.shape(x), str(getattr(x, "dtype", type(x)))) for x in leaves),
-           np.shape(example_batch["cat"]), np.shape(example_batch["num"]))
+           np.shape(example_batch["cat"]), np.shape(example_batch["num"]),
+           tuple((k, np.shape(v)) for k, v in example_batch.get("bags", {}).items()))
     return dict(_traced_sites(model, key, params, example_batch))
 
 
@@ -180,10 +183,17 @@ def _rows_in(batch) -> jax.Array | int:
     return batch["cat"].shape[0] if w is None else jnp.round(w.sum()).astype(jnp.int32)
 
 
+def bag_sites(model) -> dict[str, Any]:
+    """Site "embed/<bag>" -> its `BagInfo`, for every multi-valued field of `model`: the pooled
+    output of the bag (an empty bag's zero is no observation: its rows weigh 0)."""
+    return {f"embed/{b.name}": b for b in getattr(getattr(model, "info", None), "bags", ())}
+
+
 def _update(model, sites: tuple[str, ...], counted: tuple[_Counted, ...], carry, params, batch):
     """Merge one batch into the carry (per-site moments of `sites`, rows seen, id counts of the
     `counted` sites), on one device: with a mesh each device runs this on its own rows
     (`_update_fn`), so nothing crosses devices until the pass ends."""
+    bags = bag_sites(model)
 
     def merge(carry, part):
         moments, rows = carry
@@ -193,6 +203,9 @@ def _update(model, sites: tuple[str, ...], counted: tuple[_Counted, ...], carry,
         for s in sites:
             y = outs[s].astype(jnp.float32)
             ws = None if w is None else jnp.repeat(w, y.shape[0] // w.shape[0])
+            if s in bags:   # the pooled vectors of non-empty bags only
+                full = (part["bag_len"][bags[s].name] > 0).astype(jnp.float32)
+                ws = full if ws is None else ws * full
             new[s] = merge_moments(moments[s], batch_moments(y, ws))
         return (new, rows + _rows_in(part)), None
 
@@ -302,17 +315,23 @@ def _prepare(model, params, example_batch: Mapping[str, Any], sites: Sequence[st
              exact_tables: bool = True, mesh=None):
     """(jitted update, zero carry, plan) of a pass over per-field `params`; the update is
     `carry = update(carry, params, batch)` (batch sharded over "data" with a mesh)."""
-    found = list_sites(model, params, {"cat": example_batch["cat"], "num": example_batch["num"]})
+    found = list_sites(model, params, model_batch(example_batch))
     dims = {s: d for s, (d, _) in found.items()}
     per_example = {s: t for s, (_, t) in found.items()}
+    shared = [s for s, b in bag_sites(model).items() if b.shares is not None and s in dims]
     if sites is None:
-        sites = tuple(dims)
+        sites = tuple(s for s in dims if s not in shared)
     else:
         unknown = [s for s in sites if s not in dims]
         if unknown:
             raise CompressionError(f"unknown site(s) {unknown}; this model's sites are "
                                    f"{sorted(dims)}")
         sites = tuple(sites)
+    asked = [s for s in shared if s in sites]
+    if asked:
+        raise CompressionError(f"site(s) {asked} read another field's table: their pooled "
+                               "statistics are merged into that table's site (embed/<shared>)")
+    sites = sites + tuple(s for s in shared if f"embed/{bag_sites(model)[s].shares}" in sites)
     counted = _counted_sites(model, params, sites, per_example) if exact_tables else ()
     by_rows = tuple(s for s in sites if s not in {c.site for c in counted})
     carry = _initial_carry(dims, by_rows, sum(c.rows for c in counted), mesh)
@@ -350,7 +369,7 @@ def collect_stats(model, params, batches: Iterable[Mapping[str, Any]],
     except StopIteration:
         raise CompressionError("collect_stats got no batches: pass at least one row") from None
     update, carry, plan = _prepare(model, params, first, sites, exact_tables, mesh)
-    keys = ("cat", "num", "weight")
+    keys = ("cat", "num", "weight", "bags", "bag_len")
     bar = tqdm(total=total, desc="statistics", unit="batch", disable=not progress, leave=False)
     for b in itertools.chain([first], it):
         b = {k: b[k] for k in keys if k in b}
@@ -372,7 +391,9 @@ def collect_stats(model, params, batches: Iterable[Mapping[str, Any]],
     out = {}
     for s in plan.by_rows:
         count = rows * plan.per_example[s]
-        _, mean, m2 = _merge_slices(moments[s])
+        n, mean, m2 = _merge_slices(moments[s])
+        if s in bag_sites(model):   # observations: the non-empty bags
+            count = int(round(n))
         out[s] = SiteStats(count=count, mean=mean, cov=m2 / max(count, 1))
     if plan.counted:
         counts = np.asarray(counts, np.int64).sum(0)
@@ -380,7 +401,38 @@ def collect_stats(model, params, batches: Iterable[Mapping[str, Any]],
             table = params["embed"][c.field]["embedding"]
             table = distributed.fetch(table) if isinstance(table, jax.Array) else np.asarray(table)
             out[c.site] = _table_stats(table[:c.rows], counts[c.offset:c.offset + c.rows], rows)
-    return {s: out[s] for s in plan.sites}
+    return merge_shared_tables(model, {s: out[s] for s in plan.sites})
+
+
+def merge_stats(a: SiteStats, b: SiteStats) -> SiteStats:
+    """The statistics of the union of two sets of observations (Chan's merge, float64)."""
+    n = a.count + b.count
+    if n == 0:
+        return a
+    frac = b.count / n
+    delta = np.asarray(b.mean, np.float64) - np.asarray(a.mean, np.float64)
+    mean = a.mean + delta * frac
+    cov = (a.count * np.asarray(a.cov, np.float64) + b.count * np.asarray(b.cov, np.float64)) / n \
+        + np.outer(delta, delta) * (a.count * frac / n)
+    return SiteStats(count=n, mean=mean, cov=cov)
+
+
+def merge_shared_tables(model, stats: dict[str, SiteStats]) -> dict[str, SiteStats]:
+    """Fold the site of each bag that shares another field's table (a sequence reading its
+    target's table, "embed/<bag>", with no params of its own) into the table's site
+    "embed/<shared>": one set of statistics from both uses (the target's looked-up rows and
+    the sequence's pooled vectors, every observation one count), so the table gets one
+    projection (`compress.afm`); the bag's own site is dropped. Exact at full rank like any
+    statistics; at lower rank the kept directions are those of both uses' outputs."""
+    out = dict(stats)
+    for site, b in bag_sites(model).items():
+        if b.shares is None or site not in out:
+            continue
+        pooled = out.pop(site)
+        target = f"embed/{b.shares}"
+        if target in out:
+            out[target] = merge_stats(out[target], pooled)
+    return out
 
 
 def save_stats(path: str | Path, stats: Mapping[str, SiteStats]) -> None:

@@ -22,6 +22,11 @@ class FieldsInfo(Protocol):
 class CTRModel(nn.Module):
     """Base of every model: `__call__(cat int32[Fc], num float32[Fn]) -> logit` for ONE example.
 
+    With bag fields (`info.bags`), cat is the Mapping of `pooling.model_inputs` ({"raw": ids,
+    "bags", "bag_len"}); `embed` then gives one pooled vector per bag after the categorical
+    fields (so FM, cross layers, attention and the MLP see one more field each) and
+    `first_order` pools the bags' first-order weights.
+
     `FOLD_INTO` names the Linear that reads the concatenated field embeddings directly and
     exclusively (None when an interaction layer also reads them): AFM may fold each field's
     projection into that layer.
@@ -40,11 +45,15 @@ class CTRModel(nn.Module):
 
     def first_order(self, cat: jax.Array, num: jax.Array) -> jax.Array:
         """The logistic-regression term over all fields (params at "linear") -> scalar."""
-        return FirstOrder(self.info.vocab_sizes, len(self.info.num_names), name="linear")(cat, num)
+        bags = tuple(getattr(self.info, "bags", ()))
+        return FirstOrder(self.info.vocab_sizes, len(self.info.num_names), bags,
+                          self.info.cat_names if bags else (), name="linear")(cat, num)
 
     def embed(self, cat: jax.Array, num: jax.Array) -> list[jax.Array]:
+        """The field vectors: categorical fields, pooled bags, numeric fields (`FieldEmbedding`)."""
         return FieldEmbedding(self.info.cat_names, self.info.vocab_sizes, self.info.num_names,
-                              self.config.embed_dim, self.compute_dtype, name="embed")(cat, num)
+                              self.config.embed_dim, self.compute_dtype,
+                              tuple(getattr(self.info, "bags", ())), name="embed")(cat, num)
 
 
 def with_precision(model: CTRModel, compute_dtype) -> CTRModel:
