@@ -11,6 +11,7 @@ from afm_jax.models.base import CTRModel, with_precision
 from afm_jax.models.dcn import DCN, DCNConfig
 from afm_jax.models.dcnv2 import DCNv2, DCNv2Config
 from afm_jax.models.deepfm import DeepFM, DeepFMConfig
+from afm_jax.models.din import DIN, DINConfig
 from afm_jax.models.fibinet import FiBiNET, FiBiNETConfig
 from afm_jax.models.fm import FM, FMConfig
 from afm_jax.models.gdcn import GDCN, GDCNConfig
@@ -33,7 +34,11 @@ REGISTRY: dict[str, tuple[type[CTRModel], type]] = {
     "gdcn": (GDCN, GDCNConfig),
     "xdeepfm": (XDeepFM, XDeepFMConfig),
     "pnn": (PNN, PNNConfig),
+    "din": (DIN, DINConfig),
 }
+# models that read a behaviour sequence (a bag sharing another field's table): data without one
+# cannot train them, so tests over "every model" on single-valued fields leave them out
+NEEDS_SEQUENCE = frozenset({"din"})
 
 
 def model_name(model: CTRModel) -> str:
