@@ -83,6 +83,9 @@ def _synthetic_vocab_arg(p: argparse.ArgumentParser) -> None:
                    help="with --data synthetic[:ROWS]: embedding tables of fixed sizes summing to N "
                         "rows (each table's out-of-vocabulary row 0 included; split over the fields "
                         "like the default vocabulary mix), whatever the row count")
+    p.add_argument("--synthetic-bags", metavar="FIELDS[:MEAN_LEN[:MAX_LEN]]",
+                   help="with --data synthetic[:ROWS]: add FIELDS multi-valued fields whose "
+                        "lengths are Poisson(MEAN_LEN) cut to MAX_LEN (default 5 and 20)")
 
 
 def _data_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -90,6 +93,7 @@ def _data_options(args: argparse.Namespace) -> dict[str, Any]:
             "seed": args.split_seed or 0, "on_bad_lines": args.on_bad_lines,
             "max_rows": args.max_rows, "cache_dir": args.cache_dir,
             "synthetic_vocab": args.synthetic_vocab,
+            "synthetic_bags": getattr(args, "synthetic_bags", None),
             **({} if args.max_bad_fraction is None
                else {"max_bad_fraction": args.max_bad_fraction})}
 

@@ -207,13 +207,17 @@ def host_params(params: Any, info: Any = None) -> Any:
     the model's vocabulary sizes (undoes the padding of `shard_params`); for saving, compressing."""
     from afm_jax.forms import is_packed
 
-    vocab, packed_rows = {}, {}
+    vocab, packed_rows, first_order = {}, {}, 0
     if info is not None:
         vocab = {n: int(v) for n, v in zip(info.cat_names, info.vocab_sizes)}
+        # bags with their own vocabulary have their own tables and first-order weights
+        vocab |= {b.name: int(b.vocab_size) for b in getattr(info, "bags", ()) if b.shares is None}
+        first_order = sum(vocab.values())
     embed = params.get("embed") if isinstance(params, Mapping) else None
     if is_packed(embed):
         layout = embed["layout"]
-        packed_rows = {f"table_{w}": sum(layout.fields[i].rows for i in layout.members(w))
+        packed_rows = {f"table_{w}": sum(f.rows for f in layout.own_tables()
+                                         if f.kind == "table" and f.width == w)
                        for w in layout.widths()}
 
     def get(path, x):
@@ -227,7 +231,7 @@ def host_params(params: Any, info: Any = None) -> Any:
             elif keys[-1] == "embedding" and len(keys) >= 2 and keys[-2] in vocab:
                 x = x[:vocab[keys[-2]]]
             elif keys[-2:] == ["linear", "weights"]:
-                x = x[:sum(vocab.values())]
+                x = x[:first_order]
         return x
 
     return jax.tree_util.tree_map_with_path(get, params)
