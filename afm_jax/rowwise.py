@@ -3,7 +3,9 @@
 A dense optimizer step over a table writes every row, both Adam moments and a zero-filled
 gradient of the table's size, whether the batch read 40k rows or not. Here, as in TensorFlow's
 LazyAdam and TorchRec's fused row-wise optimizers:
-  1. each table's row ids of the batch are made unique (static size, `jnp.unique(size=...)`);
+  1. each field's ids of the batch are made unique (`_dedupe_fields`: a field with at most B
+     rows takes all its rows and marks those read, the larger ones are sorted per column), so
+     a table's unique rows have the static size sum over its fields of min(B, rows);
   2. the unique rows are gathered into a small table and the model runs on it (ids resolved to
      positions in it), so the gradient is taken with respect to the gathered rows only and
      duplicate ids are combined by autodiff's segment sum;
@@ -42,7 +44,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from afm_jax.errors import AfmError
 from afm_jax.forms import PackedLayout, is_packed, is_table_leaf
-from afm_jax.nn import first_order_rows
+from afm_jax.nn import in_vocab
 
 TABLE_OPTIMIZERS = ("auto", "rowwise", "rowwise_adagrad", "dense")
 # "auto": row-wise from this many table rows on, dense below. experiments/results/table_scale.md:
@@ -144,38 +146,85 @@ def resolve_rows(params: Mapping[str, Any], model, cat: jax.Array):
     cat [B, Fc] -> ({"parent/key": unique rows [U] (padded with the table's row count, which
     no id reaches)}, resolved cat {"raw": cat, "embed": [B, Fc], "linear": [B, Fc]}) as the
     model's packed lookup and first-order layer take it.
-    """
-    from afm_jax.packing import _ids, take_static
 
+    The dedupe is per field (`_dedupe_fields`), shared by the tables that hold a field with the
+    same rows (DeepFM's packed table and first-order weights), and U = sum over the table's
+    fields of min(B, the field's rows): the most rows a batch can read, fixed at trace time.
+    """
     resolved: dict[str, Any] = {"raw": cat}
     uniques: dict[str, jax.Array] = {}
+    deduped: dict[tuple[int, ...], list] = {}
 
-    def unique(name: str, ids: jax.Array, rows: int) -> jax.Array:
-        flat = ids.reshape(-1)
-        # a batch reads at most min(its ids, the table's rows) distinct rows: the static size
-        # bounds the gathered rows, their gradient and (over a mesh) its all-reduce
-        u, inv = jnp.unique(flat, size=min(flat.size, rows), fill_value=rows,
-                            return_inverse=True)
-        uniques[name] = u
-        return inv.reshape(ids.shape).astype(jnp.int32)
+    def per_field(rows: tuple[int, ...]) -> list:
+        if rows not in deduped:
+            deduped[rows] = _dedupe_fields(cat, rows)
+        return deduped[rows]
+
+    def table(name: str, fields: list, offsets, n_rows: int) -> jax.Array:
+        """The table's unique rows (its fields' in turn, invalid slots -> n_rows) and each
+        field's ids as positions in them: [B, len(fields)]."""
+        us, cols, base = [], [], 0
+        for (u, valid, inv), off in zip(fields, offsets, strict=True):
+            us.append(jnp.where(valid, u + int(off), n_rows))
+            cols.append(inv + base)
+            base += u.shape[0]
+        uniques[name] = jnp.concatenate(us)
+        return jnp.stack(cols, axis=1)
 
     embed = params.get("embed")
     if isinstance(embed, Mapping) and is_packed(embed):
         layout: PackedLayout = embed["layout"]
-        ids = _ids(layout, cat)                                        # [B, Fc]
         cols: list[Any] = [jnp.zeros(cat.shape[:1], jnp.int32)] * len(layout.fields)
         for w in layout.widths():
             members = layout.members(w)
-            group = take_static(ids, members, axis=-1)                 # [B, G_w]
-            inv = unique(f"embed/table_{w}", group, embed[f"table_{w}"].shape[0])
+            fields = per_field(tuple(layout.fields[i].rows for i in range(len(layout.fields))))
+            inv = table(f"embed/table_{w}", [fields[i] for i in members],
+                        [layout.fields[i].offset for i in members], embed[f"table_{w}"].shape[0])
             for n, i in enumerate(members):
                 cols[i] = inv[:, n]
         resolved["embed"] = jnp.stack(cols, axis=1) if cols else jnp.zeros_like(cat)
     linear = params.get("linear")
     if isinstance(linear, Mapping) and "weights" in linear:
-        resolved["linear"] = unique("linear/weights", first_order_rows(model.info.vocab_sizes, cat),
-                                    linear["weights"].shape[0])
+        sizes = np.asarray(model.info.vocab_sizes, np.int64)
+        resolved["linear"] = table("linear/weights", per_field(tuple(int(v) for v in sizes)),
+                                   np.cumsum(sizes) - sizes, linear["weights"].shape[0])
     return uniques, resolved
+
+
+def _dedupe_fields(cat: jax.Array, rows: tuple[int, ...]) -> list:
+    """Per field f of cat [B, Fc] (ids outside [0, rows[f]) read row 0): (u [S_f] its unique
+    local rows, valid [S_f] which of them the batch read, inv [B] each id's position in u),
+    S_f = min(B, rows[f]).
+
+    A field with at most B rows skips the dedupe: u is all its rows, inv the ids themselves and
+    `valid` a scatter of the ids into [rows] (its unread rows are dropped by the update, so they
+    stay exactly as they are). The fields with more rows than B are sorted together, one column
+    each (one sort of [B, G] along the batch: B log B per field, not B*G log(B*G) for a whole
+    table), and compacted to B slots each.
+    """
+    b = cat.shape[0]
+    out: list[Any] = [None] * len(rows)
+    big = [f for f, r in enumerate(rows) if r > b]
+    for f, r in enumerate(rows):
+        if r <= b:
+            ids = in_vocab(cat[:, f], r).astype(jnp.int32)
+            out[f] = (jnp.arange(r, dtype=jnp.int32),
+                      jnp.zeros((r,), bool).at[ids].set(True), ids)
+    if big:
+        ids = in_vocab(jnp.take(cat, np.asarray(big), axis=1),
+                       np.asarray([rows[f] for f in big])).astype(jnp.int32)    # [B, G]
+        g = len(big)
+        iota = jax.lax.broadcasted_iota(jnp.int32, (b, g), 0)
+        col = jax.lax.broadcasted_iota(jnp.int32, (b, g), 1)
+        srt, perm = jax.lax.sort((ids, iota), dimension=0, num_keys=1)
+        new = jnp.concatenate([jnp.ones((1, g), bool), srt[1:] != srt[:-1]], axis=0)
+        pos = jnp.cumsum(new, axis=0, dtype=jnp.int32) - 1                     # [B, G]
+        inv = jnp.zeros((b, g), jnp.int32).at[perm, col].set(pos, unique_indices=True)
+        u = jnp.zeros((b, g), jnp.int32).at[jnp.where(new, pos, b), col].set(srt, mode="drop")
+        valid = iota <= pos[-1:]
+        for n, f in enumerate(big):
+            out[f] = (u[:, n], valid[:, n], inv[:, n])
+    return out
 
 
 def _loss(model, embed_l2: float):
@@ -210,20 +259,21 @@ def catchup(last: jax.Array, count: jax.Array, b1: float, b2: float) -> jax.Arra
     r = b1 / np.sqrt(b2)
     last = last.astype(jnp.float32)
     missed = count.astype(jnp.float32) - 1.0 - last
+    # b^(last + k) = b^last * b^k: two powers per row, the b^k constants (not 2 per term)
+    p1, p2 = b1 ** last, b2 ** last
 
-    def bias(j):
-        return jnp.sqrt(1.0 - b2 ** j) / (1.0 - b1 ** j)
+    def bias(k):
+        return jnp.sqrt(1.0 - p2 * b2 ** k) / (1.0 - p1 * b1 ** k)
 
     total = jnp.zeros_like(last)
     for i in range(1, CATCHUP_STEPS + 1):
-        total += jnp.where(missed >= i, r ** i * bias(last + i), 0.0)
+        total += jnp.where(missed >= i, r ** i * bias(i), 0.0)
     # steps past CATCHUP_STEPS: a geometric sum in r, the bias term taken at the tail's mean
     # step (CATCHUP_STEPS + 1/(1-r) past `last`): within 0.8% of the exact sum in the first
     # steps of training (where sqrt(1 - b2^j) still grows fast), within 0.2% from step 500 on
     tail = missed - CATCHUP_STEPS
     geometric = r ** (CATCHUP_STEPS + 1) * (1.0 - r ** jnp.maximum(tail, 0.0)) / (1.0 - r)
-    centre = last + CATCHUP_STEPS + 1.0 / (1.0 - r)
-    return total + jnp.where(tail > 0, geometric * bias(centre), 0.0)
+    return total + jnp.where(tail > 0, geometric * bias(CATCHUP_STEPS + 1.0 / (1.0 - r)), 0.0)
 
 
 def _adam_catchup(m, v, last, count, lr, b1, b2, eps):
