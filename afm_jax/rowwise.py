@@ -47,11 +47,9 @@ from afm_jax.forms import PackedLayout, is_packed, is_table_leaf
 from afm_jax.nn import in_vocab
 
 TABLE_OPTIMIZERS = ("auto", "rowwise", "rowwise_adagrad", "dense")
-# "auto": row-wise from this many table rows on, dense below. experiments/results/table_scale.md:
-# dense Adam's step grows with the tables and passes the row-wise one (flat at ~15 ms on 2 CPU
-# cores) between 100k and 300k rows; below that dense Adam is as fast (and with catch-up both
-# reach the same Criteo test AUC, table_optimizer.md).
-AUTO_ROWWISE_ROWS = 200_000
+# "auto": row-wise when the tables hold at least AUTO_ROWS_PER_SLOT rows per dedupe slot of a
+# batch (`batch_slots`), dense below; see `resolve` for the cost model behind it.
+AUTO_ROWS_PER_SLOT = 6.0
 _RULES = {"rowwise": "adam", "rowwise_adagrad": "adagrad"}
 
 
@@ -122,15 +120,34 @@ def init(params: Mapping[str, Any], learning_rate: float, table_optimizer: str) 
     return RowwiseState(optax.adam(learning_rate).init(dense), slots, jnp.zeros((), jnp.int32))
 
 
-def resolve(table_optimizer: str, info) -> str:
-    """The table optimizer a run uses: "auto" picks "rowwise" when the model's tables hold at
-    least AUTO_ROWWISE_ROWS rows in all (info.vocab_sizes), else "dense"."""
+def batch_slots(vocab_sizes, batch_size: int) -> int:
+    """The dedupe slots of a batch: sum over the fields of min(batch_size, the field's rows),
+    the most distinct rows `batch_size` examples can read and the static size of the rows a
+    row-wise step gathers, catches up and writes back (`resolve_rows`)."""
+    return sum(min(int(batch_size), int(v)) for v in vocab_sizes)
+
+
+def resolve(table_optimizer: str, info, batch_size: int = 1024) -> str:
+    """The table optimizer a run uses: "auto" picks "rowwise" when the tables hold at least
+    AUTO_ROWS_PER_SLOT rows per dedupe slot of a batch (`batch_slots(info.vocab_sizes,
+    batch_size)`), else "dense".
+
+    The cost model: both steps run the same model on the batch; on top of it dense Adam reads
+    and writes every table row with its two moments (a cost a * rows), the row-wise step
+    dedupes the batch's ids and gathers, catches up and writes back its slots (c * slots).
+    Row-wise is the faster from rows / slots = c / a on, whatever the batch: measured
+    (experiments/results/table_scale.md, DeepFM, embeddings 16, 2 CPU cores) between 4.5
+    and 8.4 at batch 4096, between 3.1 and 8.4 at batch 1024; AUTO_ROWS_PER_SLOT = 6. Near
+    the crossing the two steps are within a few percent of each other.
+    """
     if table_optimizer not in TABLE_OPTIMIZERS:
         raise AfmError(f"table_optimizer must be one of {TABLE_OPTIMIZERS}, got "
                        f"{table_optimizer!r}")
     if table_optimizer != "auto":
         return table_optimizer
-    return "rowwise" if sum(int(v) for v in info.vocab_sizes) >= AUTO_ROWWISE_ROWS else "dense"
+    rows = sum(int(v) for v in info.vocab_sizes)
+    return ("rowwise" if rows >= AUTO_ROWS_PER_SLOT * batch_slots(info.vocab_sizes, batch_size)
+            else "dense")
 
 
 def _rule(table_optimizer: str) -> str:
@@ -191,40 +208,73 @@ def resolve_rows(params: Mapping[str, Any], model, cat: jax.Array):
     return uniques, resolved
 
 
-def _dedupe_fields(cat: jax.Array, rows: tuple[int, ...]) -> list:
+def _dedupe_fields(cat: jax.Array, rows: tuple[int, ...], scan_rows: int | None = None) -> list:
     """Per field f of cat [B, Fc] (ids outside [0, rows[f]) read row 0): (u [S_f] its unique
     local rows, valid [S_f] which of them the batch read, inv [B] each id's position in u),
-    S_f = min(B, rows[f]).
+    S_f = min(B, rows[f]). Three ways, by the field's rows:
 
-    A field with at most B rows skips the dedupe: u is all its rows, inv the ids themselves and
-    `valid` a scatter of the ids into [rows] (its unread rows are dropped by the update, so they
-    stay exactly as they are). The fields with more rows than B are sorted together, one column
-    each (one sort of [B, G] along the batch: B log B per field, not B*G log(B*G) for a whole
-    table), and compacted to B slots each.
+    - at most B rows: no dedupe. u is all its rows, inv the ids themselves and `valid` a
+      scatter of the ids into [rows] (unread rows are dropped by the update, so they stay
+      exactly as they are);
+    - up to `scan_rows` (default SCAN_ROWS_PER_ID * B): sort-free. Each row's first reader, a scatter-min
+      of the batch positions into [rows] (one fill of the field's rows, then O(B)); the first
+      readers, counted in batch order, are the slots;
+    - more: the fields are sorted together, one column each (one sort of [B, G] along the
+      batch: B log B per field, not B*G log(B*G) for a table), and compacted to B slots.
     """
     b = cat.shape[0]
+    scan_rows = SCAN_ROWS_PER_ID * b if scan_rows is None else scan_rows
     out: list[Any] = [None] * len(rows)
-    big = [f for f, r in enumerate(rows) if r > b]
     for f, r in enumerate(rows):
         if r <= b:
             ids = in_vocab(cat[:, f], r).astype(jnp.int32)
             out[f] = (jnp.arange(r, dtype=jnp.int32),
                       jnp.zeros((r,), bool).at[ids].set(True), ids)
-    if big:
-        ids = in_vocab(jnp.take(cat, np.asarray(big), axis=1),
-                       np.asarray([rows[f] for f in big])).astype(jnp.int32)    # [B, G]
-        g = len(big)
-        iota = jax.lax.broadcasted_iota(jnp.int32, (b, g), 0)
-        col = jax.lax.broadcasted_iota(jnp.int32, (b, g), 1)
-        srt, perm = jax.lax.sort((ids, iota), dimension=0, num_keys=1)
-        new = jnp.concatenate([jnp.ones((1, g), bool), srt[1:] != srt[:-1]], axis=0)
-        pos = jnp.cumsum(new, axis=0, dtype=jnp.int32) - 1                     # [B, G]
-        inv = jnp.zeros((b, g), jnp.int32).at[perm, col].set(pos, unique_indices=True)
-        u = jnp.zeros((b, g), jnp.int32).at[jnp.where(new, pos, b), col].set(srt, mode="drop")
-        valid = iota <= pos[-1:]
-        for n, f in enumerate(big):
-            out[f] = (u[:, n], valid[:, n], inv[:, n])
+    for group, how in (([f for f, r in enumerate(rows) if b < r <= scan_rows], _first_readers),
+                       ([f for f, r in enumerate(rows) if r > max(b, scan_rows)], _sorted)):
+        if group:
+            ids = in_vocab(jnp.take(cat, np.asarray(group), axis=1),
+                           np.asarray([rows[f] for f in group])).astype(jnp.int32)  # [B, G]
+            u, valid, inv = how(ids, [rows[f] for f in group])
+            for n, f in enumerate(group):
+                out[f] = (u[:, n], valid[:, n], inv[:, n])
     return out
+
+
+# a field of up to this many rows per id of the batch dedupes sort-free (`_first_readers`),
+# a larger one sorts (`_sorted`). Measured (experiments/results/rowwise_dedupe.md, 2 CPU
+# cores, B = 1024-16384): the sort costs ~120-190 ns an id, filling the first-reader buffer
+# ~1-1.7 ns a row (so ~100 rows an id break even; 64 leaves a margin for the scatter)
+SCAN_ROWS_PER_ID = 64
+
+
+def _first_readers(ids: jax.Array, rows: list[int]):
+    """ids [B, G] (column g in [0, rows[g])) -> (u, valid, inv) [B, G] per column: each row's
+    first reader by a scatter-min of the batch positions into one [sum rows] buffer."""
+    b, g = ids.shape
+    iota = jax.lax.broadcasted_iota(jnp.int32, (b, g), 0)
+    col = jax.lax.broadcasted_iota(jnp.int32, (b, g), 1)
+    flat = ids + np.concatenate([[0], np.cumsum(rows[:-1])]).astype(np.int32)
+    first = jnp.full((int(sum(rows)),), b, jnp.int32).at[flat].min(iota)[flat]     # [B, G]
+    new = first == iota
+    pos = jnp.cumsum(new, axis=0, dtype=jnp.int32) - 1
+    inv = jnp.take_along_axis(pos, first, axis=0)
+    u = jnp.zeros((b, g), jnp.int32).at[jnp.where(new, pos, b), col].set(ids, mode="drop")
+    return u, iota <= pos[-1:], inv
+
+
+def _sorted(ids: jax.Array, rows: list[int]):
+    """ids [B, G] -> (u, valid, inv) [B, G] per column, by one sort along the batch."""
+    del rows
+    b, g = ids.shape
+    iota = jax.lax.broadcasted_iota(jnp.int32, (b, g), 0)
+    col = jax.lax.broadcasted_iota(jnp.int32, (b, g), 1)
+    srt, perm = jax.lax.sort((ids, iota), dimension=0, num_keys=1)
+    new = jnp.concatenate([jnp.ones((1, g), bool), srt[1:] != srt[:-1]], axis=0)
+    pos = jnp.cumsum(new, axis=0, dtype=jnp.int32) - 1                     # [B, G]
+    inv = jnp.zeros((b, g), jnp.int32).at[perm, col].set(pos, unique_indices=True)
+    u = jnp.zeros((b, g), jnp.int32).at[jnp.where(new, pos, b), col].set(srt, mode="drop")
+    return u, iota <= pos[-1:], inv
 
 
 def _loss(model, embed_l2: float):

@@ -439,7 +439,8 @@ def train(model, dataset, config: TrainConfig = TrainConfig(), *, out_dir: str |
     from afm_jax import distributed
 
     config = dataclasses.replace(
-        config, table_optimizer=rowwise.resolve(config.table_optimizer, dataset.info))
+        config, table_optimizer=rowwise.resolve(config.table_optimizer, dataset.info,
+                                              config.batch_size))
     t_start = time.perf_counter()
     loop = _start(model, dataset.info, config, params, mesh, shard_embeddings)
     out = None if out_dir is None else Path(out_dir)
