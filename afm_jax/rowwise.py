@@ -49,7 +49,7 @@ from afm_jax.nn import in_vocab
 TABLE_OPTIMIZERS = ("auto", "rowwise", "rowwise_adagrad", "dense")
 # "auto": row-wise when the tables hold at least AUTO_ROWS_PER_SLOT rows per dedupe slot of a
 # batch (`batch_slots`), dense below; see `resolve` for the cost model behind it.
-AUTO_ROWS_PER_SLOT = 6.0
+AUTO_ROWS_PER_SLOT = 4.0
 _RULES = {"rowwise": "adam", "rowwise_adagrad": "adagrad"}
 
 
@@ -136,9 +136,10 @@ def resolve(table_optimizer: str, info, batch_size: int = 1024) -> str:
     and writes every table row with its two moments (a cost a * rows), the row-wise step
     dedupes the batch's ids and gathers, catches up and writes back its slots (c * slots).
     Row-wise is the faster from rows / slots = c / a on, whatever the batch: measured
-    (experiments/results/table_scale.md, DeepFM, embeddings 16, 2 CPU cores) between 4.5
-    and 8.4 at batch 4096, between 3.1 and 8.4 at batch 1024; AUTO_ROWS_PER_SLOT = 6. Near
-    the crossing the two steps are within a few percent of each other.
+    (experiments/results/table_scale.md, DeepFM, embeddings 16, 2 CPU cores) dense was the
+    faster at 3.1 rows a slot (17k rows, batch 1024; 1.03x) and 1.1 (17k, batch 4096; 1.05x),
+    row-wise at 4.5 (100k, batch 4096; 0.90x) and above; AUTO_ROWS_PER_SLOT = 4. Near the
+    crossing the two steps are within a few percent of each other.
     """
     if table_optimizer not in TABLE_OPTIMIZERS:
         raise AfmError(f"table_optimizer must be one of {TABLE_OPTIMIZERS}, got "

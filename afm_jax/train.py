@@ -40,7 +40,8 @@ class TrainConfig:
     checkpoint_every: int = 0    # with an out_dir, also checkpoint every N steps (0: per epoch)
     seed: int = 0
     table_optimizer: str = "auto"   # tables: "rowwise" (lazy Adam), "rowwise_adagrad", "dense",
-                                    # "auto" (rowwise from rowwise.AUTO_ROWWISE_ROWS rows on)
+                                    # "auto" (`rowwise.resolve`: table rows against the
+                                    # batch's dedupe slots)
     table_learning_rate: float | None = None  # row-wise tables' rate (None: learning_rate)
 
 

@@ -184,8 +184,8 @@ def test_train_rejects_unknown_table_optimizer():
 def test_auto_weighs_table_rows_against_the_batch_slots():
     """auto: row-wise from AUTO_ROWS_PER_SLOT table rows per dedupe slot of a batch on, so a
     larger batch needs larger tables; at table_scale.md's DeepFM tables it picks the faster
-    one measured there (dense at 17k rows and batch 1024, and up to 100k at batch 4096;
-    row-wise at 100k and batch 1024, and from 200k at batch 4096)."""
+    one measured there (dense at 17k rows, batch 1024 and 4096; row-wise from 100k rows on
+    at both)."""
     from afm_jax.lab.table_scale import vocab_sizes
 
     def info(sizes):
@@ -200,7 +200,7 @@ def test_auto_weighs_table_rows_against_the_batch_slots():
              for total in (17_000, 100_000, 200_000, 1_000_000) for b in (1024, 4096)}
     assert picks == {(17_000, 1024): "dense", (100_000, 1024): "rowwise",
                      (200_000, 1024): "rowwise", (1_000_000, 1024): "rowwise",
-                     (17_000, 4096): "dense", (100_000, 4096): "dense",
+                     (17_000, 4096): "dense", (100_000, 4096): "rowwise",
                      (200_000, 4096): "rowwise", (1_000_000, 4096): "rowwise"}
     assert rowwise.resolve("rowwise_adagrad", one, 1024) == "rowwise_adagrad"
     assert rowwise.resolve("dense", info(vocab_sizes(1_000_000))) == "dense"

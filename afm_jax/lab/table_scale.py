@@ -136,6 +136,64 @@ def timing_markdown(rows: list[dict], command: str, machine: str, note: str = ""
     return "\n".join(lines) + "\n"
 
 
+def _across_worker(totals, batch: int, optimizer: str, steps: int, rounds: int) -> dict:
+    """One optimizer at several table sizes in this one process, interleaved as
+    `_timing_worker` does: how its step grows with the tables, free of the load's drift."""
+    import jax
+
+    runs = {t: _setup(t, batch, (optimizer,)) for t in totals}
+
+    def one(t, b):
+        run = runs[t][1][optimizer]
+        run[1], run[2], loss = run[0](run[1], run[2], b)
+        return loss
+
+    for t in totals:
+        for b in runs[t][2][:2]:
+            one(t, b)
+        jax.block_until_ready(runs[t][1][optimizer][1:])
+    per_round: dict[str, list[float]] = {str(t): [] for t in totals}
+    for _ in range(rounds):
+        for t in totals:
+            times = []
+            for i in range(steps):
+                t0 = time.perf_counter()
+                one(t, runs[t][2][i % 4]).block_until_ready()
+                times.append(time.perf_counter() - t0)
+            per_round[str(t)].append(1e3 * float(np.median(times)))
+    return {"totals": list(totals), "batch": batch, "optimizer": optimizer,
+            "round_ms": per_round}
+
+
+def across(totals, batch: int, optimizer: str = "rowwise", steps: int = 5,
+           rounds: int = 3) -> dict:
+    """`_across_worker` in a fresh subprocess; an error becomes a row with it."""
+    return _subprocess(f"_across_worker({list(totals)!r}, {batch}, {optimizer!r}, {steps}, "
+                       f"{rounds})", {"totals": list(totals), "batch": batch})
+
+
+def across_markdown(rows: list[dict]) -> str:
+    """Per batch, each table size's step against the smallest's, within the same rounds."""
+    lines = ["## Row-wise step against table rows (interleaved in one process)\n",
+             "Per batch one process holds the row-wise step at each table size and times them "
+             "in turn, round after round; *vs smallest* = step / the smallest table's step "
+             "within each round: median [min-max].\n",
+             "| batch | vocabulary rows | row-wise ms | rows/s | vs smallest |",
+             "|---:|---:|---:|---:|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['batch']} | {r['totals']} | failed: {r['error'][-120:]} | | |")
+            continue
+        ref = np.asarray(r["round_ms"][str(r["totals"][0])])
+        for t in r["totals"]:
+            v = np.asarray(r["round_ms"][str(t)])
+            q = v / ref
+            lines.append(f"| {r['batch']} | {t:,} | {np.median(v):.1f} | "
+                         f"{r['batch'] / np.median(v) * 1e3:,.0f} | "
+                         f"{np.median(q):.2f}x [{q.min():.2f}-{q.max():.2f}] |")
+    return "\n".join(lines) + "\n"
+
+
 def _subprocess(call: str, on_error: dict) -> dict:
     """`call` (a function of this module) in a fresh Python; its JSON result, or `on_error`
     with the error's tail."""
