@@ -726,7 +726,8 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=["auto", "rowwise", "rowwise_adagrad", "dense"],
                    help="embedding tables: row-wise lazy Adam (only the rows a batch reads are "
                         "updated), row-wise Adagrad, dense Adam over every row, or auto: row-wise "
-                        "from 200k table rows on, dense below")
+                        "when the tables hold at least 6 rows per dedupe slot of a batch (the sum "
+                        "over fields of min(batch size, field rows)), dense below")
     p.add_argument("--table-lr", type=float, default=None,
                    help="learning rate of row-wise tables (default: --lr)")
     p.add_argument("--patience", type=int, default=1,

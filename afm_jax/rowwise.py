@@ -3,7 +3,9 @@
 A dense optimizer step over a table writes every row, both Adam moments and a zero-filled
 gradient of the table's size, whether the batch read 40k rows or not. Here, as in TensorFlow's
 LazyAdam and TorchRec's fused row-wise optimizers:
-  1. each table's row ids of the batch are made unique (static size, `jnp.unique(size=...)`);
+  1. each field's ids of the batch are made unique (`_dedupe_fields`: a field with at most B
+     rows takes all its rows and marks those read, the larger ones are sorted per column), so
+     a table's unique rows have the static size sum over its fields of min(B, rows);
   2. the unique rows are gathered into a small table and the model runs on it (ids resolved to
      positions in it), so the gradient is taken with respect to the gathered rows only and
      duplicate ids are combined by autodiff's segment sum;
@@ -42,15 +44,13 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from afm_jax.errors import AfmError
 from afm_jax.forms import PackedLayout, is_packed, is_table_leaf
-from afm_jax.nn import first_order_rows, first_order_size
+from afm_jax.nn import first_order_rows, first_order_size, in_vocab
 from afm_jax.pooling import model_inputs, real_columns, split_inputs
 
 TABLE_OPTIMIZERS = ("auto", "rowwise", "rowwise_adagrad", "dense")
-# "auto": row-wise from this many table rows on, dense below. experiments/results/table_scale.md:
-# dense Adam's step grows with the tables and passes the row-wise one (flat at ~15 ms on 2 CPU
-# cores) between 100k and 300k rows; below that dense Adam is as fast (and with catch-up both
-# reach the same Criteo test AUC, table_optimizer.md).
-AUTO_ROWWISE_ROWS = 200_000
+# "auto": row-wise when the tables hold at least AUTO_ROWS_PER_SLOT rows per dedupe slot of a
+# batch (`batch_slots`), dense below; see `resolve` for the cost model behind it.
+AUTO_ROWS_PER_SLOT = 4.0
 _RULES = {"rowwise": "adam", "rowwise_adagrad": "adagrad"}
 
 
@@ -121,16 +121,37 @@ def init(params: Mapping[str, Any], learning_rate: float, table_optimizer: str) 
     return RowwiseState(optax.adam(learning_rate).init(dense), slots, jnp.zeros((), jnp.int32))
 
 
-def resolve(table_optimizer: str, info) -> str:
-    """The table optimizer a run uses: "auto" picks "rowwise" when the model's tables hold at
-    least AUTO_ROWWISE_ROWS rows in all (info.vocab_sizes and the bags' own tables), else "dense"."""
+def batch_slots(vocab_sizes, batch_size: int) -> int:
+    """The dedupe slots of a batch: sum over the fields of min(batch_size, the field's rows),
+    the most distinct rows `batch_size` examples can read and the static size of the rows a
+    row-wise step gathers, catches up and writes back (`resolve_rows`)."""
+    return sum(min(int(batch_size), int(v)) for v in vocab_sizes)
+
+
+def resolve(table_optimizer: str, info, batch_size: int = 1024) -> str:
+    """The table optimizer a run uses: "auto" picks "rowwise" when the tables hold at least
+    AUTO_ROWS_PER_SLOT rows per dedupe slot of a batch (`batch_slots(info.vocab_sizes,
+    batch_size)`, plus each own-table bag's min(batch_size * max_len, rows)), else "dense".
+
+    The cost model: both steps run the same model on the batch; on top of it dense Adam reads
+    and writes every table row with its two moments (a cost a * rows), the row-wise step
+    dedupes the batch's ids and gathers, catches up and writes back its slots (c * slots).
+    Row-wise is the faster from rows / slots = c / a on, whatever the batch: measured
+    (experiments/results/table_scale.md, DeepFM, embeddings 16, 2 CPU cores) dense was the
+    faster at 3.1 rows a slot (17k rows, batch 1024; 1.03x) and 1.1 (17k, batch 4096; 1.05x),
+    row-wise at 4.5 (100k, batch 4096; 0.90x) and above; AUTO_ROWS_PER_SLOT = 4. Near the
+    crossing the two steps are within a few percent of each other.
+    """
     if table_optimizer not in TABLE_OPTIMIZERS:
         raise AfmError(f"table_optimizer must be one of {TABLE_OPTIMIZERS}, got "
                        f"{table_optimizer!r}")
     if table_optimizer != "auto":
         return table_optimizer
-    rows = first_order_size(info.vocab_sizes, getattr(info, "bags", ()))
-    return "rowwise" if rows >= AUTO_ROWWISE_ROWS else "dense"
+    bags = tuple(getattr(info, "bags", ()))
+    rows = first_order_size(info.vocab_sizes, bags)
+    slots = batch_slots(info.vocab_sizes, batch_size) + sum(
+        min(int(batch_size) * int(b.max_len), int(b.vocab_size)) for b in bags if b.shares is None)
+    return "rowwise" if rows >= AUTO_ROWS_PER_SLOT * slots else "dense"
 
 
 def _rule(table_optimizer: str) -> str:
@@ -151,6 +172,11 @@ def resolve_rows(params: Mapping[str, Any], model, cat):
     single-valued ids of a shared table, resolve to one unique row, whose gradient autodiff
     then sums; a bag's padding slots resolve to the fill row (gathered as 0, its update
     dropped), so they touch no row.
+
+    Without bags the dedupe is per field (`_dedupe_fields`), shared by the tables that hold a
+    field with the same rows (DeepFM's packed table and first-order weights), and U = sum over
+    the table's fields of min(B, the field's rows): the most rows a batch can read, fixed at
+    trace time. With bags each table's columns take one `jnp.unique` (padding masked).
     """
     from afm_jax.packing import _ids, take_static
 
@@ -172,26 +198,126 @@ def resolve_rows(params: Mapping[str, Any], model, cat):
         u, inv = jnp.unique(flat, size=size, fill_value=rows, return_inverse=True)
         uniques[name] = u
         return inv.reshape(ids.shape).astype(jnp.int32)
+    deduped: dict[tuple[int, ...], list] = {}
+
+    def per_field(rows: tuple[int, ...]) -> list:
+        if rows not in deduped:
+            deduped[rows] = _dedupe_fields(raw, rows)
+        return deduped[rows]
+
+    def table(name: str, fields: list, offsets, n_rows: int) -> jax.Array:
+        """The table's unique rows (its fields' in turn, invalid slots -> n_rows) and each
+        field's ids as positions in them: [B, len(fields)]."""
+        us, cols, base = [], [], 0
+        for (u, valid, inv), off in zip(fields, offsets, strict=True):
+            us.append(jnp.where(valid, u + int(off), n_rows))
+            cols.append(inv + base)
+            base += u.shape[0]
+        uniques[name] = jnp.concatenate(us)
+        return jnp.stack(cols, axis=1)
 
     embed = params.get("embed")
     if isinstance(embed, Mapping) and is_packed(embed):
         layout: PackedLayout = embed["layout"]
-        ids = _ids(layout, raw, bag_ids)                               # [B, C]
-        n_cols = ids.shape[-1]
-        cols: list[Any] = [jnp.zeros(raw.shape[:1], jnp.int32)] * n_cols
-        for w in layout.widths():
-            members = layout.column_members(w)
-            group = take_static(ids, members, axis=-1)                 # [B, G_w]
-            group_real = None if real is None else take_static(real, members, axis=-1)
-            inv = unique(f"embed/table_{w}", group, embed[f"table_{w}"].shape[0], group_real)
-            for n, i in enumerate(members):
-                cols[i] = inv[:, n]
+        if bags:   # bag columns: one unique over each width's columns, padding masked
+            ids = _ids(layout, raw, bag_ids)                               # [B, C]
+            cols: list[Any] = [jnp.zeros(raw.shape[:1], jnp.int32)] * ids.shape[-1]
+            for w in layout.widths():
+                members = layout.column_members(w)
+                group = take_static(ids, members, axis=-1)                 # [B, G_w]
+                group_real = None if real is None else take_static(real, members, axis=-1)
+                inv = unique(f"embed/table_{w}", group, embed[f"table_{w}"].shape[0], group_real)
+                for n, i in enumerate(members):
+                    cols[i] = inv[:, n]
+        else:      # single-valued fields: the per-field dedupe
+            cols = [jnp.zeros(raw.shape[:1], jnp.int32)] * len(layout.fields)
+            for w in layout.widths():
+                members = layout.members(w)
+                fields = per_field(tuple(layout.fields[i].rows for i in range(len(layout.fields))))
+                inv = table(f"embed/table_{w}", [fields[i] for i in members],
+                            [layout.fields[i].offset for i in members], embed[f"table_{w}"].shape[0])
+                for n, i in enumerate(members):
+                    cols[i] = inv[:, n]
         resolved["embed"] = jnp.stack(cols, axis=1) if cols else jnp.zeros_like(raw)
     linear = params.get("linear")
     if isinstance(linear, Mapping) and "weights" in linear:
-        rows = first_order_rows(model.info.vocab_sizes, cat, bags, model.info.cat_names)
-        resolved["linear"] = unique("linear/weights", rows, linear["weights"].shape[0], real)
+        if bags:
+            rows = first_order_rows(model.info.vocab_sizes, cat, bags, model.info.cat_names)
+            resolved["linear"] = unique("linear/weights", rows, linear["weights"].shape[0], real)
+        else:
+            sizes = np.asarray(model.info.vocab_sizes, np.int64)
+            resolved["linear"] = table("linear/weights", per_field(tuple(int(v) for v in sizes)),
+                                       np.cumsum(sizes) - sizes, linear["weights"].shape[0])
     return uniques, resolved
+
+
+def _dedupe_fields(cat: jax.Array, rows: tuple[int, ...], scan_rows: int | None = None) -> list:
+    """Per field f of cat [B, Fc] (ids outside [0, rows[f]) read row 0): (u [S_f] its unique
+    local rows, valid [S_f] which of them the batch read, inv [B] each id's position in u),
+    S_f = min(B, rows[f]). Three ways, by the field's rows:
+
+    - at most B rows: no dedupe. u is all its rows, inv the ids themselves and `valid` a
+      scatter of the ids into [rows] (unread rows are dropped by the update, so they stay
+      exactly as they are);
+    - up to `scan_rows` (default SCAN_ROWS_PER_ID * B): sort-free. Each row's first reader, a scatter-min
+      of the batch positions into [rows] (one fill of the field's rows, then O(B)); the first
+      readers, counted in batch order, are the slots;
+    - more: the fields are sorted together, one column each (one sort of [B, G] along the
+      batch: B log B per field, not B*G log(B*G) for a table), and compacted to B slots.
+    """
+    b = cat.shape[0]
+    scan_rows = SCAN_ROWS_PER_ID * b if scan_rows is None else scan_rows
+    out: list[Any] = [None] * len(rows)
+    for f, r in enumerate(rows):
+        if r <= b:
+            ids = in_vocab(cat[:, f], r).astype(jnp.int32)
+            out[f] = (jnp.arange(r, dtype=jnp.int32),
+                      jnp.zeros((r,), bool).at[ids].set(True), ids)
+    for group, how in (([f for f, r in enumerate(rows) if b < r <= scan_rows], _first_readers),
+                       ([f for f, r in enumerate(rows) if r > max(b, scan_rows)], _sorted)):
+        if group:
+            ids = in_vocab(jnp.take(cat, np.asarray(group), axis=1),
+                           np.asarray([rows[f] for f in group])).astype(jnp.int32)  # [B, G]
+            u, valid, inv = how(ids, [rows[f] for f in group])
+            for n, f in enumerate(group):
+                out[f] = (u[:, n], valid[:, n], inv[:, n])
+    return out
+
+
+# a field of up to this many rows per id of the batch dedupes sort-free (`_first_readers`),
+# a larger one sorts (`_sorted`). Measured (experiments/results/rowwise_dedupe.md, 2 CPU
+# cores, B = 1024-16384): the sort costs ~120-190 ns an id, filling the first-reader buffer
+# ~1-1.7 ns a row (so ~100 rows an id break even; 64 leaves a margin for the scatter)
+SCAN_ROWS_PER_ID = 64
+
+
+def _first_readers(ids: jax.Array, rows: list[int]):
+    """ids [B, G] (column g in [0, rows[g])) -> (u, valid, inv) [B, G] per column: each row's
+    first reader by a scatter-min of the batch positions into one [sum rows] buffer."""
+    b, g = ids.shape
+    iota = jax.lax.broadcasted_iota(jnp.int32, (b, g), 0)
+    col = jax.lax.broadcasted_iota(jnp.int32, (b, g), 1)
+    flat = ids + np.concatenate([[0], np.cumsum(rows[:-1])]).astype(np.int32)
+    first = jnp.full((int(sum(rows)),), b, jnp.int32).at[flat].min(iota)[flat]     # [B, G]
+    new = first == iota
+    pos = jnp.cumsum(new, axis=0, dtype=jnp.int32) - 1
+    inv = jnp.take_along_axis(pos, first, axis=0)
+    u = jnp.zeros((b, g), jnp.int32).at[jnp.where(new, pos, b), col].set(ids, mode="drop")
+    return u, iota <= pos[-1:], inv
+
+
+def _sorted(ids: jax.Array, rows: list[int]):
+    """ids [B, G] -> (u, valid, inv) [B, G] per column, by one sort along the batch."""
+    del rows
+    b, g = ids.shape
+    iota = jax.lax.broadcasted_iota(jnp.int32, (b, g), 0)
+    col = jax.lax.broadcasted_iota(jnp.int32, (b, g), 1)
+    srt, perm = jax.lax.sort((ids, iota), dimension=0, num_keys=1)
+    new = jnp.concatenate([jnp.ones((1, g), bool), srt[1:] != srt[:-1]], axis=0)
+    pos = jnp.cumsum(new, axis=0, dtype=jnp.int32) - 1                     # [B, G]
+    inv = jnp.zeros((b, g), jnp.int32).at[perm, col].set(pos, unique_indices=True)
+    u = jnp.zeros((b, g), jnp.int32).at[jnp.where(new, pos, b), col].set(srt, mode="drop")
+    return u, iota <= pos[-1:], inv
 
 
 def _loss(model, embed_l2: float):
@@ -226,20 +352,21 @@ def catchup(last: jax.Array, count: jax.Array, b1: float, b2: float) -> jax.Arra
     r = b1 / np.sqrt(b2)
     last = last.astype(jnp.float32)
     missed = count.astype(jnp.float32) - 1.0 - last
+    # b^(last + k) = b^last * b^k: two powers per row, the b^k constants (not 2 per term)
+    p1, p2 = b1 ** last, b2 ** last
 
-    def bias(j):
-        return jnp.sqrt(1.0 - b2 ** j) / (1.0 - b1 ** j)
+    def bias(k):
+        return jnp.sqrt(1.0 - p2 * b2 ** k) / (1.0 - p1 * b1 ** k)
 
     total = jnp.zeros_like(last)
     for i in range(1, CATCHUP_STEPS + 1):
-        total += jnp.where(missed >= i, r ** i * bias(last + i), 0.0)
+        total += jnp.where(missed >= i, r ** i * bias(i), 0.0)
     # steps past CATCHUP_STEPS: a geometric sum in r, the bias term taken at the tail's mean
     # step (CATCHUP_STEPS + 1/(1-r) past `last`): within 0.8% of the exact sum in the first
     # steps of training (where sqrt(1 - b2^j) still grows fast), within 0.2% from step 500 on
     tail = missed - CATCHUP_STEPS
     geometric = r ** (CATCHUP_STEPS + 1) * (1.0 - r ** jnp.maximum(tail, 0.0)) / (1.0 - r)
-    centre = last + CATCHUP_STEPS + 1.0 / (1.0 - r)
-    return total + jnp.where(tail > 0, geometric * bias(centre), 0.0)
+    return total + jnp.where(tail > 0, geometric * bias(CATCHUP_STEPS + 1.0 / (1.0 - r)), 0.0)
 
 
 def _adam_catchup(m, v, last, count, lr, b1, b2, eps):

@@ -41,7 +41,8 @@ class TrainConfig:
     checkpoint_every: int = 0    # with an out_dir, also checkpoint every N steps (0: per epoch)
     seed: int = 0
     table_optimizer: str = "auto"   # tables: "rowwise" (lazy Adam), "rowwise_adagrad", "dense",
-                                    # "auto" (rowwise from rowwise.AUTO_ROWWISE_ROWS rows on)
+                                    # "auto" (`rowwise.resolve`: table rows against the
+                                    # batch's dedupe slots)
     table_learning_rate: float | None = None  # row-wise tables' rate (None: learning_rate)
 
 
@@ -441,7 +442,8 @@ def train(model, dataset, config: TrainConfig = TrainConfig(), *, out_dir: str |
     from afm_jax import distributed
 
     config = dataclasses.replace(
-        config, table_optimizer=rowwise.resolve(config.table_optimizer, dataset.info))
+        config, table_optimizer=rowwise.resolve(config.table_optimizer, dataset.info,
+                                              config.batch_size))
     t_start = time.perf_counter()
     loop = _start(model, dataset.info, config, params, mesh, shard_embeddings)
     out = None if out_dir is None else Path(out_dir)

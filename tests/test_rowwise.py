@@ -140,10 +140,14 @@ def test_duplicate_ids_accumulate_as_in_the_dense_gradient():
     model, params = _model_and_params()
     rng = np.random.default_rng(2)
     cat = np.array([[0, 1, 2], [0, 1, 2], [0, 0, 3], [2, 1, 2]], np.int32)  # repeats
-    batch = _batch(rng, cat)
-    uniques, resolved = rowwise.resolve_rows(params, model, jnp.asarray(batch["cat"]))
-    g_rows = rowwise.table_grads(model, params, batch)
+    assert_row_grads_match_dense(model, params, _batch(rng, cat))
 
+
+def assert_row_grads_match_dense(model, params, batch) -> None:
+    """Each table's gradient of its unique rows (`table_grads`) equals the dense gradient of
+    those rows, and the dense gradient of every other row is zero."""
+    uniques, _ = rowwise.resolve_rows(params, model, jnp.asarray(batch["cat"]))
+    g_rows = rowwise.table_grads(model, params, batch)
     dense = jax.grad(_mean_loss(model, batch))(params)
     for name, g in g_rows.items():
         parent, key = name.split("/")
@@ -177,13 +181,29 @@ def test_train_rejects_unknown_table_optimizer():
         train(build_model("lr", ds.info), ds, TrainConfig(table_optimizer="sparse"), progress=False)
 
 
-def test_auto_picks_rowwise_for_large_tables_only():
-    small = FeatureInfo(cat_names=("a",), vocab_sizes=(1000,), num_names=())
-    large = FeatureInfo(cat_names=("a", "b"), vocab_sizes=(rowwise.AUTO_ROWWISE_ROWS - 5, 5),
-                        num_names=())
-    assert rowwise.resolve("auto", small) == "dense"
-    assert rowwise.resolve("auto", large) == "rowwise"
-    assert rowwise.resolve("rowwise_adagrad", small) == "rowwise_adagrad"
+def test_auto_weighs_table_rows_against_the_batch_slots():
+    """auto: row-wise from AUTO_ROWS_PER_SLOT table rows per dedupe slot of a batch on, so a
+    larger batch needs larger tables; at table_scale.md's DeepFM tables it picks the faster
+    one measured there (dense at 17k rows, batch 1024 and 4096; row-wise from 100k rows on
+    at both)."""
+    from afm_jax.lab.table_scale import vocab_sizes
+
+    def info(sizes):
+        return FeatureInfo(cat_names=tuple(f"c{i}" for i in range(len(sizes))),
+                           vocab_sizes=tuple(sizes), num_names=())
+
+    one = info([1000])   # slots min(B, 1000): row-wise up to B = 1000 / AUTO_ROWS_PER_SLOT
+    assert rowwise.resolve("auto", one, 64) == "rowwise"
+    assert rowwise.resolve("auto", one, 1024) == "dense"
+    assert rowwise.batch_slots((1000, 5), 64) == 64 + 5
+    picks = {(total, b): rowwise.resolve("auto", info(vocab_sizes(total)), b)
+             for total in (17_000, 100_000, 200_000, 1_000_000) for b in (1024, 4096)}
+    assert picks == {(17_000, 1024): "dense", (100_000, 1024): "rowwise",
+                     (200_000, 1024): "rowwise", (1_000_000, 1024): "rowwise",
+                     (17_000, 4096): "dense", (100_000, 4096): "rowwise",
+                     (200_000, 4096): "rowwise", (1_000_000, 4096): "rowwise"}
+    assert rowwise.resolve("rowwise_adagrad", one, 1024) == "rowwise_adagrad"
+    assert rowwise.resolve("dense", info(vocab_sizes(1_000_000))) == "dense"
 
 
 def _numpy_rowwise_adagrad(table, acc, g_full):

@@ -211,7 +211,8 @@ def _bare_step(model, ds, bs: int, seed: int) -> dict:
     from afm_jax.train import _adam_step, _start
 
     cfg = TrainConfig(batch_size=bs, seed=seed)
-    cfg = dataclasses.replace(cfg, table_optimizer=rowwise.resolve(cfg.table_optimizer, ds.info))
+    cfg = dataclasses.replace(cfg, table_optimizer=rowwise.resolve(cfg.table_optimizer, ds.info,
+                                                                       bs))
     loop = _start(model, ds.info, cfg, None, None, False)
     params, opt_state = loop.params, loop.opt_state
     step = _adam_step(model, cfg.learning_rate, cfg.embed_l2, cfg.table_optimizer,
