@@ -41,8 +41,11 @@ def trained():
     from afm_jax.train import TrainConfig, train
     data = synthetic_dataset(20000, seed=3)
     model = build_model("deepfm", data.info, embed_dim=8, mlp=(32, 16))
-    params = train(model, data, TrainConfig(epochs=1, batch_size=256, learning_rate=1e-2),
-                   progress=False).params
+    # dense tables, as this fixture was built with (auto now picks row-wise for these tables
+    # at batch 256, which trains another model; the search tests need one whose bisection
+    # takes several steps)
+    params = train(model, data, TrainConfig(epochs=1, batch_size=256, learning_rate=1e-2,
+                                            table_optimizer="dense"), progress=False).params
     return data, model, params
 
 
