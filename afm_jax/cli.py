@@ -93,7 +93,7 @@ def _data_options(args: argparse.Namespace) -> dict[str, Any]:
             "seed": args.split_seed or 0, "on_bad_lines": args.on_bad_lines,
             "max_rows": args.max_rows, "cache_dir": args.cache_dir,
             "synthetic_vocab": args.synthetic_vocab,
-            "synthetic_bags": getattr(args, "synthetic_bags", None),
+            "synthetic_bags": args.synthetic_bags,
             **({} if args.max_bad_fraction is None
                else {"max_bad_fraction": args.max_bad_fraction})}
 

@@ -170,9 +170,6 @@ def _sub_jaxpr(eqn):
 class _Converter:
     """Walks a jaxpr; env maps each variable to a numpy constant or an ONNX tensor name."""
 
-    def _batched_matmul(self, *args):
-        return _batched_matmul_of(self, *args)
-
     def __init__(self, graph: _Graph):
         self.g = graph
         self._slices: dict[str, tuple[str, int, int, int]] = {}   # Slice output -> (x, axis, a, b)
@@ -413,28 +410,27 @@ class _Converter:
             y = self.g.node("Cast", [y], to=_tensor_type(out.dtype))
         return y
 
-
-def _batched_matmul_of(self, x: str, w: str, lr: int, rr: int, lc, rc, lb, rb) -> str:
-    """A dot_general with one contracted dim and at most one free dim per side as a batched
-    MatMul ([batch.., M, K] @ [batch.., K, N], transposes and unit dims around it), which ONNX
-    Runtime runs faster than Einsum; any other as Einsum."""
-    lfree = [i for i in range(lr) if i not in lc and i not in lb]
-    rfree = [j for j in range(rr) if j not in rc and j not in rb]
-    if len(lc) != 1 or len(lfree) > 1 or len(rfree) > 1:
-        return self.g.node("Einsum", [x, w], equation=_einsum_spec(lr, rr, lc, rc, lb, rb))
-    g, nb = self.g, len(lb)
-    lperm, rperm = [*lb, *lfree, *lc], [*rb, *rc, *rfree]
-    if lperm != list(range(lr)):
-        x = g.node("Transpose", [x], perm=lperm)
-    if rperm != list(range(rr)):
-        w = g.node("Transpose", [w], perm=rperm)
-    if not lfree:
-        x = g.node("Unsqueeze", [x, g.const([nb], np.int64)])          # [.., 1, K]
-    if not rfree:
-        w = g.node("Unsqueeze", [w, g.const([nb + 1], np.int64)])      # [.., K, 1]
-    y = g.node("MatMul", [x, w])                                        # [batch.., M, N]
-    drop = ([nb] if not lfree else []) + ([nb + 1] if not rfree else [])
-    return g.node("Squeeze", [y, g.const(drop, np.int64)]) if drop else y
+    def _batched_matmul(self, x: str, w: str, lr: int, rr: int, lc, rc, lb, rb) -> str:
+        """A dot_general with one contracted dim and at most one free dim per side as a batched
+        MatMul ([batch.., M, K] @ [batch.., K, N], transposes and unit dims around it), which ONNX
+        Runtime runs faster than Einsum; any other as Einsum."""
+        lfree = [i for i in range(lr) if i not in lc and i not in lb]
+        rfree = [j for j in range(rr) if j not in rc and j not in rb]
+        if len(lc) != 1 or len(lfree) > 1 or len(rfree) > 1:
+            return self.g.node("Einsum", [x, w], equation=_einsum_spec(lr, rr, lc, rc, lb, rb))
+        g, nb = self.g, len(lb)
+        lperm, rperm = [*lb, *lfree, *lc], [*rb, *rc, *rfree]
+        if lperm != list(range(lr)):
+            x = g.node("Transpose", [x], perm=lperm)
+        if rperm != list(range(rr)):
+            w = g.node("Transpose", [w], perm=rperm)
+        if not lfree:
+            x = g.node("Unsqueeze", [x, g.const([nb], np.int64)])          # [.., 1, K]
+        if not rfree:
+            w = g.node("Unsqueeze", [w, g.const([nb + 1], np.int64)])      # [.., K, 1]
+        y = g.node("MatMul", [x, w])                                        # [batch.., M, N]
+        drop = ([nb] if not lfree else []) + ([nb + 1] if not rfree else [])
+        return g.node("Squeeze", [y, g.const(drop, np.int64)]) if drop else y
 
 
 def _einsum_spec(lr: int, rr: int, lc, rc, lb, rb) -> str:

@@ -129,6 +129,13 @@ def _rows_slice(split, start: int, size: int) -> dict:
             "num": np.ascontiguousarray(split.num[start:start + size])}
 
 
+def _speed_rows(results: list[dict], batch_sizes, cells) -> list[str]:
+    """One table row per model and form: `cells(speed at batch b)` for each batch size."""
+    return [f"| {r['model']} | {r['form']} | "
+            + " | ".join(c for b in batch_sizes for c in cells(r["speed"][b])) + " |"
+            for r in results]
+
+
 def to_markdown(results: list[dict], batch_sizes) -> str:
     lines = ["# ONNX export: sizes, operators, AUC and speed beside the JAX scorer", "",
              f"Command: `{command_line()}`  ", f"Machine: {machine()}; ONNX Runtime "
@@ -150,24 +157,16 @@ def to_markdown(results: list[dict], batch_sizes) -> str:
     lines += ["", "Rows/s (median of rounds, ORT and JAX alternating) and ORT / JAX:", "",
               "| model | form | " + " | ".join(f"batch {b}: JAX | ORT | ORT/JAX" for b in batch_sizes) + " |",
               "|---|---|" + "---:|---:|---:|" * len(batch_sizes)]
-    for r in results:
-        cells = []
-        for b in batch_sizes:
-            s = r["speed"][b]
-            cells += [f"{s['jax']['rows_s']:,.0f}", f"{s['ort']['rows_s']:,.0f}", f"{s['ratio']:.2f}x"]
-        lines.append(f"| {r['model']} | {r['form']} | " + " | ".join(cells) + " |")
+    lines += _speed_rows(results, batch_sizes, lambda s: [
+        f"{s['jax']['rows_s']:,.0f}", f"{s['ort']['rows_s']:,.0f}", f"{s['ratio']:.2f}x"])
     small = [b for b in batch_sizes if b <= 64]
     if small:
         lines += ["", "Per-call latency, p50 / p99 in ms:", "",
                   "| model | form | " + " | ".join(f"batch {b}: JAX | ORT" for b in small) + " |",
                   "|---|---|" + "---:|---:|" * len(small)]
-        for r in results:
-            cells = []
-            for b in small:
-                s = r["speed"][b]
-                cells += [f"{s['jax']['p50_ms']:.3f} / {s['jax']['p99_ms']:.3f}",
-                          f"{s['ort']['p50_ms']:.3f} / {s['ort']['p99_ms']:.3f}"]
-            lines.append(f"| {r['model']} | {r['form']} | " + " | ".join(cells) + " |")
+        lines += _speed_rows(results, small, lambda s: [
+            f"{s['jax']['p50_ms']:.3f} / {s['jax']['p99_ms']:.3f}",
+            f"{s['ort']['p50_ms']:.3f} / {s['ort']['p99_ms']:.3f}"])
     return "\n".join(lines) + "\n"
 
 
