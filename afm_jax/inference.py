@@ -239,6 +239,26 @@ def bind_scorer(model, params, mesh=None) -> Callable[[Batch], jax.Array]:
     return score
 
 
+def bag_inputs(info, batch: int | str = "batch") -> list[dict]:
+    """The scorer's inputs for the multi-valued fields of `info` after "cat" and "num", in
+    order: per bag field its padded ids "bags/<field>" int32 [batch, max_len] and its lengths
+    "bag_len/<field>" int32 [batch] (`afm_jax.data.splits`); empty without bag fields."""
+    out = []
+    for b in getattr(info, "bags", ()):
+        table = f"the table of field {b.shares!r}" if b.shares else "its own table"
+        out += [{"name": f"bags/{b.name}", "dtype": "int32", "shape": [batch, b.max_len],
+                 "field": b.name, "kind": "sequence" if b.shares else "multi_valued",
+                 "max_len": b.max_len, "combiner": b.combiner, "shares": b.shares,
+                 "vocab_size": b.vocab_size,
+                 "ids": f"the row's item ids in {table} (encoder.json), left-aligned, then any "
+                        "ids (0) up to max_len; items past bag_len are ignored; ids outside "
+                        "[0, vocab_size) score as 0"},
+                {"name": f"bag_len/{b.name}", "dtype": "int32", "shape": [batch],
+                 "field": b.name, "values": f"the row's item count, 0..{b.max_len} (0: an empty "
+                                            "bag, which pools to zero)"}]
+    return out
+
+
 def signature(model, n_leaves: int, batch_size: int | None, platforms,
               precision: str = "float32", encoder=None, bucketize=(), source=None) -> dict:
     """What a client in any language needs to feed an exported scorer: inputs in order with
@@ -256,7 +276,8 @@ def signature(model, n_leaves: int, batch_size: int | None, platforms,
              "ids": "the encoder's ids (encoder.json); 0 is missing or out of vocabulary, and "
                     "ids outside [0, vocab_size) score as 0"},
             {"name": "num", "dtype": "float32", "shape": [batch, len(info.num_names)],
-             "fields": list(info.num_names), "values": "transformed as encoder.json says"}],
+             "fields": list(info.num_names), "values": "transformed as encoder.json says"},
+            *bag_inputs(info, batch)],
         "output": {"name": "score", "dtype": "float32", "shape": [batch],
                    "meaning": "click probability"},
         "params": {"file": "params.npz", "leaves": n_leaves,
@@ -309,14 +330,19 @@ def _write_export(model, params, out: Path, encoder, batch_size, platforms, comp
     model = _at_precision(model, compute_dtype)
     logits = logits_fn(model)
 
-    def score(flat, cat, num):  # flat leaves: the layout stays in the code, not the inputs
+    bags = tuple(getattr(model.info, "bags", ()))
+
+    def score(flat, cat, num, *bag_arrays):  # flat leaves: the layout stays in the code
         p = jax.tree_util.tree_unflatten(treedef, flat)
-        return jax.nn.sigmoid(logits(p, {"cat": cat, "num": num}))
+        return jax.nn.sigmoid(logits(p, {"cat": cat, "num": num,
+                                         **bag_batch(bags, bag_arrays)}))
 
     spec = [jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype) for x in leaves]
+    bag_specs = [jax.ShapeDtypeStruct(shape, jnp.int32) for bag in bags
+                 for shape in ((b, bag.max_len), (b,))]
     exported = jex.export(jax.jit(score), platforms=platforms)(
         spec, jax.ShapeDtypeStruct((b, n_cat), jnp.int32),
-        jax.ShapeDtypeStruct((b, n_num), jnp.float32))
+        jax.ShapeDtypeStruct((b, n_num), jnp.float32), *bag_specs)
     (out / "scorer.jaxexport").write_bytes(exported.serialize())
     with open(out / "params.npz", "wb") as f:
         np.savez(f, **{f"leaf_{i:05d}": np.asarray(x) for i, x in enumerate(leaves)})
@@ -328,15 +354,26 @@ def _write_export(model, params, out: Path, encoder, batch_size, platforms, comp
     (out / SIGNATURE_FILE).write_text(json.dumps(sig, indent=1) + "\n")
 
 
-def load_exported(path) -> Callable[[np.ndarray, np.ndarray], jax.Array]:
-    """`score(cat int32[B, Fc], num float32[B, Fn]) -> probabilities [B]` from `export`.
+def bag_batch(bags, bag_arrays) -> dict:
+    """{"bags": {field: ids}, "bag_len": {field: lengths}} from the exported scorer's bag
+    inputs in signature order (`bag_inputs`: ids, lengths per field); {} without bags."""
+    if not bags:
+        return {}
+    return {"bags": {bag.name: bag_arrays[2 * k] for k, bag in enumerate(bags)},
+            "bag_len": {bag.name: bag_arrays[2 * k + 1] for k, bag in enumerate(bags)}}
+
+
+def load_exported(path) -> Callable[..., jax.Array]:
+    """`score(cat int32[B, Fc], num float32[B, Fn], bags=None, bag_len=None) -> probabilities
+    [B]` from `export`; a model with multi-valued fields takes bags {field: int32 [B, max_len]}
+    and bag_len {field: int32 [B]} too (`Encoder.encode_bags` gives both).
 
     The params go to the device once, here; each call runs one jitted function. The returned
     function carries `.signature` (the export's signature.json, {} for older exports).
     """
     from jax import export as jex
 
-    from afm_jax.errors import CheckpointError
+    from afm_jax.errors import AfmError, CheckpointError
 
     d = Path(path)
     try:
@@ -347,32 +384,47 @@ def load_exported(path) -> Callable[[np.ndarray, np.ndarray], jax.Array]:
         sig = json.loads(sig_path.read_text()) if sig_path.is_file() else {}
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{d}: not a loadable exported scorer ({e})") from e
-    if len(leaves) + 2 != len(exported.in_avals):
-        raise CheckpointError(f"{d}: params.npz holds {len(leaves)} arrays, the scorer takes "
-                              f"{len(exported.in_avals) - 2}; the export is damaged")
+    bag_fields = [i["field"] for i in sig.get("inputs", ()) if i["name"].startswith("bags/")]
+    n_inputs = 2 + 2 * len(bag_fields)
+    if len(leaves) + n_inputs != len(exported.in_avals):
+        raise CheckpointError(f"{d}: params.npz holds {len(leaves)} arrays and signature.json "
+                              f"names {n_inputs} inputs, the scorer takes "
+                              f"{len(exported.in_avals)} in all; the export is damaged")
     placed = jax.device_put(leaves)
     chunk_rows = default_chunk_rows()
     symbolic = not isinstance(exported.in_avals[-1].shape[0], int)
 
-    def run(flat, cat, num):
-        args, kwargs = jax.tree_util.tree_unflatten(exported.in_tree, [*flat, cat, num])
+    def run(flat, inputs):
+        args, kwargs = jax.tree_util.tree_unflatten(exported.in_tree, [*flat, *inputs])
         return exported.call(*args, **kwargs)
 
     @jax.jit
-    def call(flat, cat, num):
-        n = cat.shape[0]
+    def call(flat, inputs):
+        n = inputs[0].shape[0]
         if not (symbolic and chunked(n, 1, chunk_rows)):
-            return run(flat, cat, num)
+            return run(flat, inputs)
         # on a CPU, cache-sized chunks as the live scorer runs them (the artifact's batch
         # dimension is symbolic, so the chunking happens here, around it)
-        out = jax.lax.map(lambda xs: run(flat, *xs),
-                          (to_chunks(cat, 1, chunk_rows), to_chunks(num, 1, chunk_rows)))
+        out = jax.lax.map(lambda xs: run(flat, xs),
+                          [to_chunks(x, 1, chunk_rows) for x in inputs])
         return from_chunks(out, n, 1)
 
-    def score(cat, num):
-        cat = cat if getattr(cat, "dtype", None) == np.int32 else np.asarray(cat, np.int32)
-        num = num if getattr(num, "dtype", None) == np.float32 else np.asarray(num, np.float32)
-        return call(placed, cat, num)
+    def as_array(x, dtype):
+        return x if getattr(x, "dtype", None) == dtype else np.asarray(x, dtype)
+
+    def score(cat, num, bags=None, bag_len=None):
+        missing = [f for f in bag_fields if f not in (bags or {}) or f not in (bag_len or {})]
+        if missing:
+            raise AfmError(f"{d}: the scorer reads the multi-valued fields {bag_fields}; give "
+                           f"bags= and bag_len= for {missing} (Encoder.encode_bags)")
+        inputs = [as_array(cat, np.int32), as_array(num, np.float32)]
+        for f in bag_fields:
+            inputs += [as_array(bags[f], np.int32), as_array(bag_len[f], np.int32)]
+        rows = {np.shape(x)[0] for x in inputs}
+        if len(rows) > 1:
+            raise AfmError(f"{d}: the inputs cat, num and the bags must have one row count, "
+                           f"got {[np.shape(x)[0] for x in inputs]}")
+        return call(placed, inputs)
 
     score.signature = sig
     return score

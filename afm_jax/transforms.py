@@ -10,7 +10,9 @@ ones of `num`), gets its kind and rule:
   - bucketized (a number made a category, Criteo's I1..I13): the key "b" + floor(ln(x)^2) for
     x > 2, else floor(x) as an integer string; then looked up like a categorical value;
   - numeric: (float32(ln(1 + max(x, 0))) - mean) / std in float64, stored as float32; missing
-    -> 0.
+    -> 0;
+  - multi_valued / sequence (a list per row; a sequence reads another field's table): split,
+    cut to max_len, each item encoded as its table's field, padded (`bag_transform`).
 """
 
 from __future__ import annotations
@@ -45,8 +47,9 @@ def bucketized_fields(data_meta: dict | None) -> tuple[str, ...]:
 
 
 def field_transforms(encoder, bucketize: Sequence[str] = ()) -> list[dict]:
-    """Per field of `encoder`, in the scorer's input order: input ("cat"/"num") and column,
-    kind, missing rule and the rule that turns a raw value into the scorer's input."""
+    """Per field of `encoder`, in the scorer's input order: input ("cat"/"num" and column, or a
+    bag field's "bags/<field>"), kind, missing rule and the rule that turns a raw value into
+    the scorer's input."""
     hashed = getattr(encoder, "hash_buckets", {}) or {}
     out = []
     for j, name in enumerate(encoder.cat_names):
@@ -68,7 +71,34 @@ def field_transforms(encoder, bucketize: Sequence[str] = ()) -> list[dict]:
         out.append({"field": name, "input": "num", "column": j, "missing": MISSING_TEXT,
                     "kind": "numeric", "raw": "number", "rule": NUMERIC_RULE,
                     "mean": float(encoder.num_mean[j]), "std": float(encoder.num_std[j])})
-    return out
+    return out + [bag_transform(encoder, k) for k in range(len(getattr(encoder, "bags", ())))]
+
+
+def bag_transform(encoder, k: int) -> dict:
+    """Multi-valued field k of `encoder`: how a raw list becomes the scorer's inputs
+    "bags/<field>" (padded ids) and "bag_len/<field>" (`inference.bag_inputs`)."""
+    b = encoder.bags[k]
+    table = b.shares or b.name
+    hashed = getattr(encoder, "hash_buckets", {}) or {}
+    if table in hashed:
+        from afm_jax.data.hashing import HASH_RULE
+        item = f"id = {HASH_RULE} with field = {table!r}, buckets = {int(hashed[table])}"
+    elif table in encoder.cat_names:
+        item = (f"id = 1 + index of the item in encoder.json vocabs[{encoder.cat_names.index(table)}]"
+                "; unseen -> 0")
+    else:
+        item = f"id = 1 + index of the item in encoder.json bags[{k}].vocab; unseen -> 0"
+    keep = ("the last" if b.truncation == "keep_last" else "the first") + f" {b.max_len} items"
+    return {"field": b.name, "input": f"bags/{b.name}", "lengths": f"bag_len/{b.name}",
+            "kind": "sequence" if b.shares else "multi_valued", "raw": "list of strings",
+            "separator": b.separator, "max_len": b.max_len, "combiner": b.combiner,
+            "truncation": b.truncation, "shares": b.shares,
+            "missing": MISSING_TEXT + " is an empty list (length 0, pools to zero); an empty "
+                                      "item between separators is a bad line",
+            "rule": (f"split the text at {b.separator!r} (Parquet: the list<string> as it is); "
+                     f"keep {keep} of a longer list, in their order; each item: {item}; "
+                     f"bags/{b.name} = the ids left-aligned, padded with 0 to {b.max_len}; "
+                     f"bag_len/{b.name} = the number of ids kept")}
 
 
 def source_layout(data_meta: dict | None) -> dict:
