@@ -241,19 +241,19 @@ def bind_scorer(model, params, mesh=None) -> Callable[[Batch], jax.Array]:
 
 def bag_inputs(info, batch: int | str = "batch") -> list[dict]:
     """The scorer's inputs for the multi-valued fields of `info` after "cat" and "num", in
-    order: per bag field its padded ids "bags/<field>" int32 [batch, max_len] and its lengths
-    "bag_len/<field>" int32 [batch] (`afm_jax.data.splits`); empty without bag fields."""
+    order: per bag field its padded ids "bag:<field>" int32 [batch, max_len] and its lengths
+    "bag_len:<field>" int32 [batch] (`afm_jax.data.splits`); empty without bag fields."""
     out = []
     for b in getattr(info, "bags", ()):
         table = f"the table of field {b.shares!r}" if b.shares else "its own table"
-        out += [{"name": f"bags/{b.name}", "dtype": "int32", "shape": [batch, b.max_len],
+        out += [{"name": f"bag:{b.name}", "dtype": "int32", "shape": [batch, b.max_len],
                  "field": b.name, "kind": "sequence" if b.shares else "multi_valued",
                  "max_len": b.max_len, "combiner": b.combiner, "shares": b.shares,
                  "vocab_size": b.vocab_size,
                  "ids": f"the row's item ids in {table} (encoder.json), left-aligned, then any "
                         "ids (0) up to max_len; items past bag_len are ignored; ids outside "
                         "[0, vocab_size) score as 0"},
-                {"name": f"bag_len/{b.name}", "dtype": "int32", "shape": [batch],
+                {"name": f"bag_len:{b.name}", "dtype": "int32", "shape": [batch],
                  "field": b.name, "values": f"the row's item count, 0..{b.max_len} (0: an empty "
                                             "bag, which pools to zero)"}]
     return out
@@ -384,7 +384,7 @@ def load_exported(path) -> Callable[..., jax.Array]:
         sig = json.loads(sig_path.read_text()) if sig_path.is_file() else {}
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{d}: not a loadable exported scorer ({e})") from e
-    bag_fields = [i["field"] for i in sig.get("inputs", ()) if i["name"].startswith("bags/")]
+    bag_fields = [i["field"] for i in sig.get("inputs", ()) if i["name"].startswith("bag:")]
     n_inputs = 2 + 2 * len(bag_fields)
     if len(leaves) + n_inputs != len(exported.in_avals):
         raise CheckpointError(f"{d}: params.npz holds {len(leaves)} arrays and signature.json "

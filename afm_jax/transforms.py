@@ -48,7 +48,7 @@ def bucketized_fields(data_meta: dict | None) -> tuple[str, ...]:
 
 def field_transforms(encoder, bucketize: Sequence[str] = ()) -> list[dict]:
     """Per field of `encoder`, in the scorer's input order: input ("cat"/"num" and column, or a
-    bag field's "bags/<field>"), kind, missing rule and the rule that turns a raw value into
+    bag field's "bag:<field>"), kind, missing rule and the rule that turns a raw value into
     the scorer's input."""
     hashed = getattr(encoder, "hash_buckets", {}) or {}
     out = []
@@ -76,7 +76,7 @@ def field_transforms(encoder, bucketize: Sequence[str] = ()) -> list[dict]:
 
 def bag_transform(encoder, k: int) -> dict:
     """Multi-valued field k of `encoder`: how a raw list becomes the scorer's inputs
-    "bags/<field>" (padded ids) and "bag_len/<field>" (`inference.bag_inputs`)."""
+    "bag:<field>" (padded ids) and "bag_len:<field>" (`inference.bag_inputs`)."""
     b = encoder.bags[k]
     table = b.shares or b.name
     hashed = getattr(encoder, "hash_buckets", {}) or {}
@@ -89,7 +89,7 @@ def bag_transform(encoder, k: int) -> dict:
     else:
         item = f"id = 1 + index of the item in encoder.json bags[{k}].vocab; unseen -> 0"
     keep = ("the last" if b.truncation == "keep_last" else "the first") + f" {b.max_len} items"
-    return {"field": b.name, "input": f"bags/{b.name}", "lengths": f"bag_len/{b.name}",
+    return {"field": b.name, "input": f"bag:{b.name}", "lengths": f"bag_len:{b.name}",
             "kind": "sequence" if b.shares else "multi_valued", "raw": "list of strings",
             "separator": b.separator, "max_len": b.max_len, "combiner": b.combiner,
             "truncation": b.truncation, "shares": b.shares,
@@ -97,8 +97,8 @@ def bag_transform(encoder, k: int) -> dict:
                                       "item between separators is a bad line",
             "rule": (f"split the text at {b.separator!r} (Parquet: the list<string> as it is); "
                      f"keep {keep} of a longer list, in their order; each item: {item}; "
-                     f"bags/{b.name} = the ids left-aligned, padded with 0 to {b.max_len}; "
-                     f"bag_len/{b.name} = the number of ids kept")}
+                     f"bag:{b.name} = the ids left-aligned, padded with 0 to {b.max_len}; "
+                     f"bag_len:{b.name} = the number of ids kept")}
 
 
 def source_layout(data_meta: dict | None) -> dict:

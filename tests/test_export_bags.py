@@ -76,8 +76,8 @@ def test_exported_bag_model_scores_raw_rows_as_afm_jax_score(trained, name, caps
     np.testing.assert_allclose(got, want, rtol=0, atol=2e-6)
 
     sig = json.loads((out / "signature.json").read_text())
-    assert [i["name"] for i in sig["inputs"]] == ["cat", "num", "bags/tags", "bag_len/tags",
-                                                  "bags/seen", "bag_len/seen"]
+    assert [i["name"] for i in sig["inputs"]] == ["cat", "num", "bag:tags", "bag_len:tags",
+                                                  "bag:seen", "bag_len:seen"]
     tags, seen = sig["inputs"][2], sig["inputs"][4]
     assert tags["shape"] == ["batch", 3] and tags["combiner"] == "sqrtn" and tags["kind"] == "multi_valued"
     assert seen["shares"] == "item" and seen["kind"] == "sequence" and seen["max_len"] == 4
