@@ -366,6 +366,19 @@ class _Converter:
     def p_reduce_min(self, eqn, ins):
         return self._reduce("ReduceMin", eqn, ins)
 
+    def _reduce_bool(self, op, eqn, ins):
+        """any / all of a bool tensor (DIN's softmax over a possibly empty sequence): ReduceMax /
+        ReduceMin over its 0/1 int32 cast (ONNX Runtime's reductions take no bool before opset 20)."""
+        x = self.g.node("Cast", [self.name(ins[0])], to=_tensor_type(np.int32))
+        y = self.g.node(op, [x, self.g.const(list(eqn.params["axes"]), np.int64)], keepdims=0)
+        return self.g.node("Cast", [y], to=_tensor_type(np.bool_))
+
+    def p_reduce_or(self, eqn, ins):
+        return self._reduce_bool("ReduceMax", eqn, ins)
+
+    def p_reduce_and(self, eqn, ins):
+        return self._reduce_bool("ReduceMin", eqn, ins)
+
     # ------------------------------------------------------------------ gathers and products
     def p_gather(self, eqn, ins):
         """`x[ids]` along one axis `a` (table lookups, pair indices, TT-Rec cores): every other

@@ -18,6 +18,7 @@ from afm_jax.data import BagInfo, BagSpec, Encoder, FeatureInfo
 from afm_jax.inference import make_scorer
 from afm_jax.models import build_model
 from afm_jax.pooling import COMBINERS
+from afm_jax.quantize import quantize
 from afm_jax.train import init_params
 
 onnx = pytest.importorskip("onnx", reason="the [onnx] extra (part of [dev]) is not installed")
@@ -41,9 +42,11 @@ def _info(combiner: str = "mean") -> FeatureInfo:
 
 
 def _model(name: str, info: FeatureInfo):
+    """A small registry model; "din_softmax": DIN with its weights normalized by a softmax."""
     config = {"embed_dim": 4}
-    if name == "din":
-        config.update(mlp=(8,), attention_mlp=(6,))
+    if name.startswith("din"):
+        config.update(mlp=(8,), attention_mlp=(6,), softmax=name == "din_softmax")
+        name = "din"
     elif name != "fm":
         config["mlp"] = (8,)
     return build_model(name, info, **config)
@@ -117,7 +120,7 @@ def test_bag_models_in_the_id_graph_every_combiner(combiner):
     assert shapes["bag:tags"] == ["B", 3] and shapes["bag_len:hist"] == ["B"]
 
 
-@pytest.mark.parametrize("name", ["din", "fm"])
+@pytest.mark.parametrize("name", ["din", "din_softmax", "fm"])
 def test_din_and_afm_compressed_bag_params(name):
     info = _info("sqrtn")
     model = _model(name, info)
@@ -130,6 +133,7 @@ def test_din_and_afm_compressed_bag_params(name):
     for folded in (True, False):
         small = compress.compress(params, stats, plan, model=model if folded else None)
         _check_ids(model, small, info)
+    _check_ids(model, quantize(small), info)                  # AFM + int8 tables and kernels
 
 
 def _raw_encoder(combiner: str = "mean", hashed: dict | None = None) -> Encoder:
