@@ -28,6 +28,7 @@ from afm_jax.onnx_export import (  # noqa: E402
     HASH_NOTE_KEY,
     encoder_to_onnx,
     load_onnx,
+    onnx_signature,
     to_onnx,
 )
 
@@ -118,6 +119,9 @@ def test_bag_models_in_the_id_graph_every_combiner(combiner):
     shapes = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]
               for i in proto.graph.input}
     assert shapes["bag:tags"] == ["B", 3] and shapes["bag_len:hist"] == ["B"]
+    sig = {i["name"]: i for i in onnx_signature(model, None, (), "float32", 0, 0)["inputs"]}
+    assert sig["bag:tags"]["combiner"] == combiner and sig["bag:hist"]["shares"] == "item"
+    assert sig["bag:hist"]["kind"] == "sequence" and sig["bag:tags"]["shape"] == ["B", 3]
 
 
 @pytest.mark.parametrize("name", ["din", "din_softmax", "fm"])
