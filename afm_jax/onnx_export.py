@@ -20,8 +20,20 @@ With `encoder` the encoder goes into the graph (`raw_inputs`), one input per fie
     "b<floor(log(x)^2)>" for x > 2, else floor(x), is computed in the graph and looked up;
   - a dense numeric field: float64 [B], NaN = missing; (log1p(max(x, 0)) - mean) / std, missing
     -> 0, in the graph.
+  - a multi-valued or sequence field (`BagSpec`): one string per row, the items joined by the
+    field's separator as in the CSV/TSV ("" = an empty bag); the graph splits it (`StringSplit`,
+    opset 20), looks each item up in the vocabulary (a sequence: the vocabulary of the field it
+    shares), keeps max_len items by the field's truncation (keep_last / keep_first) and pads
+    with 0, equal to `Encoder.encode_bags`;
+  - a hashed field (`hash_buckets`; standard ONNX cannot hash strings byte-wise): input
+    `hashed:<field>`, the id int64 the client computed with `hashing.HASH_RULE` ([B], or for a
+    hashed bag the padded ids [B, max_len] beside its lengths `bag_len:<field>` int64 [B]); ids
+    outside [0, buckets) become 0. The rule is in the model's metadata (`HASH_NOTE_KEY`) and in
+    signature.json.
 Without it the graph takes the encoder's ids (`cat` int32 [B, Fc]) and transformed numbers
-(`num` float32 [B, Fn]), as the jax.export artifact does. The output `score` is float32 [B].
+(`num` float32 [B, Fn]), as the jax.export artifact does, and per bag field its padded ids
+(`bag:<field>` int32 [B, max_len]) and lengths (`bag_len:<field>` int32 [B]). The output
+`score` is float32 [B].
 
 onnx and onnxruntime come with the `[onnx]` extra (`pip install -e ".[onnx]"`).
 jax2onnx was tried and left out: it pins orbax-checkpoint < 0.11.37, which would downgrade the
@@ -33,7 +45,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -42,11 +54,13 @@ import numpy as np
 from afm_jax.errors import AfmError
 
 ONNX_OPSET = 18
+STRING_OPSET = 20   # StringSplit (bag fields with raw inputs)
 ML_OPSET = 3
 ONNX_FILE = "model.onnx"
 ONNX_SIGNATURE = "signature.json"
 ONNX_FORMAT = "afm_jax.onnx/1"
 FOLD_EXTRA_BYTES = 1 << 16   # a folded constant may exceed its inputs' bytes by this much
+HASH_NOTE_KEY = "afm_jax.hashed_inputs"   # metadata_props: the hashed inputs and their rule
 
 
 class ExportError(AfmError):
@@ -85,7 +99,8 @@ def _same_dim(a, b) -> bool:
 class _Graph:
     """ONNX nodes, initializers and fresh names."""
 
-    def __init__(self, batch_source: str):
+    def __init__(self, batch_source: str | None):
+        self.opset = ONNX_OPSET   # raised by nodes that need a newer one
         self.nodes: list = []
         self.initializers: list = []
         self._n = 0
@@ -351,6 +366,19 @@ class _Converter:
     def p_reduce_min(self, eqn, ins):
         return self._reduce("ReduceMin", eqn, ins)
 
+    def _reduce_bool(self, op, eqn, ins):
+        """any / all of a bool tensor (DIN's softmax over a possibly empty sequence): ReduceMax /
+        ReduceMin over its 0/1 int32 cast (ONNX Runtime's reductions take no bool before opset 20)."""
+        x = self.g.node("Cast", [self.name(ins[0])], to=_tensor_type(np.int32))
+        y = self.g.node(op, [x, self.g.const(list(eqn.params["axes"]), np.int64)], keepdims=0)
+        return self.g.node("Cast", [y], to=_tensor_type(np.bool_))
+
+    def p_reduce_or(self, eqn, ins):
+        return self._reduce_bool("ReduceMax", eqn, ins)
+
+    def p_reduce_and(self, eqn, ins):
+        return self._reduce_bool("ReduceMin", eqn, ins)
+
     # ------------------------------------------------------------------ gathers and products
     def p_gather(self, eqn, ins):
         """`x[ids]` along one axis `a` (table lookups, pair indices, TT-Rec cores): every other
@@ -476,14 +504,85 @@ def _label_encoder(g: _Graph, x: str, keys, values, *, strings: bool) -> str:
                   values_int64s=[int(v) for v in values], default_int64=0)
 
 
-def _raw_encoder(g: _Graph, encoder, bucketize: frozenset[str]) -> tuple[list, str, str]:
-    """Graph inputs (one per field) and the tensors cat int32 [B, Fc] and num float32 [B, Fn]."""
+class _RawInputs(NamedTuple):
+    """The raw-input graph's inputs and the scorer's tensors built from them: cat int32 [B, Fc],
+    num float32 [B, Fn], bags {field: int32 [B, L]} and bag_len {field: int32 [B]}."""
+
+    inputs: list
+    cat: str
+    num: str
+    bags: dict
+    bag_len: dict
+
+
+def hashed_input(field: str) -> str:
+    """The graph input of a hashed field: the ids a client computes with `hashing.HASH_RULE`."""
+    return f"hashed:{field}"
+
+
+def bag_inputs(field: str) -> tuple[str, str]:
+    """The id-input graph's inputs of bag `field`: padded ids and lengths (`bag_len:<field>` is
+    also a hashed bag's lengths in the raw-input graph)."""
+    return f"bag:{field}", f"bag_len:{field}"
+
+
+def _own_vocab(encoder, table: str) -> list[str]:
+    """The vocabulary of a field with a table of its own (a categorical or own-vocabulary bag)."""
+    if table in encoder.cat_names:
+        return encoder.vocabs[encoder.cat_names.index(table)]
+    return encoder.bag_vocabs[[b.name for b in encoder.bags].index(table)]
+
+
+def _in_range(g: _Graph, ids: str, rows: int) -> str:
+    """int64 ids with every id outside [0, rows) -> 0 (`ops.in_vocab`), before a cast to int32
+    could wrap a large one into range."""
+    zero = g.const(np.asarray(0, np.int64))
+    ok = g.node("And", [g.node("GreaterOrEqual", [ids, zero]),
+                        g.node("Less", [ids, g.const(np.asarray(rows, np.int64))])])
+    return g.node("Where", [ok, ids, zero])
+
+
+def _split_bag(g: _Graph, x: str, spec, keys: Sequence[str]) -> tuple[str, str]:
+    """A bag field's strings [B] -> (ids int32 [B, L], lengths int32 [B]) as `Encoder.bag_ids`:
+    split on the separator ("" -> no items), items looked up (unseen -> 0), max_len items kept
+    by the truncation rule, in input order, padded with 0."""
+    g.opset = max(g.opset, STRING_OPSET)
+    L = int(spec.max_len)
+    items, n = g.node("StringSplit", [x], n_out=2, delimiter=spec.separator)   # [B, M], [B]
+    ids = _label_encoder(g, items, list(keys), [i + 1 for i in range(len(keys))], strings=True)
+    # L zero columns after the M items: every position start + l (l < L) is inside the row
+    pad = g.node("Expand", [g.const(np.zeros((1, L), np.int64)), g.shape(["B", L])])
+    ids = g.node("Concat", [ids, pad], axis=1)
+    keep = g.node("Min", [n, g.const(np.asarray(L, np.int64))])
+    if spec.truncation == "keep_last":
+        start = g.node("Sub", [n, keep])                                          # n - min(n, L)
+    else:
+        start = g.node("Mul", [n, g.const(np.asarray(0, np.int64))])
+    pos = g.const(np.arange(L, dtype=np.int64)[None, :])
+    col = g.node("Add", [g.node("Unsqueeze", [start, g.const([1], np.int64)]), pos])
+    taken = g.node("GatherElements", [ids, col], axis=1)                         # [B, L]
+    real = g.node("Less", [pos, g.node("Unsqueeze", [keep, g.const([1], np.int64)])])
+    taken = g.node("Where", [real, taken, g.const(np.asarray(0, np.int64))])
+    return (g.node("Cast", [taken], to=_tensor_type(np.int32)),
+            g.node("Cast", [keep], to=_tensor_type(np.int32)))
+
+
+def _raw_encoder(g: _Graph, encoder, bucketize: frozenset[str]) -> _RawInputs:
+    """Graph inputs (one per field; a hashed bag: two) and the scorer's tensors built from them."""
     onnx = _onnx()
     inputs, cat_cols, num_cols = [], [], []
     f64 = np.float64
+    hashed = dict(getattr(encoder, "hash_buckets", {}) or {})
+    first = (encoder.cat_names + encoder.num_names + tuple(b.name for b in encoder.bags))[0]
+    g._batch_source = hashed_input(first) if first in hashed or any(
+        b.name == first and (b.shares or b.name) in hashed for b in encoder.bags) else first
     for j, name in enumerate(encoder.cat_names):
         vocab = encoder.vocabs[j]
-        if name in bucketize:
+        if name in hashed:
+            x = hashed_input(name)
+            inputs.append(onnx.helper.make_tensor_value_info(x, onnx.TensorProto.INT64, ["B"]))
+            ids = _in_range(g, x, hashed[name])
+        elif name in bucketize:
             inputs.append(onnx.helper.make_tensor_value_info(name, _tensor_type(f64), ["B"]))
             missing = g.node("IsNaN", [name])
             x = g.node("Where", [missing, g.const(np.asarray(0.0, f64)), name])
@@ -515,26 +614,69 @@ def _raw_encoder(g: _Graph, encoder, bucketize: frozenset[str]) -> tuple[list, s
         z = g.node("Where", [missing, g.const(np.asarray(0.0, f64)), z])
         num_cols.append(g.node("Unsqueeze", [g.node("Cast", [z], to=_tensor_type(np.float32)),
                                              g.const([1], np.int64)]))
+    bags, bag_len = {}, {}
+    for spec in getattr(encoder, "bags", ()):
+        table = spec.shares or spec.name
+        if table in hashed:   # the client splits, hashes (with the table's field name) and pads
+            x, n = hashed_input(spec.name), bag_inputs(spec.name)[1]
+            inputs.append(onnx.helper.make_tensor_value_info(x, onnx.TensorProto.INT64,
+                                                             ["B", int(spec.max_len)]))
+            inputs.append(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.INT64, ["B"]))
+            bags[spec.name] = g.node("Cast", [_in_range(g, x, hashed[table])],
+                                     to=_tensor_type(np.int32))
+            bag_len[spec.name] = g.node("Cast", [n], to=_tensor_type(np.int32))
+        else:
+            inputs.append(onnx.helper.make_tensor_value_info(spec.name, onnx.TensorProto.STRING,
+                                                             ["B"]))
+            bags[spec.name], bag_len[spec.name] = _split_bag(g, spec.name, spec,
+                                                             _own_vocab(encoder, table))
+    if g._batch_source != inputs[0].name:
+        raise ExportError(f"internal: the batch source {g._batch_source} is not the first input")
     cat = (g.node("Concat", cat_cols, axis=1) if cat_cols
            else g.node("Expand", [g.const(np.zeros((1, 0), np.int32)), g.shape(["B", 0])]))
     num = (g.node("Concat", num_cols, axis=1) if num_cols
            else g.node("Expand", [g.const(np.zeros((1, 0), np.float32)), g.shape(["B", 0])]))
-    return inputs, cat, num
+    return _RawInputs(inputs, cat, num, bags, bag_len)
+
+
+def _hash_note(encoder) -> dict:
+    """Per hashed input: the field, the name the hash takes, buckets and the rule; {} if none."""
+    from afm_jax.data.hashing import HASH_RULE
+
+    hashed = dict(getattr(encoder, "hash_buckets", {}) or {}) if encoder is not None else {}
+    out = {}
+    for name in getattr(encoder, "cat_names", ()):
+        if name in hashed:
+            out[hashed_input(name)] = {"field": name, "hash_field": name, "buckets": hashed[name],
+                                       "shape": ["B"], "rule": HASH_RULE}
+    for spec in getattr(encoder, "bags", ()):
+        table = spec.shares or spec.name
+        if table in hashed:
+            out[hashed_input(spec.name)] = {
+                "field": spec.name, "hash_field": table, "buckets": hashed[table],
+                "shape": ["B", int(spec.max_len)], "lengths": bag_inputs(spec.name)[1],
+                "separator": spec.separator, "max_len": int(spec.max_len),
+                "truncation": spec.truncation, "rule": HASH_RULE}
+    return out
 
 
 # ---------------------------------------------------------------------------------- the export
 
 def scorer_fn(model, params, compute_dtype=None) -> Callable:
-    """(cat, num) -> probabilities, with the packed params closed over as device arrays (numpy
-    leaves would be indexed by tracers)."""
+    """(cat, num[, bags, bag_len]) -> probabilities, with the packed params closed over as
+    device arrays (numpy leaves would be indexed by tracers). bags / bag_len: {field: [B, L]} /
+    {field: [B]} for a model with bag fields (`afm_jax.data.splits`)."""
     from afm_jax.inference import logits_fn
     from afm_jax.packing import pack
 
     packed = jax.tree.map(jnp.asarray, pack(model, params))
     logits = logits_fn(model, None, 1, compute_dtype)
 
-    def score(cat, num):
-        return jax.nn.sigmoid(logits(packed, {"cat": cat, "num": num}))
+    def score(cat, num, bags=None, bag_len=None):
+        batch = {"cat": cat, "num": num}
+        if bags:
+            batch.update(bags=bags, bag_len=bag_len)
+        return jax.nn.sigmoid(logits(packed, batch))
 
     return score
 
@@ -543,35 +685,42 @@ def to_onnx(model, params, *, encoder=None, bucketize: Sequence[str] = (), compu
     """The scorer as an `onnx.ModelProto` (see the module docstring)."""
     onnx = _onnx()
     info = model.info
-    if getattr(info, "bags", ()):
-        raise ExportError(f"the model reads multi-valued fields {[b.name for b in info.bags]}: "
-                          "the ONNX export takes single-valued fields only so far")
-    hashed = sorted(getattr(encoder, "hash_buckets", {}) or {}) if encoder is not None else []
-    if hashed:
-        raise ExportError(f"fields {hashed} are hashed (FNV-1a over UTF-8 bytes), which standard "
-                          "ONNX operators cannot compute from strings: export with "
-                          "--no-raw-inputs and hash on the client (signature.json states the rule)")
+    bags = tuple(getattr(info, "bags", ()))
     b = jax.export.symbolic_shape("B")[0]
-    closed = jax.make_jaxpr(scorer_fn(model, params, compute_dtype))(
-        jax.ShapeDtypeStruct((b, len(info.cat_names)), jnp.int32),
-        jax.ShapeDtypeStruct((b, len(info.num_names)), jnp.float32))
+    S = jax.ShapeDtypeStruct
+    specs = [S((b, len(info.cat_names)), jnp.int32), S((b, len(info.num_names)), jnp.float32)]
+    if bags:
+        specs += [{x.name: S((b, int(x.max_len)), jnp.int32) for x in bags},
+                  {x.name: S((b,), jnp.int32) for x in bags}]
+    closed = jax.make_jaxpr(scorer_fn(model, params, compute_dtype))(*specs)
     if encoder is not None:
-        if tuple(encoder.cat_names) != tuple(info.cat_names) or tuple(encoder.num_names) != tuple(info.num_names):
+        if tuple(encoder.cat_names) != tuple(info.cat_names) or tuple(encoder.num_names) != tuple(info.num_names) \
+                or [x.name for x in getattr(encoder, "bags", ())] != [x.name for x in bags]:
             raise ExportError("the encoder's fields differ from the model's")
-        first = (encoder.cat_names + encoder.num_names)[0]
-        g = _Graph(first)
-        inputs, cat, num = _raw_encoder(g, encoder, frozenset(bucketize))
+        g = _Graph(None)
+        raw = _raw_encoder(g, encoder, frozenset(bucketize))
+        inputs, args = raw.inputs, [raw.cat, raw.num]
+        bag_t, len_t = raw.bags, raw.bag_len
     else:
         g = _Graph("cat")
         inputs = [onnx.helper.make_tensor_value_info("cat", onnx.TensorProto.INT32, ["B", len(info.cat_names)]),
                   onnx.helper.make_tensor_value_info("num", onnx.TensorProto.FLOAT, ["B", len(info.num_names)])]
-        cat, num = "cat", "num"
-    (out,) = _Converter(g).run(closed.jaxpr, closed.consts, [cat, num])
+        args = ["cat", "num"]
+        bag_t = {x.name: bag_inputs(x.name)[0] for x in bags}
+        len_t = {x.name: bag_inputs(x.name)[1] for x in bags}
+        for x in bags:
+            inputs += [onnx.helper.make_tensor_value_info(bag_t[x.name], onnx.TensorProto.INT32,
+                                                          ["B", int(x.max_len)]),
+                       onnx.helper.make_tensor_value_info(len_t[x.name], onnx.TensorProto.INT32, ["B"])]
+    if bags:   # the jaxpr's inputs: the dicts' leaves in key order, as jax flattens them
+        args += jax.tree.leaves(bag_t) + jax.tree.leaves(len_t)
+    (out,) = _Converter(g).run(closed.jaxpr, closed.consts, args)
     if not isinstance(out, str):
         raise ExportError("the scorer's output does not depend on its inputs")
     g.nodes.append(onnx.helper.make_node("Identity", [out], ["score"]))
     return _model_proto(g, inputs, [
-        onnx.helper.make_tensor_value_info("score", onnx.TensorProto.FLOAT, ["B"])])
+        onnx.helper.make_tensor_value_info("score", onnx.TensorProto.FLOAT, ["B"])],
+        _hash_note(encoder))
 
 
 def _live(nodes: list, initializers: list, outputs: list) -> tuple[list, list]:
@@ -586,15 +735,21 @@ def _live(nodes: list, initializers: list, outputs: list) -> tuple[list, list]:
     return keep[::-1], [t for t in initializers if t.name in needed]
 
 
-def _model_proto(g: _Graph, inputs: list, outputs: list):
+def _model_proto(g: _Graph, inputs: list, outputs: list, hashed: dict | None = None):
+    """The model of `g`; hashed (`_hash_note`): stated in the metadata for a client to see."""
     onnx = _onnx()
     nodes, initializers = _live(g.nodes, g.initializers, outputs)
     graph = onnx.helper.make_graph(nodes, "afm_jax_scorer", inputs, outputs,
                                    initializer=initializers)
     proto = onnx.helper.make_model(graph, opset_imports=[
-        onnx.helper.make_opsetid("", ONNX_OPSET), onnx.helper.make_opsetid("ai.onnx.ml", ML_OPSET)],
+        onnx.helper.make_opsetid("", g.opset), onnx.helper.make_opsetid("ai.onnx.ml", ML_OPSET)],
         producer_name="afm_jax")
     proto.ir_version = min(proto.ir_version, 10)
+    if hashed:
+        onnx.helper.set_model_props(proto, {HASH_NOTE_KEY: json.dumps(hashed), "afm_jax.note": (
+            f"inputs {sorted(hashed)} take ids the client computes: id = <rule> of "
+            f"{HASH_NOTE_KEY} with field = hash_field and buckets; a hashed bag: its items split "
+            "on the separator, cut to max_len by the truncation, padded with 0, lengths beside")})
     onnx.checker.check_model(proto)
     return proto
 
@@ -602,20 +757,28 @@ def _model_proto(g: _Graph, inputs: list, outputs: list):
 def encoder_to_onnx(encoder, bucketize: Sequence[str] = ()):
     """The encoder alone as an ONNX graph: raw field values in (as in `to_onnx`), `cat` int32
     [B, Fc] and `num` float32 [B, Fn] out, equal to `Encoder.encode` (after `bucketize` for the
-    bucketized fields)."""
+    bucketized fields), and per bag field `bag:<field>` int32 [B, L] and `bag_len:<field>` int32
+    [B], equal to `Encoder.encode_bags`."""
     onnx = _onnx()
-    g = _Graph((encoder.cat_names + encoder.num_names)[0])
-    inputs, cat, num = _raw_encoder(g, encoder, frozenset(bucketize))
-    g.nodes.append(onnx.helper.make_node("Identity", [cat], ["cat"]))
-    g.nodes.append(onnx.helper.make_node("Identity", [num], ["num"]))
-    return _model_proto(g, inputs, [
-        onnx.helper.make_tensor_value_info("cat", onnx.TensorProto.INT32, ["B", len(encoder.cat_names)]),
-        onnx.helper.make_tensor_value_info("num", onnx.TensorProto.FLOAT, ["B", len(encoder.num_names)])])
+    g = _Graph(None)
+    raw = _raw_encoder(g, encoder, frozenset(bucketize))
+    outputs = [onnx.helper.make_tensor_value_info("cat", onnx.TensorProto.INT32, ["B", len(encoder.cat_names)]),
+               onnx.helper.make_tensor_value_info("num", onnx.TensorProto.FLOAT, ["B", len(encoder.num_names)])]
+    g.nodes.append(onnx.helper.make_node("Identity", [raw.cat], ["cat"]))
+    g.nodes.append(onnx.helper.make_node("Identity", [raw.num], ["num"]))
+    for spec in getattr(encoder, "bags", ()):
+        ids, n = bag_inputs(spec.name)
+        g.nodes.append(onnx.helper.make_node("Identity", [raw.bags[spec.name]], [ids]))
+        g.nodes.append(onnx.helper.make_node("Identity", [raw.bag_len[spec.name]], [n]))
+        outputs += [onnx.helper.make_tensor_value_info(ids, onnx.TensorProto.INT32, ["B", int(spec.max_len)]),
+                    onnx.helper.make_tensor_value_info(n, onnx.TensorProto.INT32, ["B"])]
+    return _model_proto(g, raw.inputs, outputs, _hash_note(encoder))
 
 
 def onnx_signature(model, encoder, bucketize: Sequence[str], precision: str, file_bytes: int,
-                   stored_bytes: int, source: dict | None = None) -> dict:
-    """What a client needs: each input with its dtype and transform, and the output."""
+                   stored_bytes: int, source: dict | None = None, opset: int = ONNX_OPSET) -> dict:
+    """What a client needs: each input with its dtype and transform (hashed inputs: the rule
+    the client applies), and the output."""
     from afm_jax.models import model_to_json
 
     info = model.info
@@ -626,10 +789,30 @@ def onnx_signature(model, encoder, bucketize: Sequence[str], precision: str, fil
                   {"name": "num", "dtype": "float32", "shape": ["B", len(info.num_names)],
                    "fields": list(info.num_names),
                    "transform": "(log1p(max(x, 0)) - mean) / std, missing -> 0 (encoder.json)"}]
+        for b in getattr(info, "bags", ()):
+            ids, n = bag_inputs(b.name)
+            inputs += [{"name": ids, "dtype": "int32", "shape": ["B", int(b.max_len)],
+                        "field": b.name, "kind": "sequence" if b.shares else "multi_valued",
+                        "max_len": int(b.max_len), "combiner": b.combiner, "shares": b.shares,
+                        "vocab_size": int(b.vocab_size),
+                        "transform": "the encoder's ids of the first bag_len items, then padding "
+                                     "(any id, masked); ids outside [0, vocab_size) score as 0"},
+                       {"name": n, "dtype": "int32", "shape": ["B"], "field": b.name,
+                        "transform": f"the number of real items, 0..{int(b.max_len)} (0: an "
+                                     "empty bag, pooled to zero)"}]
     else:
         inputs = []
+        hashed = _hash_note(encoder)
         for name in encoder.cat_names:
-            if name in bucketize:
+            if hashed_input(name) in hashed:
+                h = hashed[hashed_input(name)]
+                inputs.append({"name": hashed_input(name), "dtype": "int64", "shape": ["B"],
+                               "field": name, "kind": "hashed", "missing": "0",
+                               "hash_field": name, "hash_buckets": h["buckets"],
+                               "transform": f"the client hashes: id = {h['rule']} with field = "
+                                            f"{name!r}, buckets = {h['buckets']}; ids outside "
+                                            "[0, buckets) score as 0"})
+            elif name in bucketize:
                 inputs.append({"name": name, "dtype": "float64", "shape": ["B"], "kind": "bucketized",
                                "missing": "NaN",
                                "transform": "bucket 'b' + str(floor(log(x)**2)) if x > 2 else "
@@ -643,14 +826,41 @@ def onnx_signature(model, encoder, bucketize: Sequence[str], precision: str, fil
                            "missing": "NaN",
                            "transform": f"(log1p(max(x, 0)) - {encoder.num_mean[j]!r}) / "
                                         f"{encoder.num_std[j]!r}, missing -> 0"})
+        for spec in getattr(encoder, "bags", ()):
+            kind = "sequence" if spec.shares else "multi_valued"
+            about = {"field": spec.name, "kind": kind, "max_len": int(spec.max_len),
+                     "combiner": spec.combiner, "separator": spec.separator,
+                     "truncation": spec.truncation, "shares": spec.shares}
+            h = hashed.get(hashed_input(spec.name))
+            if h is None:
+                inputs.append({"name": spec.name, "dtype": "string", "shape": ["B"], **about,
+                               "missing": "empty string (an empty bag)",
+                               "transform": f"split on {spec.separator!r}, each item's "
+                                            f"vocabulary id ({spec.shares or spec.name}'s; unseen "
+                                            f"-> 0), {spec.truncation} max_len items, padded "
+                                            "(in the graph)"})
+                continue
+            ids, n = hashed_input(spec.name), bag_inputs(spec.name)[1]
+            inputs += [{"name": ids, "dtype": "int64", "shape": ["B", int(spec.max_len)], **about,
+                        "hash_field": h["hash_field"], "hash_buckets": h["buckets"],
+                        "lengths": n,
+                        "transform": f"the client splits on {spec.separator!r} (\"\" -> no "
+                                     f"items), keeps {spec.truncation} {spec.max_len} items, "
+                                     f"hashes each: id = {h['rule']} with field = "
+                                     f"{h['hash_field']!r}, buckets = {h['buckets']}, and pads "
+                                     "with 0; ids outside [0, buckets) score as 0"},
+                       {"name": n, "dtype": "int64", "shape": ["B"], "field": spec.name,
+                        "transform": f"the number of items kept, 0..{int(spec.max_len)}"}]
     from afm_jax.transforms import field_transforms
 
     extra = {} if encoder is None else {"fields": field_transforms(encoder, bucketize),
                                         "source": source or {}}
+    if encoder is not None and _hash_note(encoder):   # the metadata's note (HASH_NOTE_KEY) too
+        extra["hashed_inputs"] = _hash_note(encoder)
     return {"format": ONNX_FORMAT, "file": ONNX_FILE, "inputs": inputs, **extra,
             "output": {"name": "score", "dtype": "float32", "shape": ["B"],
                        "meaning": "click probability"},
-            "precision": precision, "opset": {"ai.onnx": ONNX_OPSET, "ai.onnx.ml": ML_OPSET},
+            "precision": precision, "opset": {"ai.onnx": opset, "ai.onnx.ml": ML_OPSET},
             "bytes": {"onnx_file": file_bytes, "stored_params": stored_bytes},
             "model": model_to_json(model)}
 
@@ -676,8 +886,9 @@ def export_onnx(model, params, path, *, encoder=None, bucketize: Sequence[str] =
                     compute_dtype=compute_dtype)
     data = proto.SerializeToString()
     stored = sum(np.asarray(x).nbytes for x in jax.tree_util.tree_leaves(params))
+    opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
     sig = onnx_signature(model, encoder, tuple(bucketize), precision_name(compute_dtype),
-                         len(data), int(stored), source)
+                         len(data), int(stored), source, opset)
     with atomic_dir(path, overwrite) as tmp:
         (tmp / ONNX_FILE).write_bytes(data)
         if ort:

@@ -360,12 +360,15 @@ np.save(out, session.run([sig["output"]["name"]], feeds)[0])
 """
 
 
-def test_hashed_fields_in_the_graph_are_a_clear_error(deepfm):
+def test_hashed_fields_in_the_graph_take_the_clients_ids(deepfm):
+    """A hashed field comes in as `hashed:<field>`, the id the client computed (standard ONNX
+    cannot hash strings; the rule is in the metadata): tests/test_onnx_bags.py checks scores."""
     model, params, _ = deepfm
     enc, bucketized = _raw_encoder()
     hashed = Encoder(enc.cat_names, [[]] + enc.vocabs[1:], enc.num_names, enc.num_mean,
                      enc.num_std, hash_buckets={"a": INFO.vocab_sizes[0]})
     assert hashed.info.vocab_sizes == INFO.vocab_sizes
-    with pytest.raises(ExportError, match="hashed"):
-        to_onnx(model, params, encoder=hashed, bucketize=bucketized)
+    proto = to_onnx(model, params, encoder=hashed, bucketize=bucketized)
+    assert [i.name for i in proto.graph.input][:2] == ["hashed:a", "b"]
+    assert "hashed:a" in {p.key: p.value for p in proto.metadata_props}["afm_jax.hashed_inputs"]
     _check(model, params)       # ids in: the client hashes, as signature.json says
