@@ -1,6 +1,7 @@
 """Array primitives under `nn`, `pooling` and `packing` (none of them imported here, so each of
 those imports this at module level): ids kept inside a table, TT-Rec rows, products at a
-model's precision. `nn` re-exports every name."""
+model's precision, and the training loss (`batch_loss`, shared by `train` and `rowwise`). `nn`
+re-exports every name."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import optax
 
 
 def in_vocab(ids: jax.Array, rows) -> jax.Array:
@@ -63,3 +65,13 @@ def tt_row(cores: Sequence[jax.Array], idx: jax.Array) -> jax.Array:
     i2, i3 = jnp.divmod(rest, v3)
     out = jnp.einsum("ar,rbs,sc->abc", g0[i1], g1[i2], g2[i3])
     return out.reshape(-1)
+
+
+def batch_loss(logits: jax.Array, batch) -> jax.Array:
+    """Binary cross-entropy of logits [B] against batch["label"]; the mean weighted by
+    batch["weight"] (0 for padding rows) where the batch has one."""
+    per_row = optax.sigmoid_binary_cross_entropy(logits, batch["label"])
+    if "weight" in batch:
+        w = batch["weight"]
+        return (per_row * w).sum() / jnp.maximum(w.sum(), 1.0)
+    return per_row.mean()

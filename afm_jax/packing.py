@@ -242,7 +242,7 @@ def _real_columns(layout: PackedLayout, cat, width: int) -> jax.Array | None:
 def rows_l2(embed: Mapping[str, Any], cat, weight=None) -> jax.Array:
     """Mean over the batch of the squared norm of the table rows each example reads (cat as
     `gathered_rows` takes it; a bag's items each count, its padding does not). weight [B] (0 for padding rows): the mean weighted by it, as
-    `train.batch_loss` weights the loss, so a padded batch regularizes like the short one."""
+    `ops.batch_loss` weights the loss, so a padded batch regularizes like the short one."""
     layout: PackedLayout = embed["layout"]
     per_example = jnp.zeros(())
     for w, r in gathered_rows(embed, cat).items():

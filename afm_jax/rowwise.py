@@ -45,6 +45,8 @@ from jax.sharding import NamedSharding, PartitionSpec
 from afm_jax.errors import AfmError
 from afm_jax.forms import PackedLayout, is_packed, is_table_leaf
 from afm_jax.nn import first_order_rows, first_order_size, in_vocab
+from afm_jax.ops import batch_loss
+from afm_jax.packing import _ids, rows_l2, take_static
 from afm_jax.pooling import model_inputs, real_columns, split_inputs
 
 TABLE_OPTIMIZERS = ("auto", "rowwise", "rowwise_adagrad", "dense")
@@ -178,7 +180,6 @@ def resolve_rows(params: Mapping[str, Any], model, cat):
     the table's fields of min(B, the field's rows): the most rows a batch can read, fixed at
     trace time. With bags each table's columns take one `jnp.unique` (padding masked).
     """
-    from afm_jax.packing import _ids, take_static
 
     bags = tuple(getattr(model.info, "bags", ()))
     raw, bag_ids, bag_len = split_inputs(cat, bags)
@@ -323,9 +324,6 @@ def _sorted(ids: jax.Array, rows: list[int]):
 def _loss(model, embed_l2: float):
     """(dense params, gathered rows, resolved ids, batch) -> (loss + L2, loss), the loss of
     `train.make_train_step` on the gathered rows."""
-    from afm_jax.packing import rows_l2
-    from afm_jax.train import batch_loss  # train imports this module
-
     def loss_fn(dense, subs, resolved, batch):
         params = _join(dense, subs)
 

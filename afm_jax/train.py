@@ -23,6 +23,7 @@ from afm_jax import rowwise
 from afm_jax._cache import cache_per_model
 from afm_jax.errors import AfmError
 from afm_jax.inference import evaluate, logits_fn, make_scorer
+from afm_jax.ops import batch_loss
 from afm_jax.packing import pack, unpack
 from afm_jax.pooling import example_input, model_inputs
 
@@ -74,16 +75,6 @@ def embedding_l2(params: Any, cat: jax.Array, weight: jax.Array | None = None) -
     if not is_packed(tables):
         raise AfmError("embed_l2 needs packed embedding tables: pass packing.pack(model, params)")
     return rows_l2(tables, cat, weight)
-
-
-def batch_loss(logits: jax.Array, batch) -> jax.Array:
-    """Binary cross-entropy of logits [B] against batch["label"]; the mean weighted by
-    batch["weight"] (0 for padding rows) where the batch has one."""
-    per_row = optax.sigmoid_binary_cross_entropy(logits, batch["label"])
-    if "weight" in batch:
-        w = batch["weight"]
-        return (per_row * w).sum() / jnp.maximum(w.sum(), 1.0)
-    return per_row.mean()
 
 
 def make_train_step(model, tx: optax.GradientTransformation, embed_l2: float = 0.0):
