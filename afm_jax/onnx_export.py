@@ -107,6 +107,8 @@ class _Graph:
         self._consts: dict[int, tuple[str, np.ndarray]] = {}
         self._batch_source = batch_source   # a [B, ...] input: its Shape gives B at run time
         self._batch: str | None = None
+        self.producer: dict[str, Any] = {}         # output name -> the node that makes it
+        self.values: dict[str, np.ndarray] = {}    # initializer name -> its (small) value
 
     def fresh(self, hint: str = "t") -> str:
         self._n += 1
@@ -116,8 +118,20 @@ class _Graph:
              **attrs) -> Any:
         onnx = _onnx()
         outs = [self.fresh(op.lower()) for _ in range(n_out)]
-        self.nodes.append(onnx.helper.make_node(op, list(inputs), outs, domain=domain, **attrs))
+        node = onnx.helper.make_node(op, list(inputs), outs, domain=domain, **attrs)
+        self.nodes.append(node)
+        self.producer.update((o, node) for o in outs)
         return outs[0] if n_out == 1 else outs
+
+    def made_by(self, name: str, op: str) -> Any:
+        """The node of type `op` that makes `name`, else None."""
+        node = self.producer.get(name)
+        return node if node is not None and node.op_type == op else None
+
+    def is_value(self, name: str, value) -> bool:
+        """Whether `name` is an initializer every element of which equals `value`."""
+        v = self.values.get(name)
+        return v is not None and v.size > 0 and bool(np.all(v == value))
 
     def const(self, value, dtype=None) -> str:
         """An initializer holding `value` (cached per array object)."""
@@ -133,6 +147,8 @@ class _Graph:
         else:
             tensor = onnx.numpy_helper.from_array(arr, name)
         self.initializers.append(tensor)
+        if arr.size <= 64:
+            self.values[name] = arr
         if key is not None:   # the array is kept, so its id cannot be reused by another
             self._consts[key] = (name, value)
         return name
@@ -188,6 +204,7 @@ class _Converter:
     def __init__(self, graph: _Graph):
         self.g = graph
         self._slices: dict[str, tuple[str, int, int, int]] = {}   # Slice output -> (x, axis, a, b)
+        self._sizes: dict[tuple[str, int], Any] = {}   # (sliced tensor, axis) -> its size there
 
     def read(self, env: dict, v) -> Any:
         if hasattr(v, "val"):                       # a Literal
@@ -260,9 +277,9 @@ class _Converter:
         if missing:
             x = self.g.node("Unsqueeze", [x, self.g.const(missing, np.int64)])
         operand = eqn.invars[0].aval.shape
-        same = all(_is_symbolic(shape[d]) or shape[d] == operand[i]
-                   for i, d in enumerate(bdims)) and not missing
-        if same:
+        same = (all(_same_dim(shape[d], operand[i]) for i, d in enumerate(bdims))
+                and all(not _is_symbolic(shape[i]) and shape[i] == 1 for i in missing))
+        if same:   # only unit dims added (the Unsqueeze did it)
             return x
         from_operand = {d for d in bdims}
         dims = [shape[i] if not (_is_symbolic(shape[i]) and i in from_operand) else 1
@@ -285,12 +302,26 @@ class _Converter:
         axis (`packing.take_static`: one field's columns after another) become one Gather
         with constant indices, instead of a Slice per piece (the Slices are pruned)."""
         axis = eqn.params["dimension"]
-        pieces = [self._slices.get(x) if isinstance(x, str) else None for x in ins]
-        if len(ins) > 1 and all(p is not None and p[0] == pieces[0][0] and p[1] == axis
-                                for p in pieces):
-            idx = np.concatenate([np.arange(a, b) for _, _, a, b in pieces]).astype(np.int64)
-            return self.g.node("Gather", [pieces[0][0], self.g.const(idx)], axis=axis)
-        return self.g.node("Concat", [self.name(x) for x in ins], axis=axis)
+        sizes = [v.aval.shape[axis] for v in eqn.invars]
+        pieces = []                       # (source tensor, its size on axis, start, stop)
+        for x, n in zip(ins, sizes):
+            sl = self._slices.get(x) if isinstance(x, str) else None
+            if sl is not None and sl[1] == axis:
+                pieces.append((sl[0], self._source_size(sl[0], axis), sl[2], sl[3]))
+            else:
+                pieces.append((self.name(x), n, 0, n))
+        sources = list(dict.fromkeys(p[0] for p in pieces))
+        if (len(sources) == len(ins) or any(_is_symbolic(p[1]) or p[1] is None for p in pieces)):
+            return self.g.node("Concat", [self.name(x) for x in ins], axis=axis)
+        # one Concat of the whole sources and one Gather, instead of a Slice per piece
+        size = {p[0]: p[1] for p in pieces}
+        offset = dict(zip(sources, np.cumsum([0] + [size[s] for s in sources])[:-1].tolist()))
+        idx = np.concatenate([offset[s] + np.arange(a, b) for s, _, a, b in pieces])
+        whole = sources[0] if len(sources) == 1 else self.g.node("Concat", sources, axis=axis)
+        return self.g.node("Gather", [whole, self.g.const(idx.astype(np.int64))], axis=axis)
+
+    def _source_size(self, name: str, axis: int):
+        return self._sizes.get((name, axis))
 
     def p_slice(self, eqn, ins):
         shape = eqn.invars[0].aval.shape
@@ -311,6 +342,7 @@ class _Converter:
                                   c(axes, np.int64), c([strides[i] for i in axes], np.int64)])
         if len(axes) == 1 and strides[axes[0]] == 1:
             self._slices[y] = (self.name(ins[0]), axes[0], int(starts[axes[0]]), int(limits[axes[0]]))
+            self._sizes[(self.name(ins[0]), axes[0])] = shape[axes[0]]
         return y
 
     def p_select_n(self, eqn, ins):
@@ -393,8 +425,15 @@ class _Converter:
                 or any(c != narrow[0] for c in dn.collapsed_slice_dims)):
             raise ExportError(f"gather of this form has no rule: {dn}, slice sizes {sizes}")
         a = narrow[0]
-        ids = self.g.node("Gather", [self.name(ins[1]), self.g.const(
-            np.asarray(list(dn.start_index_map).index(a), np.int64))], axis=-1)
+        ids = self.name(ins[1])
+        unsq = self.g.made_by(ids, "Unsqueeze")
+        if (len(dn.start_index_map) == 1 and unsq is not None
+                and self.g.is_value(unsq.input[1], k) and self.g.values[unsq.input[1]].size == 1):
+            ids = unsq.input[0]       # the index vector is a unit dim added to the ids
+        else:
+            ids = self.g.node("Gather", [ids, self.g.const(
+                np.asarray(list(dn.start_index_map).index(a), np.int64))], axis=-1)
+        ids = self._unwrapped(ids, operand[a])
         y = self.g.node("Gather", [self.name(ins[0]), ids], axis=a)
         kept = a not in dn.collapsed_slice_dims
         if kept:
@@ -408,6 +447,20 @@ class _Converter:
                      for p in range(len(onnx_order))]
         perm = [onnx_order.index(label) for label in jax_order]
         return y if perm == sorted(perm) else self.g.node("Transpose", [y], perm=perm)
+
+    def _unwrapped(self, ids: str, n) -> str:
+        """ids = Where(x < 0, x + n, x) (jnp's wrap of negative indices) -> x: ONNX Gather wraps
+        negative indices in [-n, 0) itself, the same way."""
+        where = self.g.made_by(ids, "Where")
+        if where is None or _is_symbolic(n):
+            return ids
+        pred, wrapped, x = where.input
+        less, add = self.g.made_by(pred, "Less"), self.g.made_by(wrapped, "Add")
+        if (less is not None and add is not None and list(less.input[:1]) == [x]
+                and self.g.is_value(less.input[1], 0) and list(add.input[:1]) == [x]
+                and self.g.is_value(add.input[1], int(n))):
+            return x
+        return ids
 
     def p_dot_general(self, eqn, ins):
         (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]

@@ -103,6 +103,27 @@ def test_every_params_form_of_deepfm(deepfm):
     _check(model, params, compute_dtype="bfloat16", atol=1e-3)   # see the module docstring
 
 
+def test_compressed_graph_has_no_per_field_slices_or_index_wraps(deepfm):
+    """AFM tables of several ranks: each rank group's ids are one Gather of the id columns
+    straight into the table Gather (no index-vector Gather, no Where wrapping negative ids,
+    which ONNX Gather does itself), and the fields come back in model order through one
+    Concat + Gather, not a Slice per field."""
+    model, params, stats = deepfm
+    plan = compress.make_plan(params, stats, "rank:4")
+    embeds = sorted(s for s in plan if s.startswith("embed/"))
+    plan.update({s: 2 + i % 3 for i, s in enumerate(embeds)})      # three rank groups
+    proto = _check(model, compress.compress(params, stats, plan, model=model))
+    made = {o: n for n in proto.graph.node for o in n.output}
+    slices = [n for n in proto.graph.node if n.op_type == "Slice"
+              and made.get(n.input[0]) is not None and made[n.input[0]].op_type != "Shape"]
+    for n in proto.graph.node:
+        if n.op_type == "Gather" and n.input[1] in made:
+            assert made[n.input[1]].op_type not in ("Where", "Expand"), n
+        if n.op_type == "Concat":
+            assert not any(i in made and made[i] in slices for i in n.input), n
+    assert len(slices) <= 3
+
+
 def test_int8_stays_int8_and_runs_matmul_integer():
     info = FeatureInfo(cat_names=("a", "b", "c", "d"), vocab_sizes=(4000, 6000, 2500, 900),
                        num_names=("x", "y"))
