@@ -5,7 +5,8 @@
     evaluate    AUC and logloss of a model directory on a split
     compress    AFM-compress a model directory (collect -> plan -> map -> fine-tune)
     quantize    int8 storage of a model directory's kernels and tables (per row / channel)
-    score       score a file with a model directory into .parquet, .csv or .jsonl, row by row
+    score       score a file with a model directory (or an ONNX export, by ONNX Runtime) into
+                .parquet, .csv or .jsonl, row by row
     export      write a jax.export artifact of a model directory's scorer
     bench       scoring (or, with --train, training) benchmark against PyTorch peers
     experiment  regenerate a results table of experiments/
@@ -547,14 +548,26 @@ def cmd_score(args: argparse.Namespace) -> dict:
     if jax_process_count() > 1:
         raise AfmError("score reads its input file as one stream: run it as one process "
                        "(it uses every local device; --devices N for fewer)")
-    model, params, meta = load_model_dir(args.model_dir)
-    encoder = load_encoder(args.model_dir)
-    schema = args.schema or meta.get("data", {}).get("schema")
-    # scores need no labels: files without the label column are read as well (make_source)
-    source = make_source(spec, schema, require_label=False)
-    mesh = _mesh(args)
-    scorer = make_scorer(model, mesh, _compute_dtype(args))
-    params = device_params(model, params, mesh, args.shard_embeddings)  # packed, placed once
+    from afm_jax.onnx_score import onnx_export_dir, onnx_scorer
+    precision = args.precision
+    if onnx_export_dir(args.model_dir) is not None:   # model.onnx: ONNX Runtime, raw rows in
+        source, score_chunk, precision = onnx_scorer(args.model_dir, spec, args.schema,
+                                                     args.precision, args.batch_size)
+    else:
+        model, params, meta = load_model_dir(args.model_dir)
+        encoder = load_encoder(args.model_dir)
+        schema = args.schema or meta.get("data", {}).get("schema")
+        # scores need no labels: files without the label column are read as well (make_source)
+        source = make_source(spec, schema, require_label=False)
+        mesh = _mesh(args)
+        scorer = make_scorer(model, mesh, _compute_dtype(args))
+        params = device_params(model, params, mesh, args.shard_embeddings)  # packed, placed once
+
+        def score_chunk(chunk) -> np.ndarray:
+            cat, num = encoder.encode(chunk)
+            bags, bag_len, _ = encoder.encode_bags(chunk)   # empty without bag fields
+            return predict(scorer, params, EncodedSplit(cat, num, chunk.label, bags, bag_len),
+                           args.batch_size, mesh=mesh)
     out = Path(args.out)
     max_bad = DEFAULT_MAX_BAD_FRACTION if args.max_bad_fraction is None else args.max_bad_fraction
     rows, skipped, first_skipped, t0 = 0, 0, [], time.perf_counter()
@@ -568,11 +581,7 @@ def cmd_score(args: argparse.Namespace) -> dict:
                 first_skipped += [(b.path, b.line) for b in bad][: max(0, 10 - len(first_skipped))]
                 if chunk is None or len(chunk) == 0:
                     continue
-                cat, num = encoder.encode(chunk)
-                bags, bag_len, _ = encoder.encode_bags(chunk)   # empty without bag fields
-                scores = predict(scorer, params, EncodedSplit(cat, num, chunk.label, bags, bag_len),
-                                 args.batch_size, mesh=mesh)
-                writer.write(chunk.path, chunk.lines, scores)
+                writer.write(chunk.path, chunk.lines, score_chunk(chunk))
                 rows += len(chunk)
         finally:
             writer.close()
@@ -581,10 +590,10 @@ def cmd_score(args: argparse.Namespace) -> dict:
                         ", ".join(source.paths))
     seconds = time.perf_counter() - t0
     print(f"scored {rows:,} rows ({skipped:,} bad lines skipped{', first: ' + str(first_skipped) if skipped else ''})"
-          f" in {seconds:.1f}s: {rows / max(seconds, 1e-9):,.0f} rows/s ({args.precision})"
+          f" in {seconds:.1f}s: {rows / max(seconds, 1e-9):,.0f} rows/s ({precision})"
           f" -> {out}")
     return {"rows": rows, "skipped": skipped, "first_skipped": first_skipped,
-            "precision": args.precision, "seconds": seconds, "rows_per_s": rows / max(seconds, 1e-9), "out": str(out)}
+            "precision": precision, "seconds": seconds, "rows_per_s": rows / max(seconds, 1e-9), "out": str(out)}
 
 
 def cmd_export(args: argparse.Namespace) -> dict:
@@ -791,7 +800,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_quantize)
 
     p = add("score", "score a file with a model directory, write parquet, csv or jsonl")
-    p.add_argument("--model-dir", required=True, help="written by train or compress")
+    p.add_argument("--model-dir", required=True, help="written by train or compress, or an ONNX "
+                   "export (export --format onnx), scored by ONNX Runtime")
     p.add_argument("--data", required=True, help="criteo:PATH | avazu:PATH | ... (as in train); the "
                    "label column may be absent (Criteo: 39 columns I1..I13, C1..C26)")
     p.add_argument("--schema", help="JSON schema file for csv:/parquet: data")

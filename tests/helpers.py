@@ -50,3 +50,42 @@ def logits(model, params, batch):
     from afm_jax.inference import logits_fn
     return np.asarray(jax.jit(logits_fn(model))(params, {k: jnp.asarray(v) for k, v in
                                                          batch.items()}))
+
+
+def bag_model_and_rows(directory, n: int, seed: int = 5) -> tuple:
+    """A DeepFM trained through the CLI (`afm-jax train`) on `--synthetic-bags 2:3:5` data into
+    directory/m, and n raw rows for its encoder as a CSV file with its schema file in
+    `directory` (label column included; no quoting: values hold no commas; "" = missing): each
+    categorical field some known values, "unseen" and ""; numbers with 10 % missing (NaN); each
+    bag 0-8 known items and "unseen", its first three rows empty, one item and one over max_len.
+    (model dir, encoder, columns by name, CSV path, schema path)."""
+    import json
+    from pathlib import Path
+
+    from afm_jax.checkpoint import load_encoder
+    from afm_jax.cli import main
+
+    m = Path(directory) / "m"
+    assert main(["train", "--data", "synthetic:1500", "--synthetic-bags", "2:3:5", "--model",
+                 "deepfm", "--epochs", "1", "--mlp", "8", "--embed-dim", "4", "--out", str(m),
+                 "--no-progress"]) == 0
+    enc = load_encoder(m)
+    rng = np.random.default_rng(seed)
+    cols: dict = {"label": rng.integers(0, 2, n).astype(str)}
+    for j, name in enumerate(enc.cat_names):
+        cols[name] = rng.choice(enc.vocabs[j][:20] + ["unseen", ""], n)
+    for name in enc.num_names:
+        cols[name] = np.where(rng.uniform(size=n) < 0.1, np.nan, rng.exponential(5.0, n))
+    for k, spec in enumerate(enc.bags):
+        vocab = enc.bag_vocabs[k][:30] + ["unseen"]
+        lists = [rng.choice(vocab, rng.integers(0, 9)).tolist() for _ in range(n)]
+        lists[:3] = [[], [vocab[0]], vocab[:spec.max_len + 3]]
+        cols[spec.name] = [spec.separator.join(x) for x in lists]
+    data, schema = Path(directory) / "rows.csv", Path(directory) / "schema.json"
+    text = [[("" if np.isnan(v) else repr(float(v))) if k in enc.num_names else str(v)
+             for v in col] for k, col in cols.items()]
+    data.write_text("\n".join([",".join(cols)] + [",".join(r) for r in zip(*text)]) + "\n")
+    schema.write_text(json.dumps({"label": "label", "categorical": list(enc.cat_names),
+                                  "numeric": list(enc.num_names),
+                                  "multi_valued": [b.to_json() for b in enc.bags]}))
+    return m, enc, cols, data, schema

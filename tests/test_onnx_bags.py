@@ -20,6 +20,7 @@ from afm_jax.models import build_model
 from afm_jax.pooling import COMBINERS
 from afm_jax.quantize import quantize
 from afm_jax.train import init_params
+from tests.helpers import bag_model_and_rows
 
 onnx = pytest.importorskip("onnx", reason="the [onnx] extra (part of [dev]) is not installed")
 ort = pytest.importorskip("onnxruntime", reason="the [onnx] extra (part of [dev]) is not installed")
@@ -302,35 +303,11 @@ def test_hashed_fields_take_client_ids_and_score_as_jax(tmp_path):
 # ------------------------------------------------------------------------------------ the CLI
 
 def test_cli_export_of_a_synthetic_bags_model_scores_raw_rows_as_afm_jax_score(tmp_path):
-    from afm_jax.checkpoint import load_encoder
     from afm_jax.cli import main
 
-    m = tmp_path / "m"
-    assert main(["train", "--data", "synthetic:1500", "--synthetic-bags", "2:3:5", "--model",
-                 "deepfm", "--epochs", "1", "--mlp", "8", "--embed-dim", "4", "--out", str(m),
-                 "--no-progress"]) == 0
-    enc = load_encoder(m)
-    assert [b.name for b in enc.bags] == ["b0", "b1"]
-    rng = np.random.default_rng(5)
     n = 50
-    cols: dict = {"label": rng.integers(0, 2, n).astype(str)}
-    for j, name in enumerate(enc.cat_names):
-        cols[name] = rng.choice(enc.vocabs[j][:20] + ["unseen", ""], n)
-    for name in enc.num_names:
-        cols[name] = np.where(rng.uniform(size=n) < 0.1, np.nan, rng.exponential(5.0, n))
-    for k, spec in enumerate(enc.bags):
-        vocab = enc.bag_vocabs[k][:30] + ["unseen"]
-        lists = [rng.choice(vocab, rng.integers(0, 9)).tolist() for _ in range(n)]
-        lists[:3] = [[], [vocab[0]], vocab[:spec.max_len + 3]]
-        cols[spec.name] = [spec.separator.join(x) for x in lists]
-    data = tmp_path / "rows.csv"      # no quoting: values hold no commas; "" = missing
-    text = [[("" if np.isnan(v) else repr(float(v))) if k in enc.num_names else str(v)
-             for v in col] for k, col in cols.items()]
-    data.write_text("\n".join([",".join(cols)] + [",".join(r) for r in zip(*text)]) + "\n")
-    schema = tmp_path / "schema.json"
-    schema.write_text(json.dumps({"label": "label", "categorical": list(enc.cat_names),
-                                  "numeric": list(enc.num_names),
-                                  "multi_valued": [b.to_json() for b in enc.bags]}))
+    m, enc, cols, data, schema = bag_model_and_rows(tmp_path, n)
+    assert [b.name for b in enc.bags] == ["b0", "b1"]
     assert main(["score", "--model-dir", str(m), "--data", f"csv:{data}", "--schema", str(schema),
                  "--out", str(tmp_path / "s.parquet"), "--no-progress"]) == 0
     want = np.asarray(pq.read_table(tmp_path / "s.parquet")["score"])
