@@ -152,3 +152,37 @@ def test_a_corrupt_or_truncated_onnx_export_is_a_clear_error(criteo_onnx, tmp_pa
     assert "not a loadable ONNX model" in proc.stderr
     assert "Traceback" not in proc.stderr, proc.stderr
     assert not scores.exists()
+
+
+def test_hashed_fields_are_hashed_by_the_command(tmp_path):
+    """A DIN with a hashed item field, a hashed bag and a sequence sharing the item's hash rule
+    (test_onnx_bags's layout), saved as a model directory: score through its ONNX export equals
+    score of the directory; rows with empty bag items are bad lines on both paths."""
+    from afm_jax.checkpoint import save_model_dir
+    from tests.test_onnx_bags import _info, _lively, _model, _raw_encoder, _raw_rows
+
+    enc = _raw_encoder("sum", hashed={"item": 6, "tags": 5})
+    model = _model("din", _info("sum"))
+    m = save_model_dir(tmp_path / "m", model, _lively(model, model.info), encoder=enc)
+    rows = _raw_rows(120, seed=4)
+    data = tmp_path / "rows.csv"
+    text = [[("" if np.isnan(v) else repr(float(v))) if k == "x" else str(v) for v in col]
+            for k, col in rows.items()]
+    data.write_text("\n".join([",".join(rows)] + [",".join(r) for r in zip(*text)]) + "\n")
+    schema = tmp_path / "schema.json"
+    schema.write_text(json.dumps({"label": "label", "numeric": ["x"],
+                                  "categorical": [{"name": "item", "hash_buckets": 6}, "user"],
+                                  "multi_valued": [dict(enc.bags[0].to_json(), hash_buckets=5)],
+                                  "sequence": [enc.bags[1].to_json()]}))
+    skip = ("--on-bad-lines", "skip")
+    keys, want = _score(m, f"csv:{data}", tmp_path / "jax.jsonl", "--schema", str(schema), *skip)
+    assert 100 < len(keys) < 120          # "t1||t4", "|", "m2;;;;m2", ";;": empty items
+    out = tmp_path / "onnx"
+    assert main(["export", "--format", "onnx", "--model-dir", str(m), "--out", str(out)]) == 0
+    sig = json.loads((out / "signature.json").read_text())
+    assert {"hashed:item", "hashed:tags", "hashed:hist"} <= {i["name"] for i in sig["inputs"]}
+    for extra in (("--schema", str(schema)), ()):   # without: the signature's schema
+        got_keys, got = _score(out, f"csv:{data}", tmp_path / "onnx.jsonl", "--overwrite",
+                               *extra, *skip)
+        assert got_keys == keys
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
