@@ -39,9 +39,12 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 CRITEO = SHARED / "criteo" / "train.tsv"
 
 
-def _ids_batch(n: int = 96) -> dict:
-    b = random_batch(n, seed=3)
-    b["cat"][0, 0], b["cat"][1, 1], b["cat"][2, 3] = 10_000, -7, 9   # out of range -> id 0
+def _ids_batch(n: int = 96, info=INFO) -> dict:
+    """Random ids with every table's first and last row (rows 3 and 4) and out-of-range ids."""
+    b = random_batch(n, seed=3, info=info)
+    b["cat"][3] = 0
+    b["cat"][4] = np.asarray(info.vocab_sizes) - 1
+    b["cat"][0, 0], b["cat"][1, 1], b["cat"][2, 3] = 10_000, -7, info.vocab_sizes[3]  # -> id 0
     return {"cat": b["cat"], "num": b["num"]}
 
 
@@ -63,15 +66,31 @@ def _check(model, params, compute_dtype=None, atol=1e-5, label=""):
     return proto
 
 
+def _forms(model, params, stats) -> dict:
+    """Every params form of `model` (issue 23): AFM folded and with projections kept, dense and
+    embedding sites alone, with an activation, weight SVD, int8 alone and AFM + int8."""
+    plan = compress.make_plan(params, stats, "rank:4")
+    dense_only = {s: r for s, r in plan.items() if not s.startswith("embed/")}
+    embed_only = {s: r for s, r in plan.items() if s.startswith("embed/")}
+    afm = compress.compress(params, stats, plan, model=model)                # folded where it can
+    forms = {"original": params, "afm": afm,
+             "afm, projections kept": compress.compress(params, stats, plan),
+             "embed": compress.compress(params, stats, embed_only),
+             "int8": quantize(params), "afm+int8": quantize(afm)}
+    if dense_only:   # FM and LR have no Linear site but the output
+        forms.update({"dense": compress.compress(params, stats, dense_only),
+                      "activation": compress.compress(params, stats, dense_only, activation="relu"),
+                      "svd": svd_compress(params, dense_only)})
+    return forms
+
+
 @pytest.mark.parametrize("name", sorted(set(REGISTRY) - NEEDS_SEQUENCE))
-def test_every_model_original_and_afm(name):
+def test_every_model_every_form(name):
     model = small_model(name)
     params = lively_params(model)
-    _check(model, params)
     stats = compress.collect_stats(model, params, batches(2), progress=False)
-    plan = compress.make_plan(params, stats, "rank:4")
-    _check(model, compress.compress(params, stats, plan, model=model))        # folded where it can
-    _check(model, compress.compress(params, stats, plan))                     # projections kept
+    for form, p in _forms(model, params, stats).items():
+        _check(model, p, label=f"{name} {form}")
 
 
 @pytest.fixture(scope="module")
@@ -82,25 +101,22 @@ def deepfm():
     return model, params, stats
 
 
-def test_every_params_form_of_deepfm(deepfm):
+def test_deepfm_tt_rec_and_precisions_and_any_batch_from_one_file(deepfm):
+    """The forms beyond `_forms`: TT-Rec tables, int8 products (MatMulInteger) and bfloat16
+    products; and one file scoring batches of 1, 3, 257 and 4096 rows."""
     model, params, stats = deepfm
-    plan = compress.make_plan(params, stats, "rank:4")
-    dense_only = {s: r for s, r in plan.items() if not s.startswith("embed/")}
-    embed_only = {s: r for s, r in plan.items() if s.startswith("embed/")}
-    afm = compress.compress(params, stats, plan, model=model)
-    forms = {
-        "dense": compress.compress(params, stats, dense_only),
-        "embed": compress.compress(params, stats, embed_only),
-        "activation": compress.compress(params, stats, dense_only, activation="relu"),
-        "svd": svd_compress(params, dense_only),
-        "int8": quantize(params),
-        "afm+int8": quantize(afm),
-        "tt": tt_tables(params, tt_plan_like(params, {"embed/a": 60, "embed/b": 80}, min_rows=30)),
-    }
-    for form, p in forms.items():
-        _check(model, p, label=form)
+    afm = compress.compress(params, stats, compress.make_plan(params, stats, "rank:4"), model=model)
+    tt = tt_tables(params, tt_plan_like(params, {"embed/a": 60, "embed/b": 80}, min_rows=30))
+    _check(model, tt, label="tt")
     _check(model, quantize(afm), compute_dtype="int8")
     _check(model, params, compute_dtype="bfloat16", atol=1e-3)   # see the module docstring
+    batch = _ids_batch(4096)
+    session = ort.InferenceSession(to_onnx(model, afm).SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    want = np.asarray(jax.jit(scorer_fn(model, afm))(batch["cat"], batch["num"]))
+    for n in (1, 3, 257, 4096):   # rows are scored independently: a prefix of the batch
+        got = session.run(["score"], {k: v[:n] for k, v in batch.items()})[0]
+        np.testing.assert_allclose(got, want[:n], rtol=0, atol=1e-5, err_msg=str(n))
 
 
 def test_compressed_graph_has_no_per_field_slices_or_index_wraps(deepfm):
@@ -138,8 +154,15 @@ def test_int8_stays_int8_and_runs_matmul_integer():
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
     assert "MatMulInteger" in {n.op_type for n in proto.graph.node}
     assert any(t.data_type == onnx.TensorProto.INT8 for t in proto.graph.initializer)
+    int8_tables = {t.name for t in proto.graph.initializer
+                   if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 2 and t.dims[0] > 100}
+    assert int8_tables   # the packed table of the four fields
+    for n in proto.graph.node:   # tables are gathered as int8, never cast whole to float
+        assert n.op_type == "Gather" or not int8_tables & set(n.input), n
     stored = sum(np.asarray(x).nbytes for x in jax.tree_util.tree_leaves(q))
     size = len(proto.SerializeToString())
+    init = sum(onnx.numpy_helper.to_array(t).nbytes for t in proto.graph.initializer)
+    assert stored <= init < 1.05 * stored    # the initializers are the stored params
     assert stored < size < 1.1 * stored + 32_000    # the file's bytes follow the stored bytes
     assert size < 0.5 * f32    # int8 rows + a float scale per row; rank-1 tables stay float
 
