@@ -3,11 +3,12 @@ Runtime against the JAX scorer, and rows/s and per-call latency of both, in one 
 
 For each model (DeepFM, DCNv2 by default; trained `--epochs` on the shared Criteo sample, 8:1:1
 in file order, min-count 10) and each form (original, AFM at a 25 % parameter budget, int8, AFM +
-int8): the ONNX file that takes ids (`--no-raw-inputs`) and the one with the encoder in the graph
+int8, AFM at a 10 % budget + int8): the ONNX file that takes ids (`--no-raw-inputs`) and the one with the encoder in the graph
 (raw values in), the `.ort` file of the ids graph and its operator count; test AUC of ONNX
 Runtime on the encoded test split against the JAX scorer's; rows/s of ONNX Runtime (2 intra-op
-threads) and the JAX live scorer (packed params on the device) at each batch size, rounds
-alternating the two; p50 / p99 per-call latency at batch 1 and 64.
+threads), the JAX live scorer (packed params on the device) and, where torch is installed,
+torch.compile of the same float params (`afm_jax.lab.bench_torch`) at each batch size, rounds
+alternating them; p50 / p99 per-call latency at batch 1 and 64.
 
     python experiments/onnx_export.py [--models deepfm dcnv2] [--epochs 2]
         [--batch-sizes 1 64 1024 8192] [--rounds 3] [--out experiments/results/onnx_export]
@@ -45,12 +46,38 @@ def _rows(split, n: int) -> dict:
     return {"cat": np.ascontiguousarray(split.cat[idx]), "num": np.ascontiguousarray(split.num[idx])}
 
 
-def _speed(session, scorer, placed, split, batch_sizes, rounds: int) -> dict:
+def _torch_peer(name: str, info, params):
+    """torch.compile of the same float params (afm_jax.lab.bench_torch), or None: torch not
+    installed, a model without a peer, or an int8 form (the peer has no int8 path)."""
+    try:
+        from afm_jax.lab import bench_torch
+    except ImportError:
+        return None
+    if name not in bench_torch.PEERS or any(str(np.asarray(x).dtype) == "int8"
+                                            for x in jax.tree_util.tree_leaves(params)):
+        return None
+    return bench_torch.build(name, info, params, compile=True)
+
+
+def _speed(session, scorer, placed, split, batch_sizes, rounds: int, peer=None) -> dict:
     out = {}
     for bs in batch_sizes:
         batch = _rows(split, bs)
         calls = max(3, min(400, 20_000 // bs))
         jb = jax.device_put(batch)
+        runners = {}
+        if peer is not None:
+            from afm_jax.lab import bench_torch
+            call = bench_torch.callables(peer, batch).get("compiled")
+            if call is not None:
+                def run_torch(call=call, calls=calls):
+                    times = []
+                    for _ in range(calls):
+                        t = time.perf_counter()
+                        call()
+                        times.append(time.perf_counter() - t)
+                    return times
+                runners["torch"] = run_torch
 
         def run_ort(batch=batch, calls=calls):
             times = []
@@ -68,10 +95,12 @@ def _speed(session, scorer, placed, split, batch_sizes, rounds: int) -> dict:
                 times.append(time.perf_counter() - t)
             return times
 
-        run_ort(), run_jax()                          # warm
-        per = {"ort": [], "jax": []}
+        runners = {"ort": run_ort, "jax": run_jax, **runners}
+        for fn in runners.values():                  # warm
+            fn()
+        per = {name: [] for name in runners}
         for r in range(rounds):
-            for name, fn in (("ort", run_ort), ("jax", run_jax))[:: 1 if r % 2 == 0 else -1]:
+            for name, fn in list(runners.items())[:: 1 if r % 2 == 0 else -1]:
                 per[name].append(fn())
         res = {}
         for name, rs in per.items():
@@ -80,6 +109,8 @@ def _speed(session, scorer, placed, split, batch_sizes, rounds: int) -> dict:
             res[name] = {"rows_s": float(np.median(rows_s)), "p50_ms": float(np.percentile(flat, 50) * 1e3),
                          "p99_ms": float(np.percentile(flat, 99) * 1e3)}
         res["ratio"] = res["ort"]["rows_s"] / res["jax"]["rows_s"]
+        if "torch" in res:   # the faster of our two runtimes against torch.compile
+            res["best_vs_torch"] = max(res["ort"]["rows_s"], res["jax"]["rows_s"]) / res["torch"]["rows_s"]
         out[bs] = res
     return out
 
@@ -99,7 +130,9 @@ def main() -> None:
         model = build_model(name, ds.info)
         params = train(model, ds, TrainConfig(epochs=args.epochs), progress=False).params
         afm = compress_model(model, params, ds, "budget:0.25", progress=False).params
-        forms = {"original": params, "AFM 25%": afm, "int8": quantize(params), "AFM 25% + int8": quantize(afm)}
+        afm10 = compress_model(model, params, ds, "budget:0.1", progress=False).params
+        forms = {"original": params, "AFM 25%": afm, "int8": quantize(params),
+                 "AFM 25% + int8": quantize(afm), "AFM 10% + int8": quantize(afm10)}
         for form, p in forms.items():
             ids = to_onnx(model, p)
             raw = to_onnx(model, p, encoder=ds.encoder, bucketize=bucketize)
@@ -118,7 +151,8 @@ def main() -> None:
                    "onnx_raw_bytes": len(raw.SerializeToString()), "ort_bytes": ort_info["bytes"],
                    "operators": ort_info["operators"], "nodes": len(ids.graph.node),
                    "auc_jax": float(jax_auc), "auc_onnx": float(auc(np.asarray(ds.test.label), onnx_scores)),
-                   "speed": _speed(session, scorer, placed, ds.test, args.batch_sizes, args.rounds)}
+                   "speed": _speed(session, scorer, placed, ds.test, args.batch_sizes, args.rounds,
+                                   _torch_peer(name, ds.info, p))}
             results.append(row)
             print(name, form, {k: v for k, v in row.items() if k not in ("operators", "speed")}, flush=True)
     write_results(args.out, results, to_markdown(results, args.batch_sizes))
@@ -144,21 +178,37 @@ def to_markdown(results: list[dict], batch_sizes) -> str:
              "(`--no-raw-inputs`); *raw* file: the encoder in the graph (vocabularies as "
              "LabelEncoder tables); *.ort*: ONNX Runtime's format of the ids file. AUC on the "
              "test split (the same encoded rows for both runtimes).", "",
-             "| model | form | stored bytes | ids .onnx | raw .onnx | .ort | vs original raw .onnx "
-             "| operator types | test AUC JAX | test AUC ORT |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    orig = {r["model"]: r["onnx_raw_bytes"] for r in results if r["form"] == "original"}
+             "| model | form | stored bytes | ids .onnx | vs original ids | raw .onnx | vs original "
+             "raw | .ort | nodes | operator types | test AUC JAX | test AUC ORT |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    orig = {r["model"]: r for r in results if r["form"] == "original"}
     for r in results:
         n_ops = sum(len(line.split(";")[2].split(",")) for line in r["operators"])
+        o = orig[r["model"]]
         lines.append(f"| {r['model']} | {r['form']} | {r['stored_bytes']:,} | {r['onnx_ids_bytes']:,} | "
-                     f"{r['onnx_raw_bytes']:,} | {r['ort_bytes']:,} | "
-                     f"1/{orig[r['model']] / r['onnx_raw_bytes']:.1f} | {n_ops} | "
-                     f"{r['auc_jax']:.4f} | {r['auc_onnx']:.4f} |")
+                     f"1/{o['onnx_ids_bytes'] / r['onnx_ids_bytes']:.1f} | {r['onnx_raw_bytes']:,} | "
+                     f"1/{o['onnx_raw_bytes'] / r['onnx_raw_bytes']:.1f} | {r['ort_bytes']:,} | "
+                     f"{r['nodes']} | {n_ops} | {r['auc_jax']:.4f} | {r['auc_onnx']:.4f} |")
     lines += ["", "Rows/s (median of rounds, ORT and JAX alternating) and ORT / JAX:", "",
               "| model | form | " + " | ".join(f"batch {b}: JAX | ORT | ORT/JAX" for b in batch_sizes) + " |",
               "|---|---|" + "---:|---:|---:|" * len(batch_sizes)]
     lines += _speed_rows(results, batch_sizes, lambda s: [
         f"{s['jax']['rows_s']:,.0f}", f"{s['ort']['rows_s']:,.0f}", f"{s['ratio']:.2f}x"])
+    ort_orig = {r["model"]: r["speed"] for r in results if r["form"] == "original"}
+    lines += ["", "ONNX Runtime on each form / ONNX Runtime on the model's original, and the faster "
+              "of {JAX, ORT} / torch.compile on the same params (torch.compile: rows/s; - where "
+              "torch is absent or the form is int8, which the torch peer has no path for):", "",
+              "| model | form | " + " | ".join(f"batch {b}: ORT/ORT orig | torch.compile | best/torch"
+                                             for b in batch_sizes) + " |",
+              "|---|---|" + "---:|---:|---:|" * len(batch_sizes)]
+    for r in results:
+        cells = []
+        for b in batch_sizes:
+            s = r["speed"][b]
+            cells += [f"{s['ort']['rows_s'] / ort_orig[r['model']][b]['ort']['rows_s']:.2f}x",
+                      f"{s['torch']['rows_s']:,.0f}" if "torch" in s else "-",
+                      f"{s['best_vs_torch']:.2f}x" if "best_vs_torch" in s else "-"]
+        lines.append(f"| {r['model']} | {r['form']} | " + " | ".join(cells) + " |")
     small = [b for b in batch_sizes if b <= 64]
     if small:
         lines += ["", "Per-call latency, p50 / p99 in ms:", "",
