@@ -112,11 +112,12 @@ def _affine(p: dict, x: jax.Array, compute: str | None = None) -> jax.Array:
     return _matmul(x, p["kernel"], compute) + p["bias"]
 
 
-# a linear factor pair whose products cost at least this fraction of the full layer's FLOPs
-# runs slower than the full layer on a CPU (experiments/results/compressed_speed.md: at
-# [1024, 400] -> 400, rank 128 (0.64 of the FLOPs) took 0.9x the full layer's time, rank 160
-# (0.80) 1.1x), so `merge_costly_pairs` multiplies such pairs back into one kernel
-MERGE_FLOP_FRACTION = 0.75
+# a linear factor pair whose products cost at least the full layer's FLOPs runs slower than the
+# full layer on a CPU (experiments/results/compressed_speed.md, one 400 -> 400 layer at batch
+# 64 and 1024: rank 200 (1.00 of the FLOPs) took 1.05-1.06x the full layer's time; rank 160
+# (0.80) 0.84-0.93x, and merging the r160 MLP pairs of DeepFM and DCNv2 was neutral,
+# 0.91-1.09x), so `merge_costly_pairs` multiplies such pairs back into one kernel
+MERGE_FLOP_FRACTION = 1.0
 
 
 def merge_costly_pairs(params: Any, flop_fraction: float = MERGE_FLOP_FRACTION) -> Any:
