@@ -30,6 +30,7 @@ A model's precision is part of the model object, so every cache keyed on the mod
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -109,6 +110,39 @@ def _affine(p: dict, x: jax.Array, compute: str | None = None) -> jax.Array:
             return _int8_product(x, p["kernel_q"]) * p["kernel_scale"] + p["bias"]
         return _matmul(x, p["kernel_q"].astype(x.dtype), compute) * p["kernel_scale"] + p["bias"]
     return _matmul(x, p["kernel"], compute) + p["bias"]
+
+
+# a linear factor pair whose products cost at least the full layer's FLOPs runs slower than the
+# full layer on a CPU (experiments/results/compressed_speed.md, one 400 -> 400 layer at batch
+# 64 and 1024: rank 200 (1.00 of the FLOPs) took 1.05-1.06x the full layer's time; rank 160
+# (0.80) 0.84-0.93x, and merging the r160 MLP pairs of DeepFM and DCNv2 was neutral,
+# 0.91-1.09x), so `merge_costly_pairs` multiplies such pairs back into one kernel
+MERGE_FLOP_FRACTION = 1.0
+
+
+def merge_costly_pairs(params: Any, flop_fraction: float = MERGE_FLOP_FRACTION) -> Any:
+    """params -> the same params with every linear factor pair (no activation between, float
+    kernels) whose rank k costs `k (in + out) >= flop_fraction * in * out` multiplied back into
+    one full layer: kernel U V, bias b_u V + b_v (in float64, then float32). The logits stay
+    those of the pair up to float32 rounding; pairs with an activation, int8 pairs and cheap
+    pairs stay as they are. A pure params -> params map, for scoring (apply before `pack`)."""
+    def walk(node: Any) -> Any:
+        if not isinstance(node, Mapping):
+            return node
+        if forms.linear_form(node) == "factor":
+            u, v = node.get("u"), node["v"]
+            if (u is not None and forms.linear_form(u) == "full" and "kernel" in u
+                    and forms.linear_form(v) == "full" and "kernel" in v):
+                (n_in, k), n_out = np.shape(u["kernel"]), np.shape(v["kernel"])[1]
+                if k * (n_in + n_out) >= flop_fraction * n_in * n_out:
+                    vk = np.asarray(v["kernel"], np.float64)
+                    kernel = np.asarray(u["kernel"], np.float64) @ vk
+                    bias = np.asarray(u["bias"], np.float64) @ vk + np.asarray(v["bias"], np.float64)
+                    return {"kernel": kernel.astype(np.float32), "bias": bias.astype(np.float32)}
+            return dict(node)
+        return {k: walk(x) for k, x in node.items()}
+
+    return walk(params)
 
 
 class Linear(nn.Module):
