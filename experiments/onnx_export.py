@@ -6,9 +6,9 @@ in file order, min-count 10) and each form (original, AFM at a 25 % parameter bu
 int8, AFM at a 10 % budget + int8): the ONNX file that takes ids (`--no-raw-inputs`) and the one with the encoder in the graph
 (raw values in), the `.ort` file of the ids graph and its operator count; test AUC of ONNX
 Runtime on the encoded test split against the JAX scorer's; rows/s of ONNX Runtime (2 intra-op
-threads), the JAX live scorer (packed params on the device) and, where torch is installed,
-torch.compile of the same float params (`afm_jax.lab.bench_torch`) at each batch size, rounds
-alternating them; p50 / p99 per-call latency at batch 1 and 64.
+threads), the JAX live scorer (packed params on the device) and the exported JAX scorer at each
+batch size, rounds alternating them, then, where torch is installed, torch.compile of the same
+float params (`afm_jax.lab.bench_torch`) in a pass of its own; p50 / p99 per-call latency at batch 1 and 64.
 
     python experiments/onnx_export.py [--models deepfm dcnv2] [--epochs 2]
         [--batch-sizes 1 64 1024 8192] [--rounds 3] [--out experiments/results/onnx_export]
@@ -27,7 +27,7 @@ import onnxruntime as ort
 from common import RESULTS, command_line, load, machine, write_results
 
 from afm_jax import compress_model, make_scorer, quantize, train
-from afm_jax.inference import count_bytes, device_params, evaluate
+from afm_jax.inference import count_bytes, device_params, evaluate, export, load_exported
 from afm_jax.metrics import auc
 from afm_jax.models import build_model
 from afm_jax.onnx_export import _to_ort, to_onnx
@@ -59,6 +59,13 @@ def _torch_peer(name: str, info, params):
     return bench_torch.build(name, info, params, compile=True)
 
 
+def _exported(model, params):
+    """The `jax.export` artifact of the same params, loaded (`load_exported`)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        export(model, params, Path(tmp) / "x")
+        return load_exported(Path(tmp) / "x")
+
+
 def _noop(scorer):
     """A jitted function taking the scorer's arguments (packed params, batch) and returning
     zeros of the scores' shape: what a call costs before any scoring work."""
@@ -66,62 +73,38 @@ def _noop(scorer):
     return jax.jit(lambda params, batch: jnp.zeros(batch["cat"].shape[:1], jnp.float32))
 
 
-def _speed(session, scorer, placed, split, batch_sizes, rounds: int, peer=None) -> dict:
+def _times(call, calls: int) -> list[float]:
+    times = []
+    for _ in range(calls):
+        t = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def _speed(session, scorer, placed, split, batch_sizes, rounds: int, peer=None,
+           exported=None) -> dict:
+    """Per batch size: rows/s and per-call p50/p99 of ONNX Runtime, the JAX live scorer, the
+    exported JAX scorer (`load_exported`) and, at batch <= 64, a JAX no-op call with the live
+    scorer's arguments, rounds alternating them; then torch.compile (`peer`) on its own."""
     out = {}
+    noop = _noop(scorer)
     for bs in batch_sizes:
         batch = _rows(split, bs)
         calls = max(3, min(400, 20_000 // bs))
         jb = jax.device_put(batch)
-        runners = {}
-        if peer is not None:
-            from afm_jax.lab import bench_torch
-            call = bench_torch.callables(peer, batch).get("compiled")
-            if call is not None:
-                def run_torch(call=call, calls=calls):
-                    times = []
-                    for _ in range(calls):
-                        t = time.perf_counter()
-                        call()
-                        times.append(time.perf_counter() - t)
-                    return times
-                runners["torch"] = run_torch
-
-        def run_ort(batch=batch, calls=calls):
-            times = []
-            for _ in range(calls):
-                t = time.perf_counter()
-                session.run(["score"], batch)
-                times.append(time.perf_counter() - t)
-            return times
-
-        def run_jax(jb=jb, calls=calls):
-            times = []
-            for _ in range(calls):
-                t = time.perf_counter()
-                scorer(placed, jb).block_until_ready()
-                times.append(time.perf_counter() - t)
-            return times
-
-        noop = _noop(scorer)
-
-        def run_noop(jb=jb, calls=calls, noop=noop):
-            # the same jitted call with the same arguments doing no work: JAX's dispatch floor
-            times = []
-            for _ in range(calls):
-                t = time.perf_counter()
-                noop(placed, jb).block_until_ready()
-                times.append(time.perf_counter() - t)
-            return times
-
-        runners = {"ort": run_ort, "jax": run_jax, **runners}
-        if bs <= 64:
-            runners["jax_noop"] = run_noop
+        runners = {"ort": lambda batch=batch: session.run(["score"], batch),
+                   "jax": lambda jb=jb: scorer(placed, jb).block_until_ready()}
+        if exported is not None:
+            runners["exported"] = lambda batch=batch: exported(batch["cat"], batch["num"]).block_until_ready()
+        if bs <= 64:   # the same jitted call doing no work: JAX's dispatch floor
+            runners["jax_noop"] = lambda jb=jb: noop(placed, jb).block_until_ready()
         for fn in runners.values():                  # warm
             fn()
         per = {name: [] for name in runners}
         for r in range(rounds):
             for name, fn in list(runners.items())[:: 1 if r % 2 == 0 else -1]:
-                per[name].append(fn())
+                per[name].append(_times(fn, calls))
         res = {}
         for name, rs in per.items():
             rows_s = [bs * len(t) / sum(t) for t in rs]
@@ -129,9 +112,21 @@ def _speed(session, scorer, placed, split, batch_sizes, rounds: int, peer=None) 
             res[name] = {"rows_s": float(np.median(rows_s)), "p50_ms": float(np.percentile(flat, 50) * 1e3),
                          "p99_ms": float(np.percentile(flat, 99) * 1e3)}
         res["ratio"] = res["ort"]["rows_s"] / res["jax"]["rows_s"]
-        if "torch" in res:   # the faster of our two runtimes against torch.compile
-            res["best_vs_torch"] = max(res["ort"]["rows_s"], res["jax"]["rows_s"]) / res["torch"]["rows_s"]
         out[bs] = res
+    if peer is not None:
+        # in a pass of its own: torch's threads slow JAX timed in one loop with them
+        # (experiments/torch_interleave.py)
+        from afm_jax.lab import bench_torch
+        for bs in batch_sizes:
+            call = bench_torch.callables(peer, _rows(split, bs)).get("compiled")
+            if call is None:
+                continue
+            calls = max(3, min(400, 20_000 // bs))
+            rows_s = [bs * calls / sum(_times(call, calls)) for _ in range(rounds)]
+            res = out[bs]
+            res["torch"] = {"rows_s": float(np.median(rows_s))}
+            best = max(res[k]["rows_s"] for k in ("ort", "jax", "exported") if k in res)
+            res["best_vs_torch"] = best / res["torch"]["rows_s"]
     return out
 
 
@@ -172,7 +167,7 @@ def main() -> None:
                    "operators": ort_info["operators"], "nodes": len(ids.graph.node),
                    "auc_jax": float(jax_auc), "auc_onnx": float(auc(np.asarray(ds.test.label), onnx_scores)),
                    "speed": _speed(session, scorer, placed, ds.test, args.batch_sizes, args.rounds,
-                                   _torch_peer(name, ds.info, p))}
+                                   _torch_peer(name, ds.info, p), _exported(model, p))}
             results.append(row)
             print(name, form, {k: v for k, v in row.items() if k not in ("operators", "speed")}, flush=True)
     write_results(args.out, results, to_markdown(results, args.batch_sizes))
@@ -209,14 +204,17 @@ def to_markdown(results: list[dict], batch_sizes) -> str:
                      f"1/{o['onnx_ids_bytes'] / r['onnx_ids_bytes']:.1f} | {r['onnx_raw_bytes']:,} | "
                      f"1/{o['onnx_raw_bytes'] / r['onnx_raw_bytes']:.1f} | {r['ort_bytes']:,} | "
                      f"{r['nodes']} | {n_ops} | {r['auc_jax']:.4f} | {r['auc_onnx']:.4f} |")
-    lines += ["", "Rows/s (median of rounds, ORT and JAX alternating) and ORT / JAX:", "",
-              "| model | form | " + " | ".join(f"batch {b}: JAX | ORT | ORT/JAX" for b in batch_sizes) + " |",
-              "|---|---|" + "---:|---:|---:|" * len(batch_sizes)]
+    lines += ["", "Rows/s (median of rounds, the runtimes alternating) of the JAX live scorer, the "
+              "exported JAX scorer (`load_exported`) and ONNX Runtime, and ORT / JAX live:", "",
+              "| model | form | " + " | ".join(f"batch {b}: JAX | exported | ORT | ORT/JAX"
+                                             for b in batch_sizes) + " |",
+              "|---|---|" + "---:|---:|---:|---:|" * len(batch_sizes)]
     lines += _speed_rows(results, batch_sizes, lambda s: [
-        f"{s['jax']['rows_s']:,.0f}", f"{s['ort']['rows_s']:,.0f}", f"{s['ratio']:.2f}x"])
+        f"{s['jax']['rows_s']:,.0f}", f"{s['exported']['rows_s']:,.0f}" if "exported" in s else "-",
+        f"{s['ort']['rows_s']:,.0f}", f"{s['ratio']:.2f}x"])
     ort_orig = {r["model"]: r["speed"] for r in results if r["form"] == "original"}
     lines += ["", "ONNX Runtime on each form / ONNX Runtime on the model's original, and the faster "
-              "of {JAX, ORT} / torch.compile on the same params (torch.compile: rows/s; - where "
+              "of {JAX live, JAX exported, ORT} / torch.compile on the same params (torch.compile: rows/s; - where "
               "torch is absent or the form is int8, which the torch peer has no path for):", "",
               "| model | form | " + " | ".join(f"batch {b}: ORT/ORT orig | torch.compile | best/torch"
                                              for b in batch_sizes) + " |",
