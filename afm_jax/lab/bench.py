@@ -295,10 +295,12 @@ def run(models=("deepfm", "dcnv2"), batch_sizes=(1, 64, 1024, 8192), repeats: in
                        for lay, p in layouts.items()}
                 fns["bound"] = lambda f=bound, b=batch: f(b).block_until_ready()
                 fns["exported"] = lambda f=exported, b=batch: f(b["cat"], b["num"]).block_until_ready()
-                if torch_models is not None:
-                    fns.update({f"torch_{k}": f for k, f in
-                                torch_peer.callables(torch_models, batch).items()})
                 t = time_interleaved(fns, repeats)
+                if torch_models is not None:
+                    # torch in a pass of its own: its idle threads slow JAX calls timed in
+                    # one loop with it (experiments/results/torch_interleave.md)
+                    t.update(time_interleaved({f"torch_{k}": f for k, f in torch_peer.callables(
+                        torch_models, batch).items()}, repeats))
                 costs = {lay: compiled_cost(logits, p, batch, flop_fn=flat_logits)
                          for lay, p in layouts.items()}
                 peer = {}
@@ -458,8 +460,9 @@ def to_markdown(result: dict, command: str) -> str:
              "field; *packed* = the same scorer on `pack(model, params)` (what `predict` runs; "
              "the *live* scorer below); *bound* = `bind_scorer(model, params)(batch)`; "
              "*exported* = `load_exported(export(model, params, dir))(cat, num)`. "
-             "All scorers of one row (and the torch peer) are timed interleaved, round after "
-             "round; rows/s are medians of the rounds after warm-up, spread = (p90 - p10) / "
+             "All scorers of one row are timed interleaved, round after round, and the torch "
+             "peer right after them in a loop of its own (in one loop with torch, JAX ran "
+             "0.51-0.87x its own speed: torch_interleave.md); rows/s are medians of the rounds after warm-up, spread = (p90 - p10) / "
              "median. Gathers / fusions / ops: counts in the compiled HLO (per-field -> packed; "
              "ops = instructions the runtime steps through, outside fusions), which do not "
              "depend on timing. "
