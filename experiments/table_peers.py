@@ -10,6 +10,7 @@ run keeps what it measured).
 from __future__ import annotations
 
 import argparse
+import os
 
 from common import RESULTS, command_line, machine, write_results
 from tqdm import tqdm
@@ -27,10 +28,17 @@ def main() -> None:
                     help="rows of the validation pass train() runs after its epoch")
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds per cell")
     ap.add_argument("--torch-threads", type=int, default=2)
+    ap.add_argument("--omp-wait-policy", default="PASSIVE",
+                    help="OMP_WAIT_POLICY of the cells' processes (torch's OpenMP threads), "
+                         "unless already set; PASSIVE: its waiting threads sleep rather than "
+                         "spin, which on a shared machine keeps a descheduled thread from "
+                         "stalling every parallel region ('' for the runtime's default)")
     ap.add_argument("--no-peer", action="store_true", help="afm_jax contenders only")
     ap.add_argument("--note", default="", help="a sentence for the results")
     ap.add_argument("--out", default=str(RESULTS / "table_peers"))
     args = ap.parse_args()
+    if args.omp_wait_policy:
+        os.environ.setdefault("OMP_WAIT_POLICY", args.omp_wait_policy)
     todo = [(int(v), int(b)) for v in args.vocab.split(",") for b in args.batches.split(",")]
     rows = []
     for v, b in tqdm(todo, desc="cells"):

@@ -51,3 +51,4 @@ def test_tiny_run_beside_deepctr():
     for k, v in res["rows_s"].items():
         assert len(v) == 1 and min(v) > 0, k
     assert res["vocab_rows"] == 20_000 and res["versions"]["deepctr"]
+    assert len(res["load"]) == 1

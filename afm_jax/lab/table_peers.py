@@ -80,14 +80,17 @@ def _epochs_worker(total: int, batch: int, rows: int, rounds: int, valid_rows: i
         fn(warm, 0)
     names = list(fns)
     rows_s: dict[str, list[float]] = {k: [] for k in names}
+    load: list[float] = []   # the machine's 1-minute load average after each round
     for r in range(rounds):
         for k in names[r % len(names):] + names[:r % len(names)]:
             t0 = time.perf_counter()
             fns[k](ds, r)
             rows_s[k].append(rows / (time.perf_counter() - t0))
+        load.append(os.getloadavg()[0])
     return {"vocab_rows": int(sum(ds.info.vocab_sizes)), "batch": batch, "train_rows": rows,
             "valid_rows": valid_rows, "rounds": rounds, "torch_threads": torch_threads,
-            "versions": versions, "rows_s": rows_s,
+            "versions": versions, "rows_s": rows_s, "load": load,
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
             "median": {k: float(np.median(v)) for k, v in rows_s.items()}}
 
 
@@ -110,7 +113,8 @@ def epochs_markdown(rows: list[dict], command: str, machine: str, note: str = ""
     ratios row-wise / dense and row-wise / DeepCTR-Torch (median [min-max])."""
     first = next((r for r in rows if "error" not in r), {})
     v = first.get("versions", {})
-    peer = (f"torch {v.get('torch')} on {first.get('torch_threads')} threads, DeepCTR-Torch "
+    peer = (f"torch {v.get('torch')} on {first.get('torch_threads')} threads "
+            f"(OMP_WAIT_POLICY={first.get('omp_wait_policy') or 'unset'}), DeepCTR-Torch "
             f"{v.get('deepctr')}" if v.get("deepctr") else "DeepCTR-Torch not installed")
     lines = ["# Whole training epochs against table rows, beside DeepCTR-Torch\n",
              f"Command: `{command}`\n",
