@@ -44,11 +44,11 @@ def test_tiny_run_beside_deepctr():
     reason = "DeepCTR-Torch is an optional benchmark peer (pip install afm-jax[bench])"
     pytest.importorskip("torch", reason=reason)
     pytest.importorskip("deepctr_torch", reason=reason)
-    res = table_peers.epochs(20_000, 256, 512, rounds=1, valid_rows=256, embed_dim=4,
+    res = table_peers.epochs(2_000, 128, 256, rounds=1, valid_rows=128, embed_dim=4,
                              mlp=(16,))
     assert "error" not in res, res.get("error")
     assert set(res["rows_s"]) == set(table_peers.CONTENDERS)
     for k, v in res["rows_s"].items():
         assert len(v) == 1 and min(v) > 0, k
-    assert res["vocab_rows"] == 20_000 and res["versions"]["deepctr"]
+    assert res["vocab_rows"] == 2_000 and res["versions"]["deepctr"]
     assert len(res["load"]) == 1
