@@ -56,13 +56,19 @@ def _setup(total: int, batch: int, optimizers, n_batches: int = 4):
     rng = np.random.default_rng(0)
     batches = []
     for _ in range(n_batches):
-        ids = np.stack([np.minimum(rng.zipf(1.2, batch) - 1, v - 1) for v in sizes], 1)
-        batches.append(jax.device_put({
-            "cat": ids.astype(np.int32),
-            "num": rng.normal(size=(batch, 13)).astype(np.float32),
-            "label": (rng.uniform(size=batch) < 0.25).astype(np.float32),
-            "weight": np.ones(batch, np.float32)}))
+        cat, num, label = synthetic_rows(sizes, batch, rng)
+        batches.append(jax.device_put({"cat": cat, "num": num, "label": label,
+                                       "weight": np.ones(batch, np.float32)}))
     return info, runs, batches
+
+
+def synthetic_rows(sizes, n: int, rng: np.random.Generator, num_fields: int = 13):
+    """`n` synthetic rows over vocabularies `sizes`: (cat int32 [n, len(sizes)] of Zipf(1.2)
+    ids clipped to each vocabulary, num float32 [n, num_fields] normal, label float32 [n],
+    a quarter ones)."""
+    cat = np.stack([np.minimum(rng.zipf(1.2, n) - 1, v - 1) for v in sizes], 1)
+    return (cat.astype(np.int32), rng.normal(size=(n, num_fields)).astype(np.float32),
+            (rng.uniform(size=n) < 0.25).astype(np.float32))
 
 
 def _timing_worker(total: int, batch: int, optimizers, steps: int, rounds: int) -> dict:
@@ -194,10 +200,10 @@ def across_markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _subprocess(call: str, on_error: dict) -> dict:
-    """`call` (a function of this module) in a fresh Python; its JSON result, or `on_error`
-    with the error's tail."""
-    code = (f"import json; from afm_jax.lab.table_scale import {call.split('(')[0]}; "
+def _subprocess(call: str, on_error: dict, module: str = __name__) -> dict:
+    """`call` (a function of `module`, default this one) in a fresh Python; its JSON result,
+    or `on_error` with the error's tail."""
+    code = (f"import json; from {module} import {call.split('(')[0]}; "
             f"print(json.dumps({call}))")
     env = dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
