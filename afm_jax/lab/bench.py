@@ -364,7 +364,10 @@ def dispatch_costs(scorer, layouts: dict[str, Any], bound, logits, batch, repeat
            "aot_flat": lambda: aot_flat(leaves, cat, num).block_until_ready(),
            "floor_per-field": lambda: floor_jit(layouts["per-field"], batch).block_until_ready(),
            "floor_packed": lambda: floor_jit(packed, batch).block_until_ready()}
-    t = time_interleaved(fns, max(repeats, 30), min_block_s=0.005, min_seconds=0.3)
+    # at least 30 rounds and 0.3 s a function from repeats=3 on (the sub-0.1 ms calls need
+    # them); a smoke run (repeats 1, the tests) takes a tenth of that
+    t = time_interleaved(fns, max(repeats, min(30, 10 * repeats)), min_block_s=0.005,
+                         min_seconds=min(0.3, 0.1 * repeats))
     out = {f"{k}_s": v.median_s for k, v in t.items()}
     out.update({f"{k}_spread": v.spread for k, v in t.items()})
     out["leaves_per-field"] = len(jax.tree_util.tree_leaves(layouts["per-field"]))
