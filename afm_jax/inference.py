@@ -243,17 +243,20 @@ def bag_inputs(info, batch: int | str = "batch") -> list[dict]:
     """The scorer's inputs for the multi-valued fields of `info` after "cat" and "num", in
     order: per bag field its padded ids "bag:<field>" int32 [batch, max_len] and its lengths
     "bag_len:<field>" int32 [batch] (`afm_jax.data.splits`); empty without bag fields."""
+    from afm_jax.transforms import bag_input_names
+
     out = []
     for b in getattr(info, "bags", ()):
         table = f"the table of field {b.shares!r}" if b.shares else "its own table"
-        out += [{"name": f"bag:{b.name}", "dtype": "int32", "shape": [batch, b.max_len],
+        ids, lengths = bag_input_names(b.name)
+        out += [{"name": ids, "dtype": "int32", "shape": [batch, b.max_len],
                  "field": b.name, "kind": "sequence" if b.shares else "multi_valued",
                  "max_len": b.max_len, "combiner": b.combiner, "shares": b.shares,
                  "vocab_size": b.vocab_size,
                  "ids": f"the row's item ids in {table} (encoder.json), left-aligned, then any "
                         "ids (0) up to max_len; items past bag_len are ignored; ids outside "
                         "[0, vocab_size) score as 0"},
-                {"name": f"bag_len:{b.name}", "dtype": "int32", "shape": [batch],
+                {"name": lengths, "dtype": "int32", "shape": [batch],
                  "field": b.name, "values": f"the row's item count, 0..{b.max_len} (0: an empty "
                                             "bag, which pools to zero)"}]
     return out

@@ -574,9 +574,11 @@ def hashed_input(field: str) -> str:
 
 
 def bag_inputs(field: str) -> tuple[str, str]:
-    """The id-input graph's inputs of bag `field`: padded ids and lengths (`bag_len:<field>` is
-    also a hashed bag's lengths in the raw-input graph)."""
-    return f"bag:{field}", f"bag_len:{field}"
+    """The id-input graph's inputs of bag `field`: padded ids and lengths, named as in the
+    jax.export artifact (`transforms.bag_input_names`; `bag_len:<field>` is also a hashed bag's
+    lengths in the raw-input graph)."""
+    from afm_jax.transforms import bag_input_names
+    return bag_input_names(field)
 
 
 def _own_vocab(encoder, table: str) -> list[str]:
@@ -832,6 +834,7 @@ def onnx_signature(model, encoder, bucketize: Sequence[str], precision: str, fil
                    stored_bytes: int, source: dict | None = None, opset: int = ONNX_OPSET) -> dict:
     """What a client needs: each input with its dtype and transform (hashed inputs: the rule
     the client applies), and the output."""
+    from afm_jax.inference import bag_inputs as inference_bag_inputs
     from afm_jax.models import model_to_json
 
     info = model.info
@@ -842,17 +845,7 @@ def onnx_signature(model, encoder, bucketize: Sequence[str], precision: str, fil
                   {"name": "num", "dtype": "float32", "shape": ["B", len(info.num_names)],
                    "fields": list(info.num_names),
                    "transform": "(log1p(max(x, 0)) - mean) / std, missing -> 0 (encoder.json)"}]
-        for b in getattr(info, "bags", ()):
-            ids, n = bag_inputs(b.name)
-            inputs += [{"name": ids, "dtype": "int32", "shape": ["B", int(b.max_len)],
-                        "field": b.name, "kind": "sequence" if b.shares else "multi_valued",
-                        "max_len": int(b.max_len), "combiner": b.combiner, "shares": b.shares,
-                        "vocab_size": int(b.vocab_size),
-                        "transform": "the encoder's ids of the first bag_len items, then padding "
-                                     "(any id, masked); ids outside [0, vocab_size) score as 0"},
-                       {"name": n, "dtype": "int32", "shape": ["B"], "field": b.name,
-                        "transform": f"the number of real items, 0..{int(b.max_len)} (0: an "
-                                     "empty bag, pooled to zero)"}]
+        inputs += inference_bag_inputs(info, "B")   # the jax.export artifact's entries
     else:
         inputs = []
         hashed = _hash_note(encoder)

@@ -74,6 +74,12 @@ def field_transforms(encoder, bucketize: Sequence[str] = ()) -> list[dict]:
     return out + [bag_transform(encoder, k) for k in range(len(getattr(encoder, "bags", ())))]
 
 
+def bag_input_names(field: str) -> tuple[str, str]:
+    """The scorer inputs of multi-valued field `field` in both export formats: its padded ids
+    and its lengths."""
+    return f"bag:{field}", f"bag_len:{field}"
+
+
 def bag_transform(encoder, k: int) -> dict:
     """Multi-valued field k of `encoder`: how a raw list becomes the scorer's inputs
     "bag:<field>" (padded ids) and "bag_len:<field>" (`inference.bag_inputs`)."""
@@ -89,7 +95,8 @@ def bag_transform(encoder, k: int) -> dict:
     else:
         item = f"id = 1 + index of the item in encoder.json bags[{k}].vocab; unseen -> 0"
     keep = ("the last" if b.truncation == "keep_last" else "the first") + f" {b.max_len} items"
-    return {"field": b.name, "input": f"bag:{b.name}", "lengths": f"bag_len:{b.name}",
+    ids, lengths = bag_input_names(b.name)
+    return {"field": b.name, "input": ids, "lengths": lengths,
             "kind": "sequence" if b.shares else "multi_valued", "raw": "list of strings",
             "separator": b.separator, "max_len": b.max_len, "combiner": b.combiner,
             "truncation": b.truncation, "shares": b.shares,
@@ -97,8 +104,8 @@ def bag_transform(encoder, k: int) -> dict:
                                       "item between separators is a bad line",
             "rule": (f"split the text at {b.separator!r} (Parquet: the list<string> as it is); "
                      f"keep {keep} of a longer list, in their order; each item: {item}; "
-                     f"bag:{b.name} = the ids left-aligned, padded with 0 to {b.max_len}; "
-                     f"bag_len:{b.name} = the number of ids kept")}
+                     f"{ids} = the ids left-aligned, padded with 0 to {b.max_len}; "
+                     f"{lengths} = the number of ids kept")}
 
 
 def source_layout(data_meta: dict | None) -> dict:
