@@ -179,9 +179,10 @@ def _rows_slice(split, start: int, size: int) -> dict:
 
 
 def _speed_rows(results: list[dict], batch_sizes, cells) -> list[str]:
-    """One table row per model and form: `cells(speed at batch b)` for each batch size."""
+    """One table row per model and form: `cells(speed at batch b, result row, b)` for each
+    batch size."""
     return [f"| {r['model']} | {r['form']} | "
-            + " | ".join(c for b in batch_sizes for c in cells(r["speed"][b])) + " |"
+            + " | ".join(c for b in batch_sizes for c in cells(r["speed"][b], r, b)) + " |"
             for r in results]
 
 
@@ -210,7 +211,7 @@ def to_markdown(results: list[dict], batch_sizes) -> str:
               "| model | form | " + " | ".join(f"batch {b}: JAX | exported | ORT | ORT/JAX"
                                              for b in batch_sizes) + " |",
               "|---|---|" + "---:|---:|---:|---:|" * len(batch_sizes)]
-    lines += _speed_rows(results, batch_sizes, lambda s: [
+    lines += _speed_rows(results, batch_sizes, lambda s, r, b: [
         f"{s['jax']['rows_s']:,.0f}", f"{s['exported']['rows_s']:,.0f}" if "exported" in s else "-",
         f"{s['ort']['rows_s']:,.0f}", f"{s['ratio']:.2f}x"])
     ort_orig = {r["model"]: r["speed"] for r in results if r["form"] == "original"}
@@ -220,21 +221,17 @@ def to_markdown(results: list[dict], batch_sizes) -> str:
               "| model | form | " + " | ".join(f"batch {b}: ORT/ORT orig | torch.compile | best/torch"
                                              for b in batch_sizes) + " |",
               "|---|---|" + "---:|---:|---:|" * len(batch_sizes)]
-    for r in results:
-        cells = []
-        for b in batch_sizes:
-            s = r["speed"][b]
-            cells += [f"{s['ort']['rows_s'] / ort_orig[r['model']][b]['ort']['rows_s']:.2f}x",
-                      f"{s['torch']['rows_s']:,.0f}" if "torch" in s else "-",
-                      f"{s['best_vs_torch']:.2f}x" if "best_vs_torch" in s else "-"]
-        lines.append(f"| {r['model']} | {r['form']} | " + " | ".join(cells) + " |")
+    lines += _speed_rows(results, batch_sizes, lambda s, r, b: [
+        f"{s['ort']['rows_s'] / ort_orig[r['model']][b]['ort']['rows_s']:.2f}x",
+        f"{s['torch']['rows_s']:,.0f}" if "torch" in s else "-",
+        f"{s['best_vs_torch']:.2f}x" if "best_vs_torch" in s else "-"])
     small = [b for b in batch_sizes if b <= 64]
     if small:
         lines += ["", "Per-call latency, p50 / p99 in ms:", "",
                   "| model | form | " + " | ".join(f"batch {b}: JAX | ORT | JAX no-op call"
                                                   for b in small) + " |",
                   "|---|---|" + "---:|---:|---:|" * len(small)]
-        lines += _speed_rows(results, small, lambda s: [
+        lines += _speed_rows(results, small, lambda s, r, b: [
             f"{s['jax']['p50_ms']:.3f} / {s['jax']['p99_ms']:.3f}",
             f"{s['ort']['p50_ms']:.3f} / {s['ort']['p99_ms']:.3f}",
             f"{s['jax_noop']['p50_ms']:.3f} / {s['jax_noop']['p99_ms']:.3f}"])
