@@ -670,7 +670,7 @@ def cmd_bench(args: argparse.Namespace) -> dict:
                        batch_sizes=tuple(int(b) for b in (args.batch_sizes or "1,64,1024,8192").split(",")),
                        repeats=args.repeats, use_torch=not args.no_torch,
                        torch_compile=not args.no_torch_compile,
-                       progress=not args.no_progress)
+                       progress=not args.no_progress, use_onnx=not args.no_onnx)
     platform = jax.devices()[0].platform
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -822,6 +822,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-torch", action="store_true", help="leave out the PyTorch peer")
     p.add_argument("--no-torch-compile", action="store_true",
                    help="PyTorch eager only (torch.compile takes minutes per shape)")
+    p.add_argument("--no-onnx", action="store_true",
+                   help="leave out ONNX Runtime (timed where the [onnx] extra is installed)")
     p.add_argument("--out-dir", default="experiments/results",
                    help="where bench_<platform>.md and .json go")
     p.add_argument("--train", action="store_true",

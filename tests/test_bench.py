@@ -48,8 +48,15 @@ def test_every_form_of_every_model_is_measured_in_every_layout_at_every_batch_si
         (m, f) for m in models for f in forms)
     assert all(d["batch"] == 1 and d["leaves_packed"] < d["leaves_per-field"]
                and d["aot_flat_s"] > 0 for d in res["dispatch"])
+    # ONNX Runtime (the [onnx] extra, which [dev] pulls) scores each form's graph as JAX does
+    if res["onnxruntime"] is not None:
+        assert all(r["ort_rows_s"] > 0 and r["ort_max_rel_diff"] <= 1e-5
+                   for r in res["rows"]), [(r["model"], r["form"], r.get("ort_max_rel_diff"))
+                                           for r in res["rows"]]
     md = bench.to_markdown(res, "test")
     assert all(f"## {m}" in md for m in models) and "Load average" in md
+    if res["onnxruntime"] is not None:
+        assert "| ORT / ORT original |" in md and "ONNX Runtime on every compressed form" in md
     assert all(f"| {f} | {b} |" in md for f in forms for b in batch_sizes)
     assert all(f"| {m} | {f} | 1 |" in md for m in models for f in forms)
 

@@ -12,6 +12,9 @@ same load. Each form is scored four ways ("layouts"):
   bound       `inference.bind_scorer(model, params)(batch)` (packed, placed once)
   exported    `inference.load_exported(export(model, params, tmp))(cat, num)`
 
+ONNX Runtime (the `[onnx]` extra) scores each form's `to_onnx` graph (ids in, 2 intra-op
+threads) in a pass of its own after the JAX scorers, as does the torch peer.
+
 Compiled op counts (gathers, fusions, executed ops in the compiled HLO) are a proxy for the
 layout that does not depend on timing. PyTorch is optional (`pip install afm-jax[bench]`);
 without it those columns are left out and the report says so.
@@ -252,7 +255,7 @@ def _max_rel_diff(a, b) -> float:
 def run(models=("deepfm", "dcnv2"), batch_sizes=(1, 64, 1024, 8192), repeats: int = 20,
         use_torch: bool = True, progress: bool = True, info: FeatureInfo | None = None,
         torch_compile: bool = True,
-        mlp: tuple[int, ...] = (400, 400, 400)) -> dict:
+        mlp: tuple[int, ...] = (400, 400, 400), use_onnx: bool = True) -> dict:
     """All measurements as a dict: "rows" (one per model, form, layout and batch size; the torch
     peer's figures, measured once per model, form and batch size, sit in each of its rows),
     "dispatch" (per-call times at batch 1 and 64), the machine, its load and its ceiling."""
@@ -267,6 +270,7 @@ def run(models=("deepfm", "dcnv2"), batch_sizes=(1, 64, 1024, 8192), repeats: in
             torch_peer = bench_torch
         except ImportError:
             torch_peer = None
+    ort = _ort() if use_onnx else None
     rows, dispatch = [], []
     total = len(models) * (1 + len(AFM_FORMS)) * len(batch_sizes)
     bar = tqdm(total=total, desc="bench", disable=not progress)
@@ -285,6 +289,7 @@ def run(models=("deepfm", "dcnv2"), batch_sizes=(1, 64, 1024, 8192), repeats: in
                 exported = load_exported(export(model, host, Path(tmp) / "export"))
             torch_models = (torch_peer.build(name, info, host, compile=torch_compile)
                             if torch_peer else None)
+            session = _ort_session(ort, model, host) if ort else None
             for bs in batch_sizes:
                 batch = jax.device_put(random_batch(info, bs, seed=bs))
                 live = np.asarray(scorer(layouts["packed"], batch))
@@ -301,10 +306,15 @@ def run(models=("deepfm", "dcnv2"), batch_sizes=(1, 64, 1024, 8192), repeats: in
                     # one loop with it (experiments/results/torch_interleave.md)
                     t.update(time_interleaved({f"torch_{k}": f for k, f in torch_peer.callables(
                         torch_models, batch).items()}, repeats))
+                if session is not None:   # its spinning threads, too, would slow JAX's calls
+                    feeds = {"cat": np.asarray(batch["cat"]), "num": np.asarray(batch["num"])}
+                    agree["ort"] = _max_rel_diff(session.run(["score"], feeds)[0], live)
+                    t.update(time_interleaved(
+                        {"ort": lambda s=session, f=feeds: s.run(["score"], f)}, repeats))
                 costs = {lay: compiled_cost(logits, p, batch, flop_fn=flat_logits)
                          for lay, p in layouts.items()}
                 peer = {}
-                for k in ("torch_eager", "torch_compiled"):
+                for k in ("torch_eager", "torch_compiled", "ort"):
                     if k in t:
                         peer[f"{k}_rows_s"] = t[k].rows_per_s(bs)
                         peer[f"{k}_spread"] = t[k].spread
@@ -319,6 +329,8 @@ def run(models=("deepfm", "dcnv2"), batch_sizes=(1, 64, 1024, 8192), repeats: in
                            "peak_bytes": c["peak_bytes"], "gathers": c["gathers"],
                            "fusions": c["fusions"], "ops": c["ops"],
                            "load": _load(), **peer}
+                    if "ort" in agree:
+                        row["ort_max_rel_diff"] = agree["ort"]
                     if form == "original" and lay == "packed" and bs == max(batch_sizes):
                         row["stats_rows_s"] = _stats_rate(model, host, info, bs, repeats)
                     rows.append(row)
@@ -331,7 +343,27 @@ def run(models=("deepfm", "dcnv2"), batch_sizes=(1, 64, 1024, 8192), repeats: in
     return {"device": f"{device.platform}: {device.device_kind}", "machine": machine(),
             "load_start": load_start, "load_end": _load(), "ceiling_flops": ceiling,
             "rows": rows, "dispatch": dispatch,
-            "torch": None if torch_peer is None else torch_peer.version()}
+            "torch": None if torch_peer is None else torch_peer.version(),
+            "onnxruntime": None if ort is None else ort.__version__}
+
+
+def _ort():
+    """onnxruntime, or None where the [onnx] extra is absent."""
+    try:
+        import onnxruntime
+    except ImportError:
+        return None
+    return onnxruntime
+
+
+def _ort_session(ort, model, params):
+    """An ONNX Runtime session (CPU, 2 intra-op threads) of the form's ids graph."""
+    from afm_jax.onnx_export import to_onnx
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 2
+    return ort.InferenceSession(to_onnx(model, params).SerializeToString(), opts,
+                                providers=["CPUExecutionProvider"])
 
 
 def dispatch_costs(scorer, layouts: dict[str, Any], bound, logits, batch, repeats: int) -> dict:
@@ -431,6 +463,25 @@ def goals(result: dict) -> list[tuple[str, bool | None, str]]:
         out.append(("compressed forms (rank 32) >= 3x the original's rows/s", not bad,
                     ("below: " + figs) if bad else
                     f"min {min(x for x, _ in ratios):.2f}x"))
+    ort = [r for r in rows if "ort_rows_s" in r]
+    if ort:
+        base = {(r["model"], r["batch"]): r["ort_rows_s"] for r in ort if r["form"] == "original"}
+        vs = [(r["ort_rows_s"] / base[(r["model"], r["batch"])], r) for r in ort
+              if r["form"] != "original" and (r["model"], r["batch"]) in base]
+        bad = [(x, r) for x, r in vs if x < 1.0]
+        figs = ", ".join(f"{r['model']} {r['form']} b{r['batch']} {x:.2f}x" for x, r in bad)
+        if vs:
+            out.append(("ONNX Runtime on every compressed form >= ONNX Runtime on the original, "
+                        "every batch", not bad, ("below: " + figs) if bad else
+                        f"min {min(x for x, _ in vs):.2f}x"))
+        best = [(max(r["jax_rows_s"], r["ort_rows_s"]) / r["torch_compiled_rows_s"], r)
+                for r in ort if "torch_compiled_rows_s" in r]
+        if best:
+            bad = [(x, r) for x, r in best if x < 1.0]
+            figs = ", ".join(f"{r['model']} {r['form']} b{r['batch']} {x:.2f}x" for x, r in bad)
+            out.append(("the faster of {JAX live, ONNX Runtime} >= 1.0x torch.compile, every "
+                        "form and batch", not bad, ("below: " + figs) if bad else
+                        f"min {min(x for x, _ in best):.2f}x"))
     idx = _index(result["rows"])
     exp = [(r["jax_rows_s"] / idx[(r["model"], r["form"], "packed", r["batch"])]["jax_rows_s"], r)
            for r in result["rows"] if r.get("layout") == "exported"]
@@ -470,7 +521,10 @@ def to_markdown(result: dict, command: str) -> str:
              "ops = instructions the runtime steps through, outside fusions), which do not "
              "depend on timing. "
              + (f"PyTorch {result['torch']}: the same models and params in plain torch, eager "
-                "and torch.compile." if has_torch else "PyTorch not installed: no peer rows."),
+                "and torch.compile. " if has_torch else "PyTorch not installed: no peer rows. ")
+             + (f"ONNX Runtime {result['onnxruntime']} (CPU, 2 intra-op threads): the form's "
+                "`to_onnx` graph (ids in), timed in a loop of its own like torch."
+                if result.get("onnxruntime") else "onnxruntime not installed: no ORT columns."),
              ""]
     verdicts = goals(result)
     if verdicts:
@@ -485,6 +539,9 @@ def to_markdown(result: dict, command: str) -> str:
     if has_torch:
         header += ["torch eager rows/s", "torch.compile rows/s", "live / eager",
                    "live / compile"]
+    has_ort = any("ort_rows_s" in r for r in rows)
+    if has_ort:
+        header += ["ORT rows/s", "ORT / live", "ORT / ORT original"]
     header += ["vs original", "gathers", "fusions", "ops", "GFLOP/s (live)", "peak MiB"]
     for model in dict.fromkeys(r["model"] for r in rows):
         lines += [f"## {model}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -507,6 +564,10 @@ def to_markdown(result: dict, command: str) -> str:
                 cells += [_num(eager, "{:,.0f}"), _num(comp, "{:,.0f}"),
                           _num(live["jax_rows_s"] / eager, "{:.2f}x"),
                           _num(live["jax_rows_s"] / comp, "{:.2f}x")]
+            if has_ort:
+                o = live.get("ort_rows_s", float("nan"))
+                cells += [_num(o, "{:,.0f}"), _num(o / live["jax_rows_s"], "{:.2f}x"),
+                          _num(o / orig.get("ort_rows_s", float("nan")), "{:.2f}x")]
             pair = {k: f"{pf[k]} -> {live[k]}" if pf else str(live[k])
                     for k in ("gathers", "fusions", "ops")}
             cells += [f"{live['jax_rows_s'] / orig['jax_rows_s']:.2f}x", pair["gathers"],
