@@ -245,7 +245,7 @@ class _Converter:
         if prim in _UNARY:
             return [self.g.node(_UNARY[prim], [self.name(ins[0])])]
         if prim in _BINARY:
-            return [self.g.node(_BINARY[prim], [self.name(x) for x in ins])]
+            return [self.g.node(_BINARY[prim], self._broadcasting(eqn, ins))]
         raise ExportError(f"the ONNX export has no rule for primitive {prim!r} "
                           f"(in {eqn}); add one in afm_jax/onnx_export.py")
 
@@ -272,10 +272,13 @@ class _Converter:
 
     def p_broadcast_in_dim(self, eqn, ins):
         shape, bdims = eqn.params["shape"], eqn.params["broadcast_dimensions"]
-        x = self.name(ins[0])
         missing = [i for i in range(len(shape)) if i not in bdims]
-        if missing:
-            x = self.g.node("Unsqueeze", [x, self.g.const(missing, np.int64)])
+        if missing and not isinstance(ins[0], str):   # a constant: its unit dims in the file
+            x = self.g.const(np.expand_dims(np.asarray(ins[0]), missing))
+        else:
+            x = self.name(ins[0])
+            if missing:
+                x = self.g.node("Unsqueeze", [x, self.g.const(missing, np.int64)])
         operand = eqn.invars[0].aval.shape
         same = (all(_same_dim(shape[d], operand[i]) for i, d in enumerate(bdims))
                 and all(not _is_symbolic(shape[i]) and shape[i] == 1 for i in missing))
@@ -351,7 +354,28 @@ class _Converter:
         pred = self.name(ins[0])
         if np.dtype(eqn.invars[0].aval.dtype) != np.bool_:
             pred = self.g.node("Cast", [pred], to=_tensor_type(np.bool_))
-        return self.g.node("Where", [pred, self.name(ins[2]), self.name(ins[1])])
+        cases = self._broadcasting(eqn, ins[1:], full=eqn.invars[0].aval.shape)
+        return self.g.node("Where", [pred, cases[1], cases[0]])
+
+    def _broadcasting(self, eqn, ins, full=None) -> list[str]:
+        """Names of an elementwise op's operands (ONNX broadcasts them numpy-style): where one
+        operand (or `full`, a shape the op sees besides) has the output's shape, an operand
+        that an Expand only widened is taken before the Expand (one Unsqueeze + Expand fewer,
+        e.g. for jnp.where(ok, ids, 0))."""
+        out = eqn.outvars[0].aval.shape
+        shapes = [getattr(v.aval, "shape", ()) for v in eqn.invars[-len(ins):]]
+
+        def whole(shape) -> bool:
+            return len(shape) == len(out) and all(_same_dim(a, b) for a, b in zip(shape, out))
+
+        names = [self.name(x) for x in ins]
+        for i, name in enumerate(names):
+            node = self.g.made_by(name, "Expand")
+            if node is not None and (
+                    (full is not None and whole(full))
+                    or any(whole(sh) for j, sh in enumerate(shapes) if j != i)):
+                names[i] = node.input[0]
+        return names
 
     def p_ne(self, eqn, ins):
         return self.g.node("Not", [self.g.node("Equal", [self.name(x) for x in ins])])
@@ -466,7 +490,11 @@ class _Converter:
         (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
         la, ra = eqn.invars[0].aval, eqn.invars[1].aval
         out = eqn.outvars[0].aval
-        x, w = self.name(ins[0]), self.name(ins[1])
+        x = self.name(ins[0])
+        # a float32 constant kernel stays an array here: its transposes and unit dims are
+        # made in the file, not at run time
+        w = ins[1] if isinstance(ins[1], np.ndarray) and ra.dtype == np.float32 \
+            else self.name(ins[1])
         ints = np.issubdtype(la.dtype, np.integer) and np.issubdtype(ra.dtype, np.integer)
         plain = (not lb and not rb and tuple(lc) == (len(la.shape) - 1,) and tuple(rc) == (0,)
                  and len(ra.shape) == 2)
@@ -484,7 +512,7 @@ class _Converter:
         if ra.dtype != np.float32:
             w = self.g.node("Cast", [w], to=f32)
         if plain:
-            y = self.g.node("MatMul", [x, w])
+            y = self.g.node("MatMul", [x, self.name(w)])
         else:
             y = self._batched_matmul(x, w, len(la.shape), len(ra.shape), lc, rc, lb, rb)
         if np.dtype(out.dtype) != np.float32:
@@ -498,17 +526,29 @@ class _Converter:
         lfree = [i for i in range(lr) if i not in lc and i not in lb]
         rfree = [j for j in range(rr) if j not in rc and j not in rb]
         if len(lc) != 1 or len(lfree) > 1 or len(rfree) > 1:
-            return self.g.node("Einsum", [x, w], equation=_einsum_spec(lr, rr, lc, rc, lb, rb))
+            return self.g.node("Einsum", [x, self.name(w)], equation=_einsum_spec(lr, rr, lc, rc, lb, rb))
         g, nb = self.g, len(lb)
+        if (not lfree and not rfree and isinstance(w, str) and list(lb) == list(rb)
+                and list(lb) == list(range(nb)) and list(lc) == list(rc) == [nb]):
+            # a dot product per batch element ([.., K] . [.., K]): Mul + ReduceSum, not a
+            # MatMul of [.., 1, K] @ [.., K, 1] (tiny products, and four nodes)
+            return g.node("ReduceSum", [g.node("Mul", [x, w]), g.const([nb], np.int64)],
+                          keepdims=0)
         lperm, rperm = [*lb, *lfree, *lc], [*rb, *rc, *rfree]
         if lperm != list(range(lr)):
             x = g.node("Transpose", [x], perm=lperm)
-        if rperm != list(range(rr)):
-            w = g.node("Transpose", [w], perm=rperm)
         if not lfree:
             x = g.node("Unsqueeze", [x, g.const([nb], np.int64)])          # [.., 1, K]
-        if not rfree:
-            w = g.node("Unsqueeze", [w, g.const([nb + 1], np.int64)])      # [.., K, 1]
+        if isinstance(w, np.ndarray):   # a constant: laid out in the file
+            if rperm != list(range(rr)) or not rfree:
+                w = np.transpose(w, rperm)
+                w = w if rfree else np.expand_dims(w, nb + 1)
+            w = g.const(w)
+        else:
+            if rperm != list(range(rr)):
+                w = g.node("Transpose", [w], perm=rperm)
+            if not rfree:
+                w = g.node("Unsqueeze", [w, g.const([nb + 1], np.int64)])  # [.., K, 1]
         y = g.node("MatMul", [x, w])                                        # [batch.., M, N]
         drop = ([nb] if not lfree else []) + ([nb + 1] if not rfree else [])
         return g.node("Squeeze", [y, g.const(drop, np.int64)]) if drop else y

@@ -123,7 +123,8 @@ def test_compressed_graph_has_no_per_field_slices_or_index_wraps(deepfm):
     """AFM tables of several ranks: each rank group's ids are one Gather of the id columns
     straight into the table Gather (no index-vector Gather, no Where wrapping negative ids,
     which ONNX Gather does itself), and the fields come back in model order through one
-    Concat + Gather, not a Slice per field."""
+    Concat + Gather, not a Slice per field. Elementwise ops take a constant operand as it is
+    (ONNX broadcasts): no Expand of jnp.where(ok, ids, 0)'s zero to the batch's shape."""
     model, params, stats = deepfm
     plan = compress.make_plan(params, stats, "rank:4")
     embeds = sorted(s for s in plan if s.startswith("embed/"))
@@ -138,6 +139,9 @@ def test_compressed_graph_has_no_per_field_slices_or_index_wraps(deepfm):
         if n.op_type == "Concat":
             assert not any(i in made and made[i] in slices for i in n.input), n
     assert len(slices) <= 3
+    consts = {t.name for t in proto.graph.initializer}
+    assert not [n for n in proto.graph.node if n.op_type in ("Expand", "Unsqueeze")
+                and n.input[0] in consts], "a constant widened at run time"
 
 
 def test_int8_stays_int8_and_runs_matmul_integer():
