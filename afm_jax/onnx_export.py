@@ -118,7 +118,7 @@ class _Graph:
              **attrs) -> Any:
         onnx = _onnx()
         outs = [self.fresh(op.lower()) for _ in range(n_out)]
-        node = onnx.helper.make_node(op, list(inputs), outs, domain=domain, **attrs)
+        node = onnx.helper.make_node(op, list(inputs), outs, name=outs[0], domain=domain, **attrs)
         self.nodes.append(node)
         self.producer.update((o, node) for o in outs)
         return outs[0] if n_out == 1 else outs
