@@ -83,10 +83,12 @@ def _times(call, calls: int) -> list[float]:
 
 
 def _speed(session, scorer, placed, split, batch_sizes, rounds: int, peer=None,
-           exported=None) -> dict:
+           exported=None, reference=None) -> dict:
     """Per batch size: rows/s and per-call p50/p99 of ONNX Runtime, the JAX live scorer, the
-    exported JAX scorer (`load_exported`) and, at batch <= 64, a JAX no-op call with the live
-    scorer's arguments, rounds alternating them; then torch.compile (`peer`) on its own."""
+    exported JAX scorer (`load_exported`), ONNX Runtime on the model's original (`reference`,
+    for the paired ratio "ort_vs_original": the median over rounds of the two sessions' rows/s
+    within a round) and, at batch <= 64, a JAX no-op call with the live scorer's arguments,
+    rounds alternating them; then torch.compile (`peer`) on its own."""
     out = {}
     noop = _noop(scorer)
     for bs in batch_sizes:
@@ -95,6 +97,8 @@ def _speed(session, scorer, placed, split, batch_sizes, rounds: int, peer=None,
         jb = jax.device_put(batch)
         runners = {"ort": lambda batch=batch: session.run(["score"], batch),
                    "jax": lambda jb=jb: scorer(placed, jb).block_until_ready()}
+        if reference is not None:
+            runners["ort_original"] = lambda batch=batch: reference.run(["score"], batch)
         if exported is not None:
             runners["exported"] = lambda batch=batch: exported(batch["cat"], batch["num"]).block_until_ready()
         if bs <= 64:   # the same jitted call doing no work: JAX's dispatch floor
@@ -112,6 +116,9 @@ def _speed(session, scorer, placed, split, batch_sizes, rounds: int, peer=None,
             res[name] = {"rows_s": float(np.median(rows_s)), "p50_ms": float(np.percentile(flat, 50) * 1e3),
                          "p99_ms": float(np.percentile(flat, 99) * 1e3)}
         res["ratio"] = res["ort"]["rows_s"] / res["jax"]["rows_s"]
+        if reference is not None:   # paired within each round: both sessions under one load
+            res["ort_vs_original"] = float(np.median([np.median(o) / np.median(f) for f, o in
+                                                      zip(per["ort"], per["ort_original"])]))
         out[bs] = res
     if peer is not None:
         # in a pass of its own: torch's threads slow JAX timed in one loop with them
@@ -148,6 +155,7 @@ def main() -> None:
         afm10 = compress_model(model, params, ds, "budget:0.1", progress=False).params
         forms = {"original": params, "AFM 25%": afm, "int8": quantize(params),
                  "AFM 25% + int8": quantize(afm), "AFM 10% + int8": quantize(afm10)}
+        original_session = None
         for form, p in forms.items():
             ids = to_onnx(model, p)
             raw = to_onnx(model, p, encoder=ds.encoder, bucketize=bucketize)
@@ -156,6 +164,7 @@ def main() -> None:
                 f.write_bytes(ids.SerializeToString())
                 ort_info = _to_ort(f)
             session = _session(ids)
+            original_session = original_session or session
             scorer = make_scorer(model)
             placed = device_params(model, p)
             jax_auc = evaluate(scorer, placed, ds.test)["auc"]
@@ -167,7 +176,8 @@ def main() -> None:
                    "operators": ort_info["operators"], "nodes": len(ids.graph.node),
                    "auc_jax": float(jax_auc), "auc_onnx": float(auc(np.asarray(ds.test.label), onnx_scores)),
                    "speed": _speed(session, scorer, placed, ds.test, args.batch_sizes, args.rounds,
-                                   _torch_peer(name, ds.info, p), _exported(model, p))}
+                                   _torch_peer(name, ds.info, p), _exported(model, p),
+                                   None if form == "original" else original_session)}
             results.append(row)
             print(name, form, {k: v for k, v in row.items() if k not in ("operators", "speed")}, flush=True)
     write_results(args.out, results, to_markdown(results, args.batch_sizes))
@@ -214,15 +224,15 @@ def to_markdown(results: list[dict], batch_sizes) -> str:
     lines += _speed_rows(results, batch_sizes, lambda s, r, b: [
         f"{s['jax']['rows_s']:,.0f}", f"{s['exported']['rows_s']:,.0f}" if "exported" in s else "-",
         f"{s['ort']['rows_s']:,.0f}", f"{s['ratio']:.2f}x"])
-    ort_orig = {r["model"]: r["speed"] for r in results if r["form"] == "original"}
-    lines += ["", "ONNX Runtime on each form / ONNX Runtime on the model's original, and the faster "
+    lines += ["", "ONNX Runtime on each form / ONNX Runtime on the model's original (both "
+              "sessions timed in the same rounds; the median of the per-round ratios), and the faster "
               "of {JAX live, JAX exported, ORT} / torch.compile on the same params (torch.compile: rows/s; - where "
               "torch is absent or the form is int8, which the torch peer has no path for):", "",
               "| model | form | " + " | ".join(f"batch {b}: ORT/ORT orig | torch.compile | best/torch"
                                              for b in batch_sizes) + " |",
               "|---|---|" + "---:|---:|---:|" * len(batch_sizes)]
     lines += _speed_rows(results, batch_sizes, lambda s, r, b: [
-        f"{s['ort']['rows_s'] / ort_orig[r['model']][b]['ort']['rows_s']:.2f}x",
+        f"{s.get('ort_vs_original', 1.0):.2f}x",
         f"{s['torch']['rows_s']:,.0f}" if "torch" in s else "-",
         f"{s['best_vs_torch']:.2f}x" if "best_vs_torch" in s else "-"])
     small = [b for b in batch_sizes if b <= 64]
