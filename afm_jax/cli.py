@@ -605,6 +605,10 @@ def cmd_export(args: argparse.Namespace) -> dict:
     encoder = load_encoder(args.model_dir) if Path(args.model_dir, "encoder.json").is_file() else None
     from afm_jax.transforms import bucketized_fields, source_layout
 
+    if args.pad_ranks:
+        from afm_jax.compress import pad_ranks
+        params = pad_ranks(params, args.pad_ranks)
+
     data_meta = meta.get("data")
     bucketize = bucketized_fields(data_meta) if encoder is not None else ()
     if args.format == "onnx":
@@ -847,6 +851,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ONNX: also write ONNX Runtime's .ort file and the operator list of a "
                         "minimal build (model.required_operators.with_runtime_opt.config)")
     p.add_argument("--batch-size", type=int, help="fixed batch size (default: symbolic)")
+    p.add_argument("--pad-ranks", type=_positive_int, metavar="N",
+                   help="pad each compressed table's rank up to a multiple of N (scores "
+                        "unchanged; fewer table widths, so fewer gathers and projections per "
+                        "call, which ONNX Runtime at batch 1-64 pays for; the file grows)")
     p.add_argument("--out", required=True, help="artifact directory")
     _overwrite_arg(p)
     _precision_arg(p, "; baked into the artifact, signature.json records it")

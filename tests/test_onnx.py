@@ -144,6 +144,32 @@ def test_compressed_graph_has_no_per_field_slices_or_index_wraps(deepfm):
                 and n.input[0] in consts], "a constant widened at run time"
 
 
+def test_padded_ranks_score_the_same_in_fewer_nodes(deepfm):
+    """`compress.pad_ranks`: tables of ranks 2, 3 and 4 padded to a multiple of 4 (zero columns,
+    zero projection rows) score exactly as before, in JAX and in ONNX Runtime, float and int8,
+    with one table width instead of three and fewer graph nodes; the table bytes grow."""
+    from afm_jax.inference import count_bytes
+    from afm_jax.packing import pack
+
+    model, params, stats = deepfm
+    plan = {s: 2 + i % 3 for i, s in enumerate(sorted(s for s in stats if s.startswith("embed/")))}
+    afm = compress.compress(params, stats, plan)          # projections kept: FM reads them
+    for label, form in (("float", afm), ("int8", quantize(afm))):
+        padded = compress.pad_ranks(form, 4)
+        assert {k for k in pack(model, padded)["embed"] if k.startswith("table_")} == {"table_4"}
+        assert len({k for k in pack(model, form)["embed"] if k.startswith("table_")}) == 3
+        batch = _ids_batch()
+        want = np.asarray(jax.jit(scorer_fn(model, form))(batch["cat"], batch["num"]))
+        got = np.asarray(jax.jit(scorer_fn(model, padded))(batch["cat"], batch["num"]))
+        np.testing.assert_allclose(got, want, rtol=1e-6, err_msg=label)
+        big = _check(model, padded, label=label)                 # ORT == JAX on the padded
+        assert len(big.graph.node) < len(to_onnx(model, form).graph.node), label
+        assert count_bytes(padded) > count_bytes(form), label
+    assert compress.pad_ranks(params, 4)["embed"] == params["embed"]   # full tables untouched
+    with pytest.raises(Exception, match="multiple must be >= 1"):
+        compress.pad_ranks(afm, 0)
+
+
 def test_int8_stays_int8_and_runs_matmul_integer():
     info = FeatureInfo(cat_names=("a", "b", "c", "d"), vocab_sizes=(4000, 6000, 2500, 900),
                        num_names=("x", "y"))
@@ -226,7 +252,8 @@ def test_raw_inputs_equal_encoder_then_scorer(deepfm):
 @pytest.fixture(scope="module")
 def criteo_export(tmp_path_factory):
     """A DeepFM trained on 1,200 Criteo sample lines, compressed at budget 0.5, its `afm-jax
-    score` scores, and its ONNX export (with .ort): (dir, data file, lines, scores, export)."""
+    score` scores, and its ONNX export (with .ort, ranks padded to 4): (dir, data file, lines,
+    scores, export)."""
     from afm_jax.cli import main
 
     if not CRITEO.is_file():
@@ -246,8 +273,9 @@ def criteo_export(tmp_path_factory):
     assert main(["score", "--model-dir", str(small), "--data", f"criteo:{data}", "--out",
                  str(d / "s.parquet"), "--no-progress"]) == 0
     want = np.asarray(pq.read_table(d / "s.parquet")["score"])
-    assert main(["export", "--format", "onnx", "--ort", "--model-dir", str(small),
-                 "--out", str(out)]) == 0
+    # ranks padded to 4 (compress.pad_ranks): the tests below hold for the padded graph too
+    assert main(["export", "--format", "onnx", "--ort", "--pad-ranks", "4", "--model-dir",
+                 str(small), "--out", str(out)]) == 0
     return d, data, lines, want, out
 
 
