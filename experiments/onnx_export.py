@@ -3,7 +3,8 @@ Runtime against the JAX scorer, and rows/s and per-call latency of both, in one 
 
 For each model (DeepFM, DCNv2 by default; trained `--epochs` on the shared Criteo sample, 8:1:1
 in file order, min-count 10) and each form (original, AFM at a 25 % parameter budget, int8, AFM +
-int8, AFM at a 10 % budget + int8): the ONNX file that takes ids (`--no-raw-inputs`) and the one with the encoder in the graph
+int8, AFM at a 10 % budget + int8, and the two AFM forms with their ranks padded to a multiple
+of 4, `compress.pad_ranks`, as `afm-jax export --pad-ranks 4` writes them): the ONNX file that takes ids (`--no-raw-inputs`) and the one with the encoder in the graph
 (raw values in), the `.ort` file of the ids graph and its operator count; test AUC of ONNX
 Runtime on the encoded test split against the JAX scorer's; rows/s of ONNX Runtime (2 intra-op
 threads), the JAX live scorer (packed params on the device) and the exported JAX scorer at each
@@ -27,6 +28,7 @@ import onnxruntime as ort
 from common import RESULTS, command_line, load, machine, write_results
 
 from afm_jax import compress_model, make_scorer, quantize, train
+from afm_jax.compress import pad_ranks
 from afm_jax.inference import count_bytes, device_params, evaluate, export, load_exported
 from afm_jax.metrics import auc
 from afm_jax.models import build_model
@@ -153,8 +155,10 @@ def main() -> None:
         params = train(model, ds, TrainConfig(epochs=args.epochs), progress=False).params
         afm = compress_model(model, params, ds, "budget:0.25", progress=False).params
         afm10 = compress_model(model, params, ds, "budget:0.1", progress=False).params
-        forms = {"original": params, "AFM 25%": afm, "int8": quantize(params),
-                 "AFM 25% + int8": quantize(afm), "AFM 10% + int8": quantize(afm10)}
+        forms = {"original": params, "AFM 25%": afm, "AFM 25%, ranks padded to 4": pad_ranks(afm, 4),
+                 "int8": quantize(params), "AFM 25% + int8": quantize(afm),
+                 "AFM 10% + int8": quantize(afm10),
+                 "AFM 10% + int8, ranks padded to 4": pad_ranks(quantize(afm10), 4)}
         original_session = None
         for form, p in forms.items():
             ids = to_onnx(model, p)
