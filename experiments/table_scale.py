@@ -20,11 +20,10 @@ from afm_jax.lab.table_scale import across, across_markdown, measure, timing, ti
 
 
 def _peers() -> str:
-    """What the table says of peers: it runs none; whether DeepCTR-Torch is installed."""
-    import importlib.util
-
-    absent = importlib.util.find_spec("deepctr_torch") is None
-    return " No peer runs here" + (" (DeepCTR-Torch is not installed)." if absent else ".")
+    """What the table says of peers: it runs none; where they are."""
+    return (" No peer runs here: whole `train()` epochs beside DeepCTR-Torch's `fit` at 100k, 1M "
+            "and 10M table rows, batch 1024 and 4096, on the same synthetic rows are in "
+            "table_peers.md (`python experiments/table_peers.py`).")
 
 
 def main() -> None:
