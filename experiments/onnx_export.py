@@ -192,12 +192,16 @@ def _rows_slice(split, start: int, size: int) -> dict:
             "num": np.ascontiguousarray(split.num[start:start + size])}
 
 
-def _speed_rows(results: list[dict], batch_sizes, cells) -> list[str]:
-    """One table row per model and form: `cells(speed at batch b, result row, b)` for each
-    batch size."""
-    return [f"| {r['model']} | {r['form']} | "
-            + " | ".join(c for b in batch_sizes for c in cells(r["speed"][b], r, b)) + " |"
-            for r in results]
+def _speed_table(results: list[dict], batch_sizes, caption: str, columns: list[str],
+                 cells) -> list[str]:
+    """A markdown table after `caption`: per batch size b the `columns`, one row per model and
+    form with `cells(speed at batch b, result row, b)`."""
+    head = " | ".join(f"batch {b}: " + " | ".join(columns) for b in batch_sizes)
+    return (["", caption, "", f"| model | form | {head} |",
+             "|---|---|" + "---:|" * (len(columns) * len(batch_sizes))]
+            + [f"| {r['model']} | {r['form']} | "
+               + " | ".join(c for b in batch_sizes for c in cells(r["speed"][b], r, b)) + " |"
+               for r in results])
 
 
 def to_markdown(results: list[dict], batch_sizes) -> str:
@@ -219,36 +223,30 @@ def to_markdown(results: list[dict], batch_sizes) -> str:
                      f"1/{o['onnx_ids_bytes'] / r['onnx_ids_bytes']:.1f} | {r['onnx_raw_bytes']:,} | "
                      f"1/{o['onnx_raw_bytes'] / r['onnx_raw_bytes']:.1f} | {r['ort_bytes']:,} | "
                      f"{r['nodes']} | {n_ops} | {r['auc_jax']:.4f} | {r['auc_onnx']:.4f} |")
-    lines += ["", "Rows/s (batch size / the median call of a round; median of rounds, the runtimes "
-              "alternating) of the JAX live scorer, the "
-              "exported JAX scorer (`load_exported`) and ONNX Runtime, and ORT / JAX live:", "",
-              "| model | form | " + " | ".join(f"batch {b}: JAX | exported | ORT | ORT/JAX"
-                                             for b in batch_sizes) + " |",
-              "|---|---|" + "---:|---:|---:|---:|" * len(batch_sizes)]
-    lines += _speed_rows(results, batch_sizes, lambda s, r, b: [
-        f"{s['jax']['rows_s']:,.0f}", f"{s['exported']['rows_s']:,.0f}" if "exported" in s else "-",
-        f"{s['ort']['rows_s']:,.0f}", f"{s['ratio']:.2f}x"])
-    lines += ["", "ONNX Runtime on each form / ONNX Runtime on the model's original (both "
-              "sessions timed in the same rounds; the median of the per-round ratios), and the faster "
-              "of {JAX live, JAX exported, ORT} / torch.compile on the same params (torch.compile: rows/s; - where "
-              "torch is absent or the form is int8, which the torch peer has no path for):", "",
-              "| model | form | " + " | ".join(f"batch {b}: ORT/ORT orig | torch.compile | best/torch"
-                                             for b in batch_sizes) + " |",
-              "|---|---|" + "---:|---:|---:|" * len(batch_sizes)]
-    lines += _speed_rows(results, batch_sizes, lambda s, r, b: [
-        f"{s.get('ort_vs_original', 1.0):.2f}x",
-        f"{s['torch']['rows_s']:,.0f}" if "torch" in s else "-",
-        f"{s['best_vs_torch']:.2f}x" if "best_vs_torch" in s else "-"])
+    lines += _speed_table(
+        results, batch_sizes, "Rows/s (batch size / the median call of a round; median of rounds, "
+        "the runtimes alternating) of the JAX live scorer, the exported JAX scorer "
+        "(`load_exported`) and ONNX Runtime, and ORT / JAX live:",
+        ["JAX", "exported", "ORT", "ORT/JAX"], lambda s, r, b: [
+            f"{s['jax']['rows_s']:,.0f}",
+            f"{s['exported']['rows_s']:,.0f}" if "exported" in s else "-",
+            f"{s['ort']['rows_s']:,.0f}", f"{s['ratio']:.2f}x"])
+    lines += _speed_table(
+        results, batch_sizes, "ONNX Runtime on each form / ONNX Runtime on the model's original "
+        "(both sessions timed in the same rounds; the median of the per-round ratios), and the "
+        "faster of {JAX live, JAX exported, ORT} / torch.compile on the same params "
+        "(torch.compile: rows/s; - where torch is absent or the form is int8, which the torch "
+        "peer has no path for):",
+        ["ORT/ORT orig", "torch.compile", "best/torch"], lambda s, r, b: [
+            f"{s.get('ort_vs_original', 1.0):.2f}x",
+            f"{s['torch']['rows_s']:,.0f}" if "torch" in s else "-",
+            f"{s['best_vs_torch']:.2f}x" if "best_vs_torch" in s else "-"])
     small = [b for b in batch_sizes if b <= 64]
     if small:
-        lines += ["", "Per-call latency, p50 / p99 in ms:", "",
-                  "| model | form | " + " | ".join(f"batch {b}: JAX | ORT | JAX no-op call"
-                                                  for b in small) + " |",
-                  "|---|---|" + "---:|---:|---:|" * len(small)]
-        lines += _speed_rows(results, small, lambda s, r, b: [
-            f"{s['jax']['p50_ms']:.3f} / {s['jax']['p99_ms']:.3f}",
-            f"{s['ort']['p50_ms']:.3f} / {s['ort']['p99_ms']:.3f}",
-            f"{s['jax_noop']['p50_ms']:.3f} / {s['jax_noop']['p99_ms']:.3f}"])
+        lines += _speed_table(
+            results, small, "Per-call latency, p50 / p99 in ms:", ["JAX", "ORT", "JAX no-op call"],
+            lambda s, r, b: [f"{s[k]['p50_ms']:.3f} / {s[k]['p99_ms']:.3f}"
+                             for k in ("jax", "ort", "jax_noop")])
         lines += ["", "*JAX no-op call*: a jitted function taking the same packed params and batch "
                   "and returning zeros, timed the same way: the part of a JAX call that is "
                   "dispatch (argument flattening and checks, launch, transfer back) rather than "
