@@ -17,6 +17,7 @@ from afm_jax import metrics
 from afm_jax._cache import cache_per_model
 from afm_jax.nn import PRECISIONS, precision_name  # noqa: F401  (re-exported)
 from afm_jax.pooling import model_inputs
+from afm_jax.transforms import bag_input_names, field_transforms
 
 Batch = Mapping[str, Any]
 Scorer = Callable[[Any, Batch], jax.Array]
@@ -243,8 +244,6 @@ def bag_inputs(info, batch: int | str = "batch") -> list[dict]:
     """The scorer's inputs for the multi-valued fields of `info` after "cat" and "num", in
     order: per bag field its padded ids "bag:<field>" int32 [batch, max_len] and its lengths
     "bag_len:<field>" int32 [batch] (`afm_jax.data.splits`); empty without bag fields."""
-    from afm_jax.transforms import bag_input_names
-
     out = []
     for b in getattr(info, "bags", ()):
         table = f"the table of field {b.shares!r}" if b.shares else "its own table"
@@ -267,7 +266,6 @@ def signature(model, n_leaves: int, batch_size: int | None, platforms,
     """What a client in any language needs to feed an exported scorer: inputs in order with
     dtypes, shapes, field names and vocabulary sizes, and the output."""
     from afm_jax.models import model_to_json
-    from afm_jax.transforms import field_transforms
 
     info = model.info
     batch = "batch" if batch_size is None else int(batch_size)
