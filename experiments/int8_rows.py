@@ -1,15 +1,18 @@
 """Why int8 tables do not make the scorer faster on this CPU (issue 24, item 2): gather time
-against row width, float32 rows against int8 rows with a per-row scale (`quantize`'s format).
+against row width and table rows, float32 rows against int8 rows with a per-row scale
+(`quantize`'s format).
 
-    python experiments/int8_rows.py [--widths 4,8,16,32,64,128] [--rounds 30]
-        [--out experiments/results/int8_rows]
+    python experiments/int8_rows.py [--widths 4,8,16,32,64,128] [--rows 400000]
+        [--rounds 30] [--out experiments/results/int8_rows]
 
-One batch of 1024 rows x 39 fields of random ids into a table of 400,000 rows (far larger than
-the caches, as a real table is), per row width, four jitted programs timed in one loop, round
-after round (the ratios are within a round):
+One batch of 1024 rows x 39 fields of random ids into a table of --rows rows (400,000: far
+larger than the caches, as a real table is; 17,348: the Criteo sample's vocabulary, which the
+caches hold), per table size and row width, five jitted programs timed in one loop, round after
+round (the ratios are within a round):
 
   float gather   table[ids]                                   f32 rows
   int8 gather    q[ids], scale[ids]                           int8 rows + their f32 scales
+  int8 rows      q[ids] * scale[ids]                          the f32 rows the readers take
   float scorer   the gathered rows into DeepFM's two readers: the FM sums and the first layer
                  ([B, 39 * w] @ [39 * w, 64])
   int8 scorer    the same on q[ids] * scale[ids] (what `packing.lookup` does for int8 tables)
@@ -52,6 +55,11 @@ def int8_gather(q, scale, ids):
 
 
 @jax.jit
+def int8_rows(q, scale, ids):
+    return q[ids].astype(jnp.float32) * scale[ids][..., None]
+
+
+@jax.jit
 def float_scorer(table, kernel, ids):
     return _readers(table[ids], kernel)
 
@@ -61,18 +69,19 @@ def int8_scorer(q, scale, kernel, ids):
     return _readers(q[ids].astype(jnp.float32) * scale[ids][..., None], kernel)
 
 
-def measure(width: int, rounds: int) -> dict:
+def measure(width: int, rounds: int, rows: int = ROWS) -> dict:
     rng = np.random.default_rng(width)
-    table = rng.standard_normal((ROWS, width), dtype=np.float32) * 0.05
+    table = rng.standard_normal((rows, width), dtype=np.float32) * 0.05
     packed = quantize({"embed": {"f": {"embedding": table}}})["embed"]["f"]
     q, scale = jax.device_put(packed["embedding_q"]), jax.device_put(packed["embedding_scale"])
     table = jax.device_put(table)
     kernel = jax.device_put(rng.standard_normal((FIELDS * width, HIDDEN), dtype=np.float32))
-    ids = jax.device_put(rng.integers(0, ROWS, (BATCH, FIELDS), dtype=np.int32))
+    ids = jax.device_put(rng.integers(0, rows, (BATCH, FIELDS), dtype=np.int32))
     got = np.asarray(int8_scorer(q, scale, kernel, ids))
     want = np.asarray(float_scorer(table, kernel, ids))
     fns = {"float gather": lambda: jax.block_until_ready(float_gather(table, ids)),
            "int8 gather": lambda: jax.block_until_ready(int8_gather(q, scale, ids)),
+           "int8 rows": lambda: jax.block_until_ready(int8_rows(q, scale, ids)),
            "float scorer": lambda: jax.block_until_ready(float_scorer(table, kernel, ids)),
            "int8 scorer": lambda: jax.block_until_ready(int8_scorer(q, scale, kernel, ids))}
     per_round = {k: [] for k in fns}
@@ -85,48 +94,75 @@ def measure(width: int, rounds: int) -> dict:
         r = np.asarray(per_round[b]) / np.asarray(per_round[a])   # > 1: a faster than b
         return [float(np.median(r)), float(np.min(r)), float(np.max(r))]
 
-    return {"width": width, "us": {k: v * 1e6 for k, v in med.items()},
+    return {"rows": rows, "width": width, "us": {k: v * 1e6 for k, v in med.items()},
             "float_bytes_per_row": 4 * width, "int8_bytes_per_row": width + 4,
             "gather_int8_vs_float": ratio("int8 gather", "float gather"),
+            "rows_int8_vs_float": ratio("int8 rows", "float gather"),
             "scorer_int8_vs_float": ratio("int8 scorer", "float scorer"),
             "max_abs_diff": float(np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-9))}
+
+
+def _findings(rows: list[dict]) -> list[str]:
+    """What the table says, from its numbers: narrow rows (width <= 16, AFM's ranks and the
+    usual embedding widths) against wide ones (width >= 64)."""
+    def span(key: str, keep) -> str:
+        got = [x[key][0] for x in rows if keep(x["width"])]
+        return f"{min(got):.2f}-{max(got):.2f}x" if got else "-"
+    narrow, wide = (lambda w: w <= 16), (lambda w: w >= 64)
+    out = [f"- Rows of width <= 16 (speed against the float gather, > 1: int8 faster): the "
+           f"int8 gather {span('gather_int8_vs_float', narrow)}, the int8 rows times their "
+           f"scale {span('rows_int8_vs_float', narrow)}, over the table sizes above: XLA's CPU "
+           "gather "
+           "costs per element gathered (an index computation and a copy each), not per "
+           "byte, so a quarter of the bytes buys nothing, and the readers need float32 rows, "
+           "whose conversion writes as many bytes as the float gather does. DeepFM's readers "
+           f"on top: int8 / float {span('scorer_int8_vs_float', narrow)}."]
+    if any(wide(x["width"]) for x in rows):
+        out.append(f"- Rows of width >= 64: int8 gather {span('gather_int8_vs_float', wide)}, "
+                   f"int8 rows times scale {span('rows_int8_vs_float', wide)}, DeepFM's readers "
+                   f"{span('scorer_int8_vs_float', wide)}: a float32 row spans 4+ cache lines, "
+                   "and the bytes decide.")
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--widths", default="4,8,16,32,64,128")
+    ap.add_argument("--rows", default=str(ROWS), help="table rows, comma-separated")
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--out", default=str(RESULTS / "int8_rows"))
     args = ap.parse_args()
     load0 = os.getloadavg()[0]
-    rows = [measure(int(w), args.rounds) for w in args.widths.split(",")]
+    rows = [measure(int(w), args.rounds, int(n)) for n in args.rows.split(",")
+            for w in args.widths.split(",")]
     r = {"command": command_line(), "machine": machine(),
          "load": (round(load0, 2), round(os.getloadavg()[0], 2)), "rows": rows}
     fmt = lambda x: f"{x[0]:.2f}x [{x[1]:.2f}-{x[2]:.2f}]"   # noqa: E731
     lines = ["# int8 table rows against float32 rows: gather and DeepFM's readers", "",
              f"Command: `{r['command']}`  ", f"Machine: {r['machine']}  ",
              f"Load average at start / end: {r['load'][0]} / {r['load'][1]}", "",
-             f"{BATCH:,} rows x {FIELDS} fields of random ids into a {ROWS:,}-row table; "
-             "microseconds per call (median of rounds) and *int8 / float* = float time / int8 "
-             "time within each round (> 1: int8 faster), median [min-max]. *gather*: the "
-             "rows alone (int8: rows and their scales); *scorer*: the rows into the FM sums "
+             f"{BATCH:,} rows x {FIELDS} fields of random ids into a table of *table rows* "
+             "rows; microseconds per call (median of rounds) and *int8 / float* = float time / "
+             "int8 time within each round (> 1: int8 faster), median [min-max]. *gather*: the "
+             "rows alone (int8: rows and their scales); *int8 rows*: the int8 rows times their "
+             "scale, the float32 rows a reader takes (against the float gather); *scorer*: "
+             "the rows into the FM sums "
              f"and a [{FIELDS} * w, {HIDDEN}] first layer (int8: times the row scale, as "
              "`packing.lookup` does).", "",
-             "| width | bytes/row f32 / int8 | float gather us | int8 gather us | int8 / float "
-             "gather | float scorer us | int8 scorer us | int8 / float scorer |",
-             "|---:|---|---:|---:|---|---:|---:|---|"]
+             "| table rows | width | bytes/row f32 / int8 | float gather us | int8 gather us | "
+             "int8 / float gather | int8 rows us | int8 rows / float gather | float scorer us | "
+             "int8 scorer us | int8 / float scorer |",
+             "|---:|---:|---|---:|---:|---|---:|---|---:|---:|---|"]
     for x in rows:
         u = x["us"]
-        lines.append(f"| {x['width']} | {x['float_bytes_per_row']} / {x['int8_bytes_per_row']} | "
-                     f"{u['float gather']:,.0f} | {u['int8 gather']:,.0f} | "
-                     f"{fmt(x['gather_int8_vs_float'])} | {u['float scorer']:,.0f} | "
+        lines.append(f"| {x['rows']:,} | {x['width']} | {x['float_bytes_per_row']} / "
+                     f"{x['int8_bytes_per_row']} | {u['float gather']:,.0f} | "
+                     f"{u['int8 gather']:,.0f} | {fmt(x['gather_int8_vs_float'])} | "
+                     f"{u['int8 rows']:,.0f} | {fmt(x['rows_int8_vs_float'])} | "
+                     f"{u['float scorer']:,.0f} | "
                      f"{u['int8 scorer']:,.0f} | {fmt(x['scorer_int8_vs_float'])} |")
-    lines += ["", "A row of w float32 values spans w / 16 cache lines of 64 bytes, an int8 row "
-              "(with its scale) about w / 64: up to w = 16 a random row is one memory access "
-              "either way, so the int8 rows save bytes but not gather time, and their "
-              "convert-and-scale pass is extra work; from w = 64 the float rows span 4+ lines "
-              "and int8 pays."]
+    lines += ["", *_findings(rows)]
     write_results(args.out, r, "\n".join(lines) + "\n")
 
 
