@@ -297,8 +297,8 @@ def lookup(embed: Mapping[str, Any], cat, num: jax.Array,
         rows = take_static(ids, members)
         got = embed[f"table_{w}"][rows]                                     # [G_w, w]
         if f"scale_{w}" in embed:   # int8 rows times their row scale
-            scale = embed[f"scale_{w}"]
-            got = got.astype(scale.dtype) * scale[rows][:, None]
+            scale = embed[f"scale_{w}"][:, None]   # [N, 1]: rows of it, no reshape after
+            got = got.astype(scale.dtype) * scale[rows]
         projected = tuple(i for i in layout.projected(w) if i < n_cat)
         if projected:
             pos = tuple(members.index(i) for i in projected)
