@@ -142,6 +142,17 @@ def test_compressed_graph_has_no_per_field_slices_or_index_wraps(deepfm):
     consts = {t.name for t in proto.graph.initializer}
     assert not [n for n in proto.graph.node if n.op_type in ("Expand", "Unsqueeze")
                 and n.input[0] in consts], "a constant widened at run time"
+    # int8 tables: each width's row scales are gathered as [N, 1] rows straight into the Mul
+    # with its rows (no Unsqueeze per width at run time)
+    proto = _check(model, quantize(compress.compress(params, stats, plan, model=model)))
+    made = {o: n for n in proto.graph.node for o in n.output}
+    consts = {t.name: t for t in proto.graph.initializer}
+    scale_gathers = [n for n in proto.graph.node if n.op_type == "Gather" and n.input[0] in consts
+                     and consts[n.input[0]].data_type == onnx.TensorProto.FLOAT
+                     and list(consts[n.input[0]].dims[1:]) == [1]]
+    assert len(scale_gathers) == 3, [n.input[0] for n in scale_gathers]   # one per rank group
+    assert not [n for n in proto.graph.node if n.op_type == "Unsqueeze" and n.input[0] in made
+                and made[n.input[0]].op_type == "Gather"], "a gathered row scale reshaped per call"
 
 
 def test_padded_ranks_score_the_same_in_fewer_nodes(deepfm):
