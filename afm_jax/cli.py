@@ -854,7 +854,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pad-ranks", type=_positive_int, metavar="N",
                    help="pad each compressed table's rank up to a multiple of N (scores "
                         "unchanged; fewer table widths, so fewer gathers and projections per "
-                        "call, which ONNX Runtime at batch 1-64 pays for; the file grows)")
+                        "call, which ONNX Runtime at batch 1-64 pays for; the file grows: "
+                        "experiments/results/onnx_pad.md measures N = 2-8)")
     p.add_argument("--out", required=True, help="artifact directory")
     _overwrite_arg(p)
     _precision_arg(p, "; baked into the artifact, signature.json records it")
