@@ -454,43 +454,31 @@ def goals(result: dict) -> list[tuple[str, bool | None, str]]:
     vs_compiled(lambda r: r["form"] == "original" and r["batch"] in (1024, 8192), 1.2,
                 "originals >= 1.2x torch.compile at batch 1024 and 8192")
     vs_compiled(lambda r: r["batch"] == 64, 1.0, "every form >= 1.0x torch.compile at batch 64")
-    r32 = [r for r in rows if "r32" in r["form"]]
-    if r32:
-        ratios = [(r["jax_rows_s"] / by[(r["model"], "original", r["batch"])]["jax_rows_s"], r)
-                  for r in r32 if (r["model"], "original", r["batch"]) in by]
-        bad = [(x, r) for x, r in ratios if x < 3.0]
+    def at_least(title: str, ratios: list, floor: float, below: str = "below") -> None:
+        """(title, every ratio >= floor, the cells below it or the minimum), when measured."""
+        if not ratios:
+            return
+        bad = [(x, r) for x, r in ratios if x < floor]
         figs = ", ".join(f"{r['model']} {r['form']} b{r['batch']} {x:.2f}x" for x, r in bad)
-        out.append(("compressed forms (rank 32) >= 3x the original's rows/s", not bad,
-                    ("below: " + figs) if bad else
+        out.append((title, not bad, f"{below}: {figs}" if bad else
                     f"min {min(x for x, _ in ratios):.2f}x"))
+
+    at_least("compressed forms (rank 32) >= 3x the original's rows/s",
+             [(r["jax_rows_s"] / by[(r["model"], "original", r["batch"])]["jax_rows_s"], r)
+              for r in rows if "r32" in r["form"] and (r["model"], "original", r["batch"]) in by],
+             3.0)
     ort = [r for r in rows if "ort_rows_s" in r]
-    if ort:
-        base = {(r["model"], r["batch"]): r["ort_rows_s"] for r in ort if r["form"] == "original"}
-        vs = [(r["ort_rows_s"] / base[(r["model"], r["batch"])], r) for r in ort
-              if r["form"] != "original" and (r["model"], r["batch"]) in base]
-        bad = [(x, r) for x, r in vs if x < 1.0]
-        figs = ", ".join(f"{r['model']} {r['form']} b{r['batch']} {x:.2f}x" for x, r in bad)
-        if vs:
-            out.append(("ONNX Runtime on every compressed form >= ONNX Runtime on the original, "
-                        "every batch", not bad, ("below: " + figs) if bad else
-                        f"min {min(x for x, _ in vs):.2f}x"))
-        best = [(max(r["jax_rows_s"], r["ort_rows_s"]) / r["torch_compiled_rows_s"], r)
-                for r in ort if "torch_compiled_rows_s" in r]
-        if best:
-            bad = [(x, r) for x, r in best if x < 1.0]
-            figs = ", ".join(f"{r['model']} {r['form']} b{r['batch']} {x:.2f}x" for x, r in bad)
-            out.append(("the faster of {JAX live, ONNX Runtime} >= 1.0x torch.compile, every "
-                        "form and batch", not bad, ("below: " + figs) if bad else
-                        f"min {min(x for x, _ in best):.2f}x"))
+    base = {(r["model"], r["batch"]): r["ort_rows_s"] for r in ort if r["form"] == "original"}
+    at_least("ONNX Runtime on every compressed form >= ONNX Runtime on the original, every batch",
+             [(r["ort_rows_s"] / base[(r["model"], r["batch"])], r) for r in ort
+              if r["form"] != "original" and (r["model"], r["batch"]) in base], 1.0)
+    at_least("the faster of {JAX live, ONNX Runtime} >= 1.0x torch.compile, every form and batch",
+             [(max(r["jax_rows_s"], r["ort_rows_s"]) / r["torch_compiled_rows_s"], r)
+              for r in ort if "torch_compiled_rows_s" in r], 1.0)
     idx = _index(result["rows"])
-    exp = [(r["jax_rows_s"] / idx[(r["model"], r["form"], "packed", r["batch"])]["jax_rows_s"], r)
-           for r in result["rows"] if r.get("layout") == "exported"]
-    if exp:
-        bad = [(x, r) for x, r in exp if x < 0.9]
-        figs = ", ".join(f"{r['model']} {r['form']} b{r['batch']} {x:.2f}x" for x, r in bad)
-        out.append(("exported scorer within 10 % of the live one at every batch size", not bad,
-                    ("below 0.90x: " + figs) if bad else
-                    f"min {min(x for x, _ in exp):.2f}x"))
+    at_least("exported scorer within 10 % of the live one at every batch size",
+             [(r["jax_rows_s"] / idx[(r["model"], r["form"], "packed", r["batch"])]["jax_rows_s"], r)
+              for r in result["rows"] if r.get("layout") == "exported"], 0.9, "below 0.90x")
     return out
 
 
