@@ -30,17 +30,12 @@ from common import RESULTS, command_line, load, machine, write_results
 from afm_jax import compress_model, make_scorer, quantize, train
 from afm_jax.compress import pad_ranks
 from afm_jax.inference import count_bytes, device_params, evaluate, export, load_exported
+from afm_jax.lab.bench import ort_session
 from afm_jax.metrics import auc
 from afm_jax.models import build_model
 from afm_jax.onnx_export import _to_ort, to_onnx
 from afm_jax.train import TrainConfig
 from afm_jax.transforms import bucketized_fields
-
-
-def _session(proto) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 2
-    return ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
 def _rows(split, n: int) -> dict:
@@ -167,7 +162,7 @@ def main() -> None:
                 f = Path(tmp) / "model.onnx"
                 f.write_bytes(ids.SerializeToString())
                 ort_info = _to_ort(f)
-            session = _session(ids)
+            session = ort_session(ids)
             original_session = original_session or session
             scorer = make_scorer(model)
             placed = device_params(model, p)

@@ -29,17 +29,12 @@ from common import RESULTS, command_line, load, machine, write_results
 
 from afm_jax import compress_model, quantize, train
 from afm_jax.compress import pad_ranks
+from afm_jax.lab.bench import ort_session
 from afm_jax.models import build_model
 from afm_jax.onnx_export import to_onnx
 from afm_jax.train import TrainConfig
 
 CALL_ROWS = 3000   # rows scored per session per round (at least 3 calls)
-
-
-def _session(proto) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 2
-    return ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
 def _ratios(sessions: dict, split, batch_sizes, rounds: int) -> dict:
@@ -85,7 +80,7 @@ def main() -> None:
         for form, p in bases.items():
             for m in args.multiples:
                 protos[form if m == 1 else f"{form}, pad {m}"] = to_onnx(model, pad_ranks(p, m))
-        speed = _ratios({k: _session(v) for k, v in protos.items()}, ds.test, args.batch_sizes,
+        speed = _ratios({k: ort_session(v) for k, v in protos.items()}, ds.test, args.batch_sizes,
                         args.rounds)
         size = {k: len(v.SerializeToString()) for k, v in protos.items()}
         for k, proto in protos.items():

@@ -49,6 +49,7 @@ from afm_jax.inference import (
     make_scorer,
 )
 from afm_jax.models import build_model
+from afm_jax.onnx_export import to_onnx
 from afm_jax.packing import pack
 
 # 39 Criteo-like fields: a mix of small and large vocabularies (about 1.1M rows in all)
@@ -289,7 +290,7 @@ def run(models=("deepfm", "dcnv2"), batch_sizes=(1, 64, 1024, 8192), repeats: in
                 exported = load_exported(export(model, host, Path(tmp) / "export"))
             torch_models = (torch_peer.build(name, info, host, compile=torch_compile)
                             if torch_peer else None)
-            session = _ort_session(ort, model, host) if ort else None
+            session = ort_session(to_onnx(model, host)) if ort else None
             for bs in batch_sizes:
                 batch = jax.device_put(random_batch(info, bs, seed=bs))
                 live = np.asarray(scorer(layouts["packed"], batch))
@@ -356,14 +357,15 @@ def _ort():
     return onnxruntime
 
 
-def _ort_session(ort, model, params):
-    """An ONNX Runtime session (CPU, 2 intra-op threads) of the form's ids graph."""
-    from afm_jax.onnx_export import to_onnx
+def ort_session(proto, threads: int = 2):
+    """An ONNX Runtime CPU session of an ONNX model proto with `threads` intra-op threads (2:
+    every benchmark's setting, the cores of the machines they ran on)."""
+    import onnxruntime
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 2
-    return ort.InferenceSession(to_onnx(model, params).SerializeToString(), opts,
-                                providers=["CPUExecutionProvider"])
+    opts = onnxruntime.SessionOptions()
+    opts.intra_op_num_threads = threads
+    return onnxruntime.InferenceSession(proto.SerializeToString(), opts,
+                                        providers=["CPUExecutionProvider"])
 
 
 def dispatch_costs(scorer, layouts: dict[str, Any], bound, logits, batch, repeats: int) -> dict:
