@@ -35,6 +35,13 @@ from afm_jax.onnx_export import to_onnx
 from afm_jax.train import TrainConfig
 
 CALL_ROWS = 3000   # rows scored per session per round (at least 3 calls)
+PAD = ", pad "     # a padded form's name: "<form>, pad <multiple>"
+
+
+def _form_and_pad(name: str) -> tuple[str, str]:
+    """"AFM 25%, pad 4" -> ("AFM 25%", "4"); an unpadded form's pad is ""."""
+    form, _, pad = name.partition(PAD)
+    return form, pad
 
 
 def _ratios(sessions: dict, split, batch_sizes, rounds: int) -> dict:
@@ -79,12 +86,12 @@ def main() -> None:
         protos = {"original": to_onnx(model, params)}
         for form, p in bases.items():
             for m in args.multiples:
-                protos[form if m == 1 else f"{form}, pad {m}"] = to_onnx(model, pad_ranks(p, m))
+                protos[form if m == 1 else f"{form}{PAD}{m}"] = to_onnx(model, pad_ranks(p, m))
         speed = _ratios({k: ort_session(v) for k, v in protos.items()}, ds.test, args.batch_sizes,
                         args.rounds)
         size = {k: len(v.SerializeToString()) for k, v in protos.items()}
         for k, proto in protos.items():
-            base = k.split(", pad")[0]
+            base = _form_and_pad(k)[0]
             rows.append({"model": name, "form": k, "nodes": len(proto.graph.node), "bytes": size[k],
                          "bytes_vs_unpadded": size[k] / size[base],
                          "original_over_bytes": size["original"] / size[k],
@@ -112,7 +119,7 @@ def to_markdown(r: dict, batch_sizes) -> str:
              + " | ".join(f"batch {b}" for b in batch_sizes) + " |",
              "|---|---|---:|---:|---:|---:|---:|" + "---|" * len(batch_sizes)]
     for x in r["rows"]:
-        form, _, pad = x["form"].partition(", pad ")
+        form, pad = _form_and_pad(x["form"])
         lines.append(f"| {x['model']} | {form} | {pad or '-'} | {x['nodes']} | {x['bytes']:,} | "
                      f"{x['bytes_vs_unpadded']:.3f} | {x['original_over_bytes']:.1f}x | "
                      + " | ".join(fmt(x["speed"][b]) for b in batch_sizes) + " |")
@@ -125,11 +132,11 @@ def _findings(rows: list[dict], batch_sizes) -> list[str]:
     out = []
     for model in dict.fromkeys(x["model"] for x in rows):
         for base in ("AFM 25%", "AFM 10% + int8"):
-            group = [x for x in rows if x["model"] == model and x["form"].split(", pad")[0] == base]
+            group = [x for x in rows if x["model"] == model and _form_and_pad(x["form"])[0] == base]
             ok = [x for x in group if all(x["speed"][b][0] >= 1.0 for b in batch_sizes)]
             if ok:
                 x = ok[0]
-                out.append(f"- {model}, {base}: {x['form'].partition(', pad ')[2] or 'unpadded'} "
+                out.append(f"- {model}, {base}: {_form_and_pad(x['form'])[1] or 'unpadded'} "
                            f"is the least padding at >= 1.0x the original at every batch "
                            f"({x['nodes']} nodes, {x['bytes_vs_unpadded']:.3f}x the unpadded "
                            f"bytes, {x['original_over_bytes']:.1f}x smaller than the original).")
