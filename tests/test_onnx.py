@@ -181,6 +181,48 @@ def test_padded_ranks_score_the_same_in_fewer_nodes(deepfm):
         compress.pad_ranks(afm, 0)
 
 
+def test_merged_ranks_are_the_cheapest_padding_to_that_many_ranks(deepfm):
+    """`compress.merge_ranks(params, G)`: at most G distinct ranks, scores unchanged (JAX and ONNX
+    Runtime, float and int8), and the bytes it adds are the least of every choice of G kept
+    ranks (brute force over the subsets)."""
+    from itertools import combinations
+
+    from afm_jax.inference import count_bytes
+
+    model, params, stats = deepfm
+    sites = sorted(s for s in stats if s.startswith("embed/"))
+    plan = {s: 2 + (3 * i) % 5 for i, s in enumerate(sites)}           # ranks 2..6
+    afm = compress.compress(params, stats, plan)
+    batch = _ids_batch()
+    for label, form in (("float", afm), ("int8", quantize(afm))):
+        tables = {n: t for n, t in form["embed"].items() if "proj" in t}
+        ranks = {n: np.shape(t["proj"]["kernel"]) for n, t in tables.items()}
+        assert len({k for k, _ in ranks.values()}) >= 4
+        per_column = {}                  # bytes of one more column: table rows + projection row
+        for n, t in tables.items():
+            table = t["embedding_q"] if "embedding_q" in t else t["embedding"]
+            kernel = t["proj"]["kernel"]
+            per_column[n] = (table.shape[0] * np.dtype(table.dtype).itemsize
+                             + kernel.shape[1] * np.dtype(kernel.dtype).itemsize)
+        for g in (1, 2, 3):
+            merged = compress.merge_ranks(form, g)
+            got = {n: np.shape(merged["embed"][n]["proj"]["kernel"])[0] for n in ranks}
+            assert len(set(got.values())) <= g and all(got[n] >= ranks[n][0] for n in ranks)
+            distinct = sorted({k for k, _ in ranks.values()})
+            best = min(sum((min(w for w in kept if w >= k) - k) * per_column[n]
+                           for n, (k, _) in ranks.items())
+                       for c in range(g) for rest in combinations(distinct[:-1], c)
+                       for kept in [(*rest, distinct[-1])])
+            assert count_bytes(merged) - count_bytes(form) == best, (label, g)
+            want = np.asarray(jax.jit(scorer_fn(model, form))(batch["cat"], batch["num"]))
+            got_s = np.asarray(jax.jit(scorer_fn(model, merged))(batch["cat"], batch["num"]))
+            np.testing.assert_allclose(got_s, want, rtol=1e-6, err_msg=label)
+        _check(model, compress.merge_ranks(form, 2), label=label)          # ORT == JAX
+    assert compress.merge_ranks(afm, 6)["embed"] == afm["embed"]           # fewer ranks already
+    with pytest.raises(Exception, match="ranks must be >= 1"):
+        compress.merge_ranks(afm, 0)
+
+
 def test_int8_stays_int8_and_runs_matmul_integer():
     info = FeatureInfo(cat_names=("a", "b", "c", "d"), vocab_sizes=(4000, 6000, 2500, 900),
                        num_names=("x", "y"))

@@ -14,6 +14,7 @@ from afm_jax.compress.afm import (
                                   afm_linear,
                                   compress,
                                   fold_projections,
+                                  merge_ranks,
                                   pad_ranks,
                                   principal_directions,
                                   variance_kept,
@@ -34,7 +35,7 @@ from afm_jax.compress.stats import SiteStats, collect_stats, load_stats, save_st
 
 __all__ = [
     "SiteStats", "collect_stats", "save_stats", "load_stats",
-    "afm_linear", "afm_embedding", "fold_projections", "pad_ranks", "compress", "principal_directions",
+    "afm_linear", "afm_embedding", "fold_projections", "pad_ranks", "merge_ranks", "compress", "principal_directions",
     "variance_kept", "svd_linear", "svd_embedding", "svd_compress", "finetune", "FinetuneResult",
     "fixed_plan", "energy_plan", "budget_plan", "make_plan", "plan_report", "PlanReport",
     "compress_model", "CompressionResult", "calibration_indices",
