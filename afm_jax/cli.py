@@ -68,15 +68,25 @@ def _overwrite_arg(p: argparse.ArgumentParser) -> None:
                         "existing --out is refused")
 
 
-def _positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (underscores allowed, e.g. 10_000_000)."""
+def _int_at_least(text: str, low: int) -> int:
+    """An integer >= low from argparse (underscores allowed, e.g. 10_000_000)."""
     try:
         value = int(text.replace("_", ""))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    return _int_at_least(text, 1)
+
+
+def _count(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    return _int_at_least(text, 0)
 
 
 def _synthetic_vocab_arg(p: argparse.ArgumentParser) -> None:
@@ -608,11 +618,15 @@ def cmd_export(args: argparse.Namespace) -> dict:
     if args.pad_ranks:
         from afm_jax.compress import pad_ranks
         params = pad_ranks(params, args.pad_ranks)
+    max_ranks = args.max_ranks
+    if args.format == "jax" and max_ranks:
+        from afm_jax.compress import merge_ranks
+        params = merge_ranks(params, max_ranks)
 
     data_meta = meta.get("data")
     bucketize = bucketized_fields(data_meta) if encoder is not None else ()
     if args.format == "onnx":
-        from afm_jax.onnx_export import ONNX_FILE, export_onnx
+        from afm_jax.onnx_export import MAX_RANKS, ONNX_FILE, export_onnx
         raw = args.raw_inputs if args.raw_inputs is not None else True
         if args.batch_size:
             raise AfmError("--batch-size is for --format jax: the ONNX graph's batch is dynamic")
@@ -622,7 +636,7 @@ def cmd_export(args: argparse.Namespace) -> dict:
         out = export_onnx(model, params, args.out, encoder=encoder if raw else None,
                           bucketize=bucketize if raw else (), source=source_layout(data_meta),
                           compute_dtype=_compute_dtype(args), overwrite=args.overwrite,
-                          ort=args.ort)
+                          ort=args.ort, max_ranks=MAX_RANKS if max_ranks is None else max_ranks or None)
         size = (out / ONNX_FILE).stat().st_size
         print(f"exported the scorer of {args.model_dir} ({count_params(params):,} params, "
               f"{args.precision} products, {'raw values' if raw else 'ids'} in) to "
@@ -856,6 +870,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "unchanged; fewer table widths, so fewer gathers and projections per "
                         "call, which ONNX Runtime at batch 1-64 pays for; the file grows: "
                         "experiments/results/onnx_pad.md measures N = 2-8)")
+    p.add_argument("--max-ranks", type=_count, metavar="N",
+                   help="pad the compressed tables' ranks so that at most N distinct ranks remain, "
+                        "choosing those that add the fewest bytes (compress.merge_ranks; scores "
+                        "unchanged; default 3 for --format onnx, where each rank costs ONNX "
+                        "Runtime a gather and a projection per call; 0: as the model has them)")
     p.add_argument("--out", required=True, help="artifact directory")
     _overwrite_arg(p)
     _precision_arg(p, "; baked into the artifact, signature.json records it")

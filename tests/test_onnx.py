@@ -345,6 +345,7 @@ def _criteo_feeds(lines: list[str]) -> dict:
 def test_cli_onnx_export_scores_raw_criteo_lines_as_afm_jax_score(criteo_export, tmp_path):
     d, data, lines, want, out = criteo_export
     sig = json.loads((out / "signature.json").read_text())
+    assert sig["max_ranks"] == 3 and sig["bytes"]["rank_padding"] >= 0    # export's default
     kinds = {i["name"]: i["kind"] for i in sig["inputs"]}
     assert kinds["I1"] == "bucketized" and kinds["C1"] == "categorical"
     feeds = _criteo_feeds(lines)
