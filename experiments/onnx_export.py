@@ -3,8 +3,10 @@ Runtime against the JAX scorer, and rows/s and per-call latency of both, in one 
 
 For each model (DeepFM, DCNv2 by default; trained `--epochs` on the shared Criteo sample, 8:1:1
 in file order, min-count 10) and each form (original, AFM at a 25 % parameter budget, int8, AFM +
-int8, AFM at a 10 % budget + int8, and the two AFM forms with their ranks padded to a multiple
-of 4, `compress.pad_ranks`, as `afm-jax export --pad-ranks 4` writes them): the ONNX file that takes ids (`--no-raw-inputs`) and the one with the encoder in the graph
+int8, AFM at a 10 % budget + int8; the AFM forms with their tables padded to at most 3 distinct
+ranks, `compress.merge_ranks`, as `afm-jax export --format onnx` writes them by default, and two
+of them also with every rank as compressed, as `--max-ranks 0` writes them): the ONNX file that
+takes ids (`--no-raw-inputs`) and the one with the encoder in the graph
 (raw values in), the `.ort` file of the ids graph and its operator count; test AUC of ONNX
 Runtime on the encoded test split against the JAX scorer's; rows/s of ONNX Runtime (2 intra-op
 threads), the JAX live scorer (packed params on the device) and the exported JAX scorer at each
@@ -28,12 +30,12 @@ import onnxruntime as ort
 from common import RESULTS, command_line, load, machine, write_results
 
 from afm_jax import compress_model, make_scorer, quantize, train
-from afm_jax.compress import pad_ranks
+from afm_jax.compress import merge_ranks
 from afm_jax.inference import count_bytes, device_params, evaluate, export, load_exported
 from afm_jax.lab.bench import ort_session
 from afm_jax.metrics import auc
 from afm_jax.models import build_model
-from afm_jax.onnx_export import _to_ort, to_onnx
+from afm_jax.onnx_export import MAX_RANKS, _to_ort, to_onnx
 from afm_jax.train import TrainConfig
 from afm_jax.transforms import bucketized_fields
 
@@ -150,10 +152,11 @@ def main() -> None:
         params = train(model, ds, TrainConfig(epochs=args.epochs), progress=False).params
         afm = compress_model(model, params, ds, "budget:0.25", progress=False).params
         afm10 = compress_model(model, params, ds, "budget:0.1", progress=False).params
-        forms = {"original": params, "AFM 25%": afm, "AFM 25%, ranks padded to 4": pad_ranks(afm, 4),
-                 "int8": quantize(params), "AFM 25% + int8": quantize(afm),
-                 "AFM 10% + int8": quantize(afm10),
-                 "AFM 10% + int8, ranks padded to 4": pad_ranks(quantize(afm10), 4)}
+        merged = lambda p: merge_ranks(p, MAX_RANKS)   # noqa: E731  (export's default)
+        forms = {"original": params, "AFM 25%": merged(afm), "AFM 25%, every rank": afm,
+                 "int8": quantize(params), "AFM 25% + int8": merged(quantize(afm)),
+                 "AFM 10% + int8": merged(quantize(afm10)),
+                 "AFM 10% + int8, every rank": quantize(afm10)}
         original_session = None
         for form, p in forms.items():
             ids = to_onnx(model, p)
