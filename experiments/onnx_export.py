@@ -175,7 +175,7 @@ def main() -> None:
             jax_auc = evaluate(scorer, placed, ds.test)["auc"]
             onnx_scores = np.concatenate([session.run(["score"], _rows_slice(ds.test, i, 8192))[0]
                                           for i in range(0, len(ds.test), 8192)])
-            row = {"model": name, "form": form, "stored_bytes": int(count_bytes(in_file)),
+            row = {"model": name, "form": form, "stored_bytes": int(count_bytes(p)),
                    "onnx_ids_bytes": len(ids.SerializeToString()),
                    "onnx_raw_bytes": len(raw.SerializeToString()), "ort_bytes": ort_info["bytes"],
                    "operators": ort_info["operators"], "nodes": len(ids.graph.node),
