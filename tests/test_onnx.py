@@ -305,7 +305,8 @@ def test_raw_inputs_equal_encoder_then_scorer(deepfm):
 @pytest.fixture(scope="module")
 def criteo_export(tmp_path_factory):
     """A DeepFM trained on 1,200 Criteo sample lines, compressed at budget 0.5, its `afm-jax
-    score` scores, and its ONNX export (with .ort, ranks padded to 4): (dir, data file, lines,
+    score` scores, and its ONNX export (with .ort, ranks padded to 4, then merged to 3 as export
+    does by default): (dir, data file, lines,
     scores, export)."""
     from afm_jax.cli import main
 
@@ -374,24 +375,66 @@ def test_ort_format_for_a_minimal_runtime(criteo_export):
                                rtol=0, atol=1e-6)
 
 
-def test_a_client_encodes_from_signature_and_encoder_json_alone(criteo_export, tmp_path):
-    """Both export formats state every transform: a client that imports neither afm_jax nor jax
-    turns raw Criteo lines into the scorer's inputs exactly as Encoder.encode does."""
+def _encoded(model_dir: Path, data: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The Criteo file's rows as the model directory's encoder encodes them: (cat, num)."""
     from afm_jax.checkpoint import load_encoder
-    from afm_jax.cli import main
     from afm_jax.data.dataset import make_source, parse_data_spec
 
-    d, data, lines, want, onnx_out = criteo_export
-    jax_out = tmp_path / "jax_export"
-    assert main(["export", "--model-dir", str(d / "small"), "--out", str(jax_out)]) == 0
-    encoder = load_encoder(d / "small")
+    encoder = load_encoder(model_dir)
     cat, num = [], []
     for chunk, bad in make_source(parse_data_spec(f"criteo:{data}")).chunks(False):
         assert not bad
         c, n = encoder.encode(chunk)
         cat.append(c)
         num.append(n)
-    cat, num = np.concatenate(cat), np.concatenate(num)
+    return np.concatenate(cat), np.concatenate(num)
+
+
+def test_max_ranks_merges_the_ranks_and_keeps_every_score(criteo_export, tmp_path):
+    """`afm-jax export --max-ranks N`: the jax.export artifact with the ranks merged to 2 holds
+    at most 2 compressed table widths and scores the Criteo lines as `afm-jax score` does; the
+    ONNX file with `--max-ranks 0` keeps every rank (more nodes than the default 3, no padding
+    bytes, signature.json says so)."""
+    from afm_jax.checkpoint import load_model_dir
+    from afm_jax.cli import main
+    from afm_jax.inference import load_exported
+    from afm_jax.packing import pack
+
+    d, data, lines, want, _ = criteo_export
+    small = d / "small"
+    model, params, _ = load_model_dir(small)
+    ranks = {np.shape(t["proj"]["kernel"])[0] for t in params["embed"].values() if "proj" in t}
+    assert len(ranks) > 3, ranks                      # the default merge has work to do
+    assert main(["export", "--model-dir", str(small), "--max-ranks", "2", "--out",
+                 str(tmp_path / "j")]) == 0
+    with np.load(tmp_path / "j" / "params.npz") as z:   # the packed leaves, in order
+        shapes = [z[f"leaf_{i:05d}"].shape for i in range(len(z.files))]
+    merged = compress.merge_ranks(params, 2)
+    assert shapes == [np.shape(x) for x in jax.tree_util.tree_leaves(pack(model, merged))]
+    assert shapes != [np.shape(x) for x in jax.tree_util.tree_leaves(pack(model, params))]
+    cat, num = _encoded(small, data)
+    np.testing.assert_allclose(np.asarray(load_exported(tmp_path / "j")(cat, num)), want,
+                               rtol=0, atol=1e-6)
+    nodes = {}
+    for n in ("0", "3"):
+        assert main(["export", "--format", "onnx", "--no-raw-inputs", "--max-ranks", n,
+                     "--model-dir", str(small), "--out", str(tmp_path / n)]) == 0
+        sig = json.loads((tmp_path / n / "signature.json").read_text())
+        assert sig["max_ranks"] == (None if n == "0" else 3)
+        assert (sig["bytes"]["rank_padding"] == 0) == (n == "0")
+        nodes[n] = len(onnx.load(tmp_path / n / "model.onnx").graph.node)
+    assert nodes["0"] > nodes["3"], nodes
+
+
+def test_a_client_encodes_from_signature_and_encoder_json_alone(criteo_export, tmp_path):
+    """Both export formats state every transform: a client that imports neither afm_jax nor jax
+    turns raw Criteo lines into the scorer's inputs exactly as Encoder.encode does."""
+    from afm_jax.cli import main
+
+    d, data, lines, want, onnx_out = criteo_export
+    jax_out = tmp_path / "jax_export"
+    assert main(["export", "--model-dir", str(d / "small"), "--out", str(jax_out)]) == 0
+    cat, num = _encoded(d / "small", data)
     for export_dir in (jax_out, onnx_out):
         got = tmp_path / f"{export_dir.name}_encoded.npz"
         proc = subprocess.run([sys.executable, "-c", CLIENT_ENCODER, str(export_dir),
