@@ -12,7 +12,8 @@ one with the encoder in the graph
 (raw values in), the `.ort` file of the ids graph and its operator count; test AUC of ONNX
 Runtime on the encoded test split against the JAX scorer's; rows/s of ONNX Runtime (2 intra-op
 threads), the JAX live scorer (packed params on the device) and the exported JAX scorer at each
-batch size, rounds alternating them, then, where torch is installed, torch.compile of the same
+batch size, the JAX scorers in rounds alternating them, then the ORT sessions (the form's and
+the original's) in rounds of their own, then, where torch is installed, torch.compile of the same
 float params (`afm_jax.lab.bench_torch`) in a pass of its own; p50 / p99 per-call latency at batch 1 and 64.
 
     python experiments/onnx_export.py [--models deepfm dcnv2] [--epochs 2]
@@ -88,8 +89,10 @@ def _speed(session, scorer, placed, split, batch_sizes, rounds: int, peer=None,
     """Per batch size: rows/s and per-call p50/p99 of ONNX Runtime, the JAX live scorer, the
     exported JAX scorer (`load_exported`), ONNX Runtime on the model's original (`reference`,
     for the paired ratio "ort_vs_original": the median over rounds of the two sessions' rows/s
-    within a round) and, at batch <= 64, a JAX no-op call with the live scorer's arguments,
-    rounds alternating them; then torch.compile (`peer`) on its own."""
+    within a round) and, at batch <= 64, a JAX no-op call with the live scorer's arguments. The
+    JAX runners alternate in rounds of their own, then the ORT sessions in theirs (ORT's idle
+    threads slow JAX calls timed in one loop with them, as `afm_jax.lab.bench` notes); then
+    torch.compile (`peer`) on its own."""
     out = {}
     noop = _noop(scorer)
     for bs in batch_sizes:
@@ -107,9 +110,11 @@ def _speed(session, scorer, placed, split, batch_sizes, rounds: int, peer=None,
         for fn in runners.values():                  # warm
             fn()
         per = {name: [] for name in runners}
-        for r in range(rounds):
-            for name, fn in list(runners.items())[:: 1 if r % 2 == 0 else -1]:
-                per[name].append(_times(fn, calls))
+        for group in ([k for k in runners if not k.startswith("ort")],
+                      [k for k in runners if k.startswith("ort")]):
+            for r in range(rounds):
+                for name in group[:: 1 if r % 2 == 0 else -1]:
+                    per[name].append(_times(runners[name], calls))
         res = {}
         for name, rs in per.items():
             rows_s = [bs / float(np.median(t)) for t in rs]   # per-call median: robust to stalls
@@ -226,8 +231,9 @@ def to_markdown(results: list[dict], batch_sizes) -> str:
                      f"{r['nodes']} | {n_ops} | {r['auc_jax']:.4f} | {r['auc_onnx']:.4f} |")
     lines += _speed_table(
         results, batch_sizes, "Rows/s (batch size / the median call of a round; median of rounds, "
-        "the runtimes alternating) of the JAX live scorer, the exported JAX scorer "
-        "(`load_exported`) and ONNX Runtime, and ORT / JAX live:",
+        "the JAX scorers alternating in one pass, ONNX Runtime's sessions in the next) of the JAX "
+        "live scorer, the exported JAX scorer (`load_exported`) and ONNX Runtime, and ORT / JAX "
+        "live:",
         ["JAX", "exported", "ORT", "ORT/JAX"], lambda s, r, b: [
             f"{s['jax']['rows_s']:,.0f}",
             f"{s['exported']['rows_s']:,.0f}" if "exported" in s else "-",
