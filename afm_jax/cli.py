@@ -636,7 +636,8 @@ def cmd_export(args: argparse.Namespace) -> dict:
         out = export_onnx(model, params, args.out, encoder=encoder if raw else None,
                           bucketize=bucketize if raw else (), source=source_layout(data_meta),
                           compute_dtype=_compute_dtype(args), overwrite=args.overwrite,
-                          ort=args.ort, max_ranks=MAX_RANKS if max_ranks is None else max_ranks or None)
+                          ort=args.ort,
+                          max_ranks=MAX_RANKS if max_ranks is None else (max_ranks or None))
         size = (out / ONNX_FILE).stat().st_size
         print(f"exported the scorer of {args.model_dir} ({count_params(params):,} params, "
               f"{args.precision} products, {'raw values' if raw else 'ids'} in) to "

@@ -967,8 +967,9 @@ def export_onnx(model, params, path, *, encoder=None, bucketize: Sequence[str] =
     --optimization_style Runtime`). max_ranks: the compressed tables' ranks padded so that at
     most this many distinct ranks remain (`compress.merge_ranks`: zero columns, scores unchanged;
     None: as given). ONNX Runtime pays per node at small batches, and each rank is a gather and
-    a projection: at the default 3 a trained AFM DeepFM on Criteo scores 1.2x the original at
-    batch 1 instead of 0.7x, for +2-5 % bytes (experiments/results/onnx_pad.md).
+    a projection: at the default 3, AFM 25 % of a trained DeepFM on Criteo scores 1.09-1.32x the
+    original at batch 1 instead of 0.59-0.74x, for +4.4 % bytes (experiments/results/
+    onnx_pad.md and onnx_export.md).
     """
     from afm_jax.compress import merge_ranks
     from afm_jax.inference import count_bytes, precision_name

@@ -14,7 +14,8 @@ Runtime on the encoded test split against the JAX scorer's; rows/s of ONNX Runti
 threads), the JAX live scorer (packed params on the device) and the exported JAX scorer at each
 batch size, the JAX scorers in rounds alternating them, then the ORT sessions (the form's and
 the original's) in rounds of their own, then, where torch is installed, torch.compile of the same
-float params (`afm_jax.lab.bench_torch`) in a pass of its own; p50 / p99 per-call latency at batch 1 and 64.
+float params (`afm_jax.lab.bench_torch`) in a pass of its own; p50 / p99 per-call latency at
+batch 1 and 64.
 
     python experiments/onnx_export.py [--models deepfm dcnv2] [--epochs 2]
         [--batch-sizes 1 64 1024 8192] [--rounds 3] [--out experiments/results/onnx_export]

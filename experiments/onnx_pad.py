@@ -12,9 +12,9 @@ pads them so that at most N distinct ranks remain, choosing the ranks that add t
 For each model (DeepFM, DCNv2 by default; trained `--epochs` on the shared Criteo sample, 8:1:1
 in file order, min-count 10) and two forms (AFM at a 25 % parameter budget, and AFM at a 10 %
 budget + int8), unpadded, padded to each multiple in `--multiples` and merged to each rank count
-in `--max-ranks`: the ids graph's nodes and bytes, and ONNX Runtime (2 intra-op threads) rows/s against ONNX Runtime on the original at each
-batch size: every session of a model timed in each round, in turn, the ratio per round, its
-median and quartiles over `--rounds` rounds.
+in `--max-ranks`: the ids graph's nodes and bytes, and ONNX Runtime (2 intra-op threads) rows/s
+against ONNX Runtime on the original at each batch size: every session of a model timed in each
+round, in turn, the ratio per round, its median and quartiles over `--rounds` rounds.
 
     python experiments/onnx_pad.py [--models deepfm dcnv2] [--epochs 2] [--multiples 2 3 4 8]
         [--max-ranks 2 3 4 5]
