@@ -221,6 +221,14 @@ def test_merged_ranks_are_the_cheapest_padding_to_that_many_ranks(deepfm):
     assert compress.merge_ranks(afm, 6)["embed"] == afm["embed"]           # fewer ranks already
     with pytest.raises(Exception, match="ranks must be >= 1"):
         compress.merge_ranks(afm, 0)
+    # no table pads past its projection's width d: ranks 1, 2 (d = 2) and 3, 4 (d = 4) cannot
+    # become one rank, so two remain
+    mixed = {"embed": {n: {"embedding": np.ones((5, k), np.float32),
+                           "proj": {"kernel": np.ones((k, d), np.float32),
+                                    "bias": np.zeros(d, np.float32)}}
+                       for n, k, d in (("a", 1, 2), ("b", 2, 2), ("c", 3, 4), ("d", 4, 4))}}
+    got = compress.merge_ranks(mixed, 1)["embed"]
+    assert {n: t["embedding"].shape[1] for n, t in got.items()} == {"a": 2, "b": 2, "c": 4, "d": 4}
 
 
 def test_int8_stays_int8_and_runs_matmul_integer():

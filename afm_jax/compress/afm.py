@@ -205,7 +205,8 @@ def merge_ranks(params: Params, ranks: int) -> Params:
     the kept ranks that add the fewest bytes.
 
     Each table pads up to the smallest kept rank at or above its own, never past its
-    projection's width d. The kept ranks come from a dynamic program over the distinct ranks in
+    projection's width d; where tables of several widths d leave no way to reach `ranks` ranks,
+    as few as they allow remain (a layout choice never fails an export). The kept ranks come from a dynamic program over the distinct ranks in
     ascending order, where a group's cost is its padded bytes (rows x table bytes per value plus
     d x projection bytes per value, per added column): big tables keep their own rank and the
     small ones join them. On a trained AFM DeepFM on Criteo (13 ranks): 4 ranks for +2.4 % bytes,
@@ -228,18 +229,18 @@ def merge_ranks(params: Params, ranks: int) -> Params:
         return total
 
     n = len(widths)
-    best = np.full((ranks + 1, n + 1), np.inf)   # best[g, j]: ranks widths[:j] in g groups
-    back = np.zeros((ranks + 1, n + 1), int)
+    group = [[cost(i, j) if i <= j else np.inf for j in range(n)] for i in range(n)]
+    best = np.full((n + 1, n + 1), np.inf)   # best[g, j]: ranks widths[:j] in g groups
+    back = np.zeros((n + 1, n + 1), int)
     best[0, 0] = 0.0
-    for g in range(1, ranks + 1):
+    for g in range(1, n + 1):
         for j in range(1, n + 1):
-            costs = [best[g - 1, i] + cost(i, j - 1) for i in range(j)]
+            costs = [best[g - 1, i] + group[i][j - 1] for i in range(j)]
             back[g, j] = int(np.argmin(costs))
             best[g, j] = costs[back[g, j]]
-    g = int(np.argmin(best[:, n]))
-    if not np.isfinite(best[g, n]):
-        raise CompressionError(f"merge_ranks: the tables' projection widths allow no {ranks} "
-                               "ranks (a table cannot pad past its width d)")
+    g = int(np.argmin(best[:ranks + 1, n]))
+    if not np.isfinite(best[g, n]):      # widths d forbid `ranks` groups: the fewest they allow
+        g = int(np.flatnonzero(np.isfinite(best[:, n]))[0])
     kept, j = [], n
     while j > 0:
         kept.append(widths[j - 1])
