@@ -231,6 +231,37 @@ def test_merged_ranks_are_the_cheapest_padding_to_that_many_ranks(deepfm):
     assert {n: t["embedding"].shape[1] for n, t in got.items()} == {"a": 2, "b": 2, "c": 4, "d": 4}
 
 
+def test_rank_padding_keeps_one_storage_per_packed_width(deepfm):
+    """After `quantize`, a rank-1 table stays float (int8 would not make it smaller) beside int8
+    tables of ranks 2-4. pad_ranks and merge_ranks never pad it into an int8 width (the packed
+    layout refuses a width that mixes storages), so the params still pack, score as before and
+    export, with export's default merge to 3 ranks."""
+    from afm_jax.packing import pack
+
+    model, params, stats = deepfm
+    sites = sorted(s for s in stats if s.startswith("embed/"))
+    q = quantize(compress.compress(params, stats, {s: 1 + i % 4 for i, s in enumerate(sites)}))
+    int8 = {n: "embedding_q" in t for n, t in q["embed"].items() if "proj" in t}
+    assert not all(int8.values()) and any(int8.values())
+    batch = _ids_batch()
+    want = np.asarray(jax.jit(scorer_fn(model, q))(batch["cat"], batch["num"]))
+    for label, padded in (("pad 4", compress.pad_ranks(q, 4)),
+                          *((f"merge {g}", compress.merge_ranks(q, g)) for g in (1, 2, 3))):
+        embed = pack(model, padded)["embed"]                       # raised before: mixed width
+        assert {k for k in embed if k.startswith("table_")} == {
+            f"table_{w}" for w in {np.shape(t["proj"]["kernel"])[0]
+                                   for t in padded["embed"].values() if "proj" in t}}, label
+        for n, t in padded["embed"].items():
+            if n in int8 and not int8[n]:
+                assert t["embedding"].shape[1] == 1, label         # the float table kept rank 1
+        got = np.asarray(jax.jit(scorer_fn(model, padded))(batch["cat"], batch["num"]))
+        np.testing.assert_allclose(got, want, rtol=1e-6, err_msg=label)
+    merged = compress.merge_ranks(q, 2)   # int8 ranks 2-4 into one, the float rank 1 apart
+    assert sorted({np.shape(t["proj"]["kernel"])[0] for t in merged["embed"].values()
+                   if "proj" in t}) == [1, 4]
+    _check(model, merged, label="merged")                           # ORT == JAX
+
+
 def test_int8_stays_int8_and_runs_matmul_integer():
     info = FeatureInfo(cat_names=("a", "b", "c", "d"), vocab_sizes=(4000, 6000, 2500, 900),
                        num_names=("x", "y"))

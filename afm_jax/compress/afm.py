@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -186,6 +186,11 @@ def pad_ranks(params: Params, multiple: int = 4) -> Params:
     projection's width d): zero columns in the table, zero rows in the projection, so scores are
     unchanged (the added products are exact zeros).
 
+    The packed layout holds one storage per table width, so a table is not padded into a width
+    where it would sit beside tables of the other storage (int8 or float; e.g. after
+    `quantize`, a rank-1 table stays float): at such a width the padded tables whose storage
+    differs from the tables already there (none there: the int8 ones go) keep their rank.
+
     For a serving runtime that pays per operation (ONNX Runtime at small batches): the packed
     layout gathers and projects once per table width, and a budget plan spreads the fields over
     many ranks (a trained AFM DeepFM on Criteo: 13 widths, 123 ONNX nodes; padded to 4: 69).
@@ -195,8 +200,16 @@ def pad_ranks(params: Params, multiple: int = 4) -> Params:
     """
     if multiple < 1:
         raise CompressionError(f"pad_ranks: multiple must be >= 1, got {multiple}")
-    return _padded(params, {name: min(d, -(-k // multiple) * multiple)
-                            for name, (k, d, _) in _compressed_tables(params).items()})
+    tables = _compressed_tables(params)
+    rank_of = {name: min(t.d, -(-t.k // multiple) * multiple) for name, t in tables.items()}
+    fixed = _fixed_storage(params)
+    while True:   # padded tables that would share a width with the other storage keep their rank
+        kinds, native = _storage_by_width(tables, fixed, rank_of)
+        keep = [name for name, w in rank_of.items() if w != tables[name].k and len(kinds[w]) > 1
+                and tables[name].int8 not in (native[w] or {True})]
+        if not keep:
+            return _padded(params, rank_of)
+        rank_of.update((name, tables[name].k) for name in keep)
 
 
 def merge_ranks(params: Params, ranks: int) -> Params:
@@ -205,28 +218,31 @@ def merge_ranks(params: Params, ranks: int) -> Params:
     the kept ranks that add the fewest bytes.
 
     Each table pads up to the smallest kept rank at or above its own, never past its
-    projection's width d; where tables of several widths d leave no way to reach `ranks` ranks,
-    as few as they allow remain (a layout choice never fails an export). The kept ranks come from a dynamic program over the distinct ranks in
-    ascending order, where a group's cost is its padded bytes (rows x table bytes per value plus
-    d x projection bytes per value, per added column): big tables keep their own rank and the
-    small ones join them. On a trained AFM DeepFM on Criteo (13 ranks): 4 ranks for +2.4 % bytes,
+    projection's width d, nor into a width where it would sit beside tables of the other storage
+    (int8 or float: the packed layout holds one per width); where that leaves no way to reach
+    `ranks` ranks, as few as it allows remain (a layout choice never fails an export). The kept
+    ranks come from a dynamic program over the distinct ranks in ascending order, where a
+    group's cost is its padded bytes (rows x table bytes per value plus d x projection bytes per
+    value, per added column): big tables keep their own rank and the small ones join them. On a trained AFM DeepFM on Criteo (13 ranks): 4 ranks for +2.4 % bytes,
     where padding to a multiple of 4 gives 4 ranks for +9.1 % (experiments/results/onnx_pad.md).
     """
     if ranks < 1:
         raise CompressionError(f"merge_ranks: ranks must be >= 1, got {ranks}")
     tables = _compressed_tables(params)
-    widths = sorted({k for k, _, _ in tables.values()})
+    fixed = _fixed_storage(params)
+    widths = sorted({t.k for t in tables.values()})
     if len(widths) <= ranks:
         return dict(params)
 
     def cost(i: int, j: int) -> float:      # the ranks widths[i..j] padded to widths[j]
-        top, total = widths[j], 0.0
-        for k, d, per_column in tables.values():
-            if widths[i] <= k <= top:
-                if top > d:
+        top, total, kinds = widths[j], 0.0, set(fixed.get(widths[j], ()))
+        for t in tables.values():
+            if widths[i] <= t.k <= top:
+                if top > t.d:
                     return np.inf
-                total += (top - k) * per_column
-        return total
+                total += (top - t.k) * t.per_column
+                kinds.add(t.int8)
+        return np.inf if i < j and len(kinds) > 1 else total   # one storage per packed width
 
     n = len(widths)
     group = [[cost(i, j) if i <= j else np.inf for j in range(n)] for i in range(n)]
@@ -245,13 +261,18 @@ def merge_ranks(params: Params, ranks: int) -> Params:
     while j > 0:
         kept.append(widths[j - 1])
         j, g = back[g, j], g - 1
-    return _padded(params, {name: min(w for w in kept if w >= k)
-                            for name, (k, _, _) in tables.items()})
+    return _padded(params, {name: min(w for w in kept if w >= t.k) for name, t in tables.items()})
 
 
-def _compressed_tables(params: Params) -> dict[str, tuple[int, int, int]]:
-    """name -> (rank k, projection width d, bytes one added column costs) of each compressed
-    (projected) table in params["embed"]."""
+class _Table(NamedTuple):
+    k: int            # rank
+    d: int            # projection width
+    per_column: int   # bytes one added column costs (table rows and a projection row)
+    int8: bool        # int8 rows
+
+
+def _compressed_tables(params: Params) -> dict[str, _Table]:
+    """Each compressed (projected) table in params["embed"], by name."""
     embed = params.get("embed")
     out = {}
     for name, node in (embed.items() if isinstance(embed, Mapping) else ()):
@@ -261,8 +282,33 @@ def _compressed_tables(params: Params) -> dict[str, tuple[int, int, int]]:
             k, d = np.shape(kernel)
             per_column = np.shape(table)[0] * np.dtype(table.dtype).itemsize \
                 + d * np.dtype(kernel.dtype).itemsize
-            out[name] = (int(k), int(d), int(per_column))
+            out[name] = _Table(int(k), int(d), int(per_column), "embedding_q" in node)
     return out
+
+
+def _fixed_storage(params: Params) -> dict[int, set[bool]]:
+    """Table width -> the storages (int8: True) of the row tables that padding leaves as they
+    are (full and folded), which the packed layout puts beside compressed tables of that rank."""
+    embed = params.get("embed")
+    out: dict[int, set[bool]] = {}
+    for node in (embed.values() if isinstance(embed, Mapping) else ()):
+        if forms.table_form(node) == "full":   # folded ones too (no model dim given)
+            out.setdefault(forms.table_width(node), set()).add(forms.is_int8(node))
+    return out
+
+
+def _storage_by_width(tables: Mapping[str, _Table], fixed: Mapping[int, set[bool]],
+                      rank_of: Mapping[str, int]) -> tuple[dict, dict]:
+    """Width -> the storages of every table there after padding to rank_of, and of those there
+    without padding."""
+    kinds: dict[int, set[bool]] = {w: set(s) for w, s in fixed.items()}
+    native: dict[int, set[bool]] = {w: set(s) for w, s in fixed.items()}
+    for name, w in rank_of.items():
+        kinds.setdefault(w, set()).add(tables[name].int8)
+        native.setdefault(w, set())
+        if w == tables[name].k:
+            native[w].add(tables[name].int8)
+    return kinds, native
 
 
 def _padded(params: Params, rank_of: Mapping[str, int]) -> Params:
