@@ -223,8 +223,9 @@ def merge_ranks(params: Params, ranks: int) -> Params:
     `ranks` ranks, as few as it allows remain (a layout choice never fails an export). The kept
     ranks come from a dynamic program over the distinct ranks in ascending order, where a
     group's cost is its padded bytes (rows x table bytes per value plus d x projection bytes per
-    value, per added column): big tables keep their own rank and the small ones join them. On a trained AFM DeepFM on Criteo (13 ranks): 4 ranks for +2.4 % bytes,
-    where padding to a multiple of 4 gives 4 ranks for +9.1 % (experiments/results/onnx_pad.md).
+    value, per added column): big tables keep their own rank and the small ones join them. On
+    a trained AFM DeepFM on Criteo (13 ranks): 4 ranks for +2.4 % bytes, where padding to a
+    multiple of 4 gives 4 ranks for +9.1 % (experiments/results/onnx_pad.md).
     """
     if ranks < 1:
         raise CompressionError(f"merge_ranks: ranks must be >= 1, got {ranks}")
