@@ -108,6 +108,10 @@ def bag_transform(encoder, k: int) -> dict:
                      f"{lengths} = the number of ids kept")}
 
 
+QUOTING = ('RFC 4180: a field in double quotes may hold the delimiter, and "" in it is one quote; '
+           "a quote inside an unquoted field is data; no line breaks inside a field")
+
+
 def source_layout(data_meta: dict | None) -> dict:
     """Where each field comes from in the raw files of the model's data kind."""
     from afm_jax.data.readers import CRITEO_COLUMNS
@@ -118,7 +122,12 @@ def source_layout(data_meta: dict | None) -> dict:
         return {"format": "criteo", "delimiter": "\t", "header": False,
                 "columns": list(CRITEO_COLUMNS),
                 "note": "files without the label have the 39 columns after 'label'"}
-    if kind in ("csv", "parquet", "avazu"):
+    if kind in ("csv", "avazu"):
+        path = spec.split(":", 1)[1] if ":" in spec else ""
+        return {"format": kind, "delimiter": "\t" if path.endswith((".tsv", ".tsv.gz")) else ",",
+                "header": True, "quoting": QUOTING,
+                "columns": "by name: a field is the column of the same name"}
+    if kind == "parquet":
         return {"format": kind, "columns": "by name: a field is the column of the same name"}
     return {"format": kind or "unknown",
             "note": f"fields derived by the reader afm_jax.data.readers ({kind or 'in memory'})"}

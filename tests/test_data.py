@@ -329,6 +329,47 @@ def test_parquet_generic(tmp_path, cache):
     assert cat[0, 1] == vocab.index("b13") + 1
 
 
+def test_csv_reads_quoted_fields_as_csv_writers_write_them(tmp_path, cache):
+    """RFC 4180: a quoted field holds commas and doubled quotes; a quoted header name holds a
+    comma; a file with every field quoted (csv.QUOTE_ALL) encodes exactly as the minimally quoted
+    one; a quote inside an unquoted field is data; a line whose quotes do not close a field is a
+    bad line naming the file and line."""
+    import csv
+
+    from afm_jax.data.bags import BagSpec
+
+    header = ["y", "user, id", "ua", "tags", "price"]
+    rows = [[i % 2, f"u{i % 5}", ['Mozilla/5.0 (X11, Linux)', 'say "hi"', '5" screen', ""][i % 4],
+             ["news, local|tech", 'a"b', "", "tech"][i % 4], "" if i % 7 == 0 else f"{i * 1.5}"]
+            for i in range(60)]
+    schema = Schema(label="y", categorical=("user, id", "ua"), numeric=("price",),
+                    bags=(BagSpec("tags", max_len=3, separator="|"),))
+    encoded = {}
+    for style in (csv.QUOTE_MINIMAL, csv.QUOTE_ALL):
+        path = tmp_path / f"q{style}.csv"
+        with open(path, "w", newline="") as f:
+            w = csv.writer(f, quoting=style)
+            w.writerow(header)
+            w.writerows(rows)
+        ds = load_dataset(f"csv:{path}", schema=schema, cache_dir=cache, min_count=1, progress=False)
+        assert ds.report["rows_read"] == len(rows) and ds.report["rows_skipped"] == 0
+        assert set(ds.encoder.vocabs[1]) == {'Mozilla/5.0 (X11, Linux)', 'say "hi"', '5" screen'}
+        assert set(ds.encoder.bag_vocabs[0]) == {"news, local", "tech", 'a"b'}
+        encoded[style] = (ds.train.cat, ds.train.num, ds.train.bags["tags"], ds.train.bag_len["tags"])
+    for a, b in zip(*encoded.values()):
+        np.testing.assert_array_equal(a, b)
+    bad = tmp_path / "bad.csv"
+    bad.write_text('y,a\n0,5" tv\n1,"ok, fine"\n0,"unclosed\n1,"a"b\n')
+    with pytest.raises(DataError) as ei:
+        load_dataset(f"csv:{bad}", schema=Schema(label="y", categorical=("a",)), cache_dir=cache,
+                     progress=False)
+    assert ei.value.line == 4 and "malformed quotes" in str(ei.value) and str(bad) in str(ei.value)
+    ds = load_dataset(f"csv:{bad}", schema=Schema(label="y", categorical=("a",)), cache_dir=cache,
+                      progress=False, min_count=1, on_bad_lines="skip", max_bad_fraction=1.0)
+    assert ds.report["rows_read"] == 2 and ds.report["first_skipped_lines"] == [4, 5]
+    assert '5" tv' in ds.encoder.vocabs[0]   # the train split's one row
+
+
 def test_schema_json(tmp_path):
     p = tmp_path / "s.json"
     p.write_text(json.dumps({"label": "y", "categorical": ["a"], "numeric": ["x"]}))

@@ -4,7 +4,9 @@ Each generated file mixes valid lines with lines that carry exactly one injected
 column count, non-numeric / NaN / inf / out-of-range numbers, bad labels, empty lines, stray tabs
 and carriage returns, invalid UTF-8, a header line where none belongs), with LF or CRLF line ends
 and with or without a trailing newline. Stray quotes, tabs in comma-separated fields, huge
-positive integers and non-ASCII UTF-8 are *valid* data and appear in the valid lines.
+positive integers and non-ASCII UTF-8 are *valid* data and appear in the valid lines. CSV and Avazu
+files are written as RFC 4180 says (a value holding the delimiter or a quote is quoted, its quotes
+doubled), so their valid values also hold commas; a field whose quotes do not close it is a fault.
 
 Properties, for every file:
 1. on_bad_lines="error": the file loads (then it had no bad line and every line became a row) or
@@ -88,6 +90,14 @@ BAD_UTF8 = st.sampled_from([b"\xff", b"\xc3", b"ab\xfe\xfdcd", b"\xed\xa0\x80", 
 
 def _b(s: str) -> bytes:
     return s.encode("utf-8")
+
+
+def _csv(delim: bytes):
+    """A value as a CSV writer (RFC 4180, csv.QUOTE_MINIMAL) puts it in a line."""
+    def field(s: str | bytes) -> bytes:
+        v = s if isinstance(s, bytes) else _b(s)
+        return b'"' + v.replace(b'"', b'""') + b'"' if delim in v or b'"' in v else v
+    return field
 
 
 def write_text_file(path: Path, header: bytes | None, lines: list[bytes], eol: bytes, trailing: bool) -> int:
@@ -186,14 +196,25 @@ def _columns(draw, fields, names, delim):
     return line, (_column_count_field(names, n) if line else None)  # one empty field: an empty line
 
 
-def _set(cols: list[str], values):
+def _set(cols: list[str], values, write=None):
+    """A bad value in one of cols; write: how the file writes a value (`_csv`), else as it is."""
     def fault(draw, fields, names, delim):
         name = draw(st.sampled_from(cols))
         j = list(names).index(name)
         v = draw(values)
         fields = list(fields)
-        fields[j] = v if isinstance(v, bytes) else _b(v)
+        fields[j] = write(v) if write else v if isinstance(v, bytes) else _b(v)
         return delim.join(fields), name
+    return fault
+
+
+def _unclosed_quotes(cols: list[str]):
+    """A field whose quotes do not close it (RFC 4180): a bad line that names no field."""
+    def fault(draw, fields, names, delim):
+        j = list(names).index(draw(st.sampled_from(cols)))
+        fields = list(fields)
+        fields[j] = draw(st.sampled_from([b'"ab', b'"a"b', b'"a""', b'"a" ']))
+        return delim.join(fields), None
     return fault
 
 
@@ -289,7 +310,7 @@ def test_fuzz_criteo(tmp, data):
 
 AVAZU_FULL = ("id", "click", "hour", "C1", "banner_pos", "site_id", "device_type")
 AVAZU_PART = ("click", "hour", "C1", "banner_pos", "site_id")
-CSV_CAT = st.one_of(CAT, st.just("a\tb"), st.just('"q'), st.just("x;y"))
+CSV_CAT = st.one_of(CAT, st.just("a\tb"), st.just('"q'), st.just("x;y"), st.just("a,b"), st.just('"'))
 DATES = ["141021", "141030", "150101", "160229", "991231"]
 
 
@@ -300,7 +321,7 @@ def _avazu_good(full: bool):
         row = [draw(st.sampled_from(["1", "0", HUGE, "10000174058809263569"]))] if full else []
         n_cat = 4 if full else 3
         row += [draw(LABEL01), hour] + draw(st.lists(CSV_CAT, min_size=n_cat, max_size=n_cat))
-        return [_b(v) for v in row]
+        return [_csv(b",")(v) for v in row]
     return good
 
 
@@ -313,8 +334,9 @@ def _avazu_faults(names) -> dict:
     full = "id" in names
     return {
         "columns": _columns,
-        "hour": _set(["hour"], BAD_HOUR_FULL if full else BAD_HOUR_PART),
-        "label": _set(["click"], BAD_LABEL01),
+        "hour": _set(["hour"], BAD_HOUR_FULL if full else BAD_HOUR_PART, _csv(b",")),
+        "label": _set(["click"], BAD_LABEL01, _csv(b",")),
+        "unclosed_quotes": _unclosed_quotes(list(names[-3:])),
         "empty": _empty,
         "stray_comma": _stray_delim(list(names[-3:]), b","),
         "non_utf8": _insert(list(names), b"utf8"),
@@ -346,21 +368,22 @@ def csv_files(draw):
     names = tuple(draw(st.permutations(["a", "x", "k", "y", "z", "b"])))
     tsv = draw(st.booleans())
     delim = b"\t" if tsv else b","
-    cat = CAT if tsv else CSV_CAT
-    cat = cat.filter(lambda v: _b(v).find(delim) < 0)
+    cat = st.one_of(CAT if tsv else CSV_CAT, st.just("a\tb"), st.just("a,b"))
     values = {"a": cat, "b": cat, "z": cat, "x": NUM, "k": INT, "y": LABEL01}
+    write = _csv(delim)
 
     def good(draw):
-        return [_b(draw(values[n])) for n in names]
+        return [write(draw(values[n])) for n in names]
 
     faults = {
         "columns": _columns,
-        "numeric_not_number": _set(["x"], NOT_NUMBER),
-        "numeric_non_finite": _set(["x"], NON_FINITE),
-        "bucketize_not_number": _set(["k"], NOT_NUMBER),
-        "bucketize_non_finite": _set(["k"], NON_FINITE),
-        "bucketize_huge_negative": _set(["k"], HUGE_NEG),
-        "label": _set(["y"], BAD_LABEL01),
+        "numeric_not_number": _set(["x"], NOT_NUMBER, write),
+        "numeric_non_finite": _set(["x"], NON_FINITE, write),
+        "bucketize_not_number": _set(["k"], NOT_NUMBER, write),
+        "bucketize_non_finite": _set(["k"], NON_FINITE, write),
+        "bucketize_huge_negative": _set(["k"], HUGE_NEG, write),
+        "label": _set(["y"], BAD_LABEL01, write),
+        "unclosed_quotes": _unclosed_quotes(["a", "b", "z"]),
         "empty": _empty,
         "stray_delimiter": _stray_delim(["a", "b", "z"], delim),
         "non_utf8": _insert(list(names), b"utf8"),

@@ -27,8 +27,12 @@ What is a bad line (a BadLine naming the line and field; on_bad_lines decides sk
   map) are rejected up front (DataError naming the field), except list<scalar> columns of
   multi-valued fields;
 - multi-valued fields (schema "multi_valued"/"sequence"): a delimited string (empty: an empty
-  bag) or a list (null: an empty bag); an empty or null item is a bad line.
-Quotes are plain characters (no quoting), so a stray quote in a categorical field is just data.
+  bag) or a list (null: an empty bag); an empty or null item is a bad line;
+- CSV and Avazu files (`csv:`, `avazu:`): quotes as RFC 4180 writes them (pandas, spreadsheets,
+  Python's csv module): a field in double quotes may hold the delimiter, and "" in it is one
+  quote; a quote inside an unquoted field is data. A line whose quotes do not close a field
+  (`"a"b`, an unclosed `"a`, a quoted value that spans lines) is a bad line. In Criteo TSV and
+  libFM files quotes are plain characters.
 """
 
 from afm_jax.data.readers.avazu import avazu_source

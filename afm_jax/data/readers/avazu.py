@@ -31,7 +31,7 @@ def avazu_source(path: str, schema: Schema | str | None = None, *, require_label
 
     require_label=False (scoring): a header without `click` is the test layout (labels NaN)."""
     path = check_file(path)
-    header = split_header(read_first_line(path), ",", path)
+    header = split_header(read_first_line(path), ",", path, quoting=True)
     if "hour" not in header:
         raise DataError("Avazu header lacks column 'hour'", path=path, line=1, field="hour")
     has_label = "click" in header
@@ -80,6 +80,6 @@ def avazu_source(path: str, schema: Schema | str | None = None, *, require_label
 
     def chunks(progress: bool) -> ChunkStream:
         return delimited_chunks(path, delimiter=",", column_names=header, header=True, progress=progress,
-                                 process=process)
+                                 process=process, quoting=True)
     return Source("avazu", (path,), sch, chunks, has_label)
 

@@ -33,7 +33,7 @@ def csv_source(path: str, schema: Schema | str | None, *, require_label: bool = 
     path = check_file(path)
     delimiter = "\t" if path.endswith((".tsv", ".tsv.gz")) else ","
     sch = resolve_schema(schema, None, path)
-    header = split_header(read_first_line(path), delimiter, path)
+    header = split_header(read_first_line(path), delimiter, path, quoting=True)
     has_label = sch.label in header
     if require_label and not has_label:
         raise missing_label(path, sch.label, "the header", line=1)
@@ -48,7 +48,7 @@ def csv_source(path: str, schema: Schema | str | None, *, require_label: bool = 
 
     def chunks(progress: bool) -> ChunkStream:
         return delimited_chunks(path, delimiter=delimiter, column_names=header, header=True, progress=progress,
-                                 process=lambda t, ln: convert_table(t, ln, path, sch, labels))
+                                 process=lambda t, ln: convert_table(t, ln, path, sch, labels), quoting=True)
     return Source("csv", (path,), sch, chunks, has_label)
 
 

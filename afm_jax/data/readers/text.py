@@ -2,10 +2,17 @@
 
 Text is read in byte blocks of complete lines (`.gz` decompressed on the fly); column counts,
 empty lines, stray carriage returns and invalid UTF-8 are found with numpy on the whole block, and
-only the good lines go to pyarrow.csv (all columns as strings, no quoting)."""
+only the good lines go to pyarrow.csv (all columns as strings).
+
+Quoting (`quoting=True`: CSV files with a header, RFC 4180 as pandas and spreadsheets write it): a
+field enclosed in double quotes may hold the delimiter, and "" inside it is one quote; a quote
+inside an unquoted field is data. A line whose quotes do not close a field (`"a"b`, an unclosed
+`"a`, or a quoted value that spans lines) is a bad line. The lines holding a quote are counted
+with Python's csv module; the others with numpy. Without it quotes are plain characters."""
 
 from __future__ import annotations
 
+import csv
 import gzip
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -19,6 +26,7 @@ from afm_jax.data.readers.base import BadLine, ChunkStream, RawChunk
 from afm_jax.errors import DataError
 
 BLOCK_SIZE = 16 << 20  # bytes of text parsed at a time
+QUOTE = ord('"')
 
 
 def _open_binary(path: str):
@@ -74,8 +82,15 @@ def _line_blocks(path: str, skip_lines: int, progress: bool) -> Iterator[tuple[b
             bar.close()
 
 
-def split_header(line: bytes, delimiter: str, path: str) -> list[str]:
-    names = [n.strip().strip('"') for n in line.decode("utf-8", "replace").rstrip("\r\n").split(delimiter)]
+def split_header(line: bytes, delimiter: str, path: str, quoting: bool = False) -> list[str]:
+    text = line.decode("utf-8", "replace").rstrip("\r\n")
+    if quoting:
+        try:
+            names = [n.strip() for n in next(csv.reader([text], delimiter=delimiter, strict=True))]
+        except (csv.Error, StopIteration) as e:
+            raise DataError(f"malformed quotes in the header: {e}", path=path, line=1) from e
+    else:
+        names = [n.strip().strip('"') for n in text.split(delimiter)]
     if not any(names):
         raise DataError("empty header line", path=path, line=1)
     seen: set[str] = set()
@@ -86,6 +101,21 @@ def split_header(line: bytes, delimiter: str, path: str) -> list[str]:
     return names
 
 
+def _quoted_counts(buf: bytes, starts: np.ndarray, ends: np.ndarray, a: np.ndarray, delimiter: str,
+                   counts: np.ndarray) -> dict[int, str]:
+    """Column counts of the lines holding a quote, by the csv module (set in `counts`); returns
+    {line index: why} for those whose quotes are malformed."""
+    malformed: dict[int, str] = {}
+    for i in np.unique(np.searchsorted(ends, np.flatnonzero(a == QUOTE))):
+        # a carriage return inside the line is reported by its own check, with its column
+        text = buf[starts[i]:ends[i]].decode("utf-8", "replace").rstrip("\r").replace("\r", " ")
+        try:
+            counts[i] = len(next(csv.reader([text], delimiter=delimiter, strict=True)))
+        except csv.Error as e:
+            malformed[int(i)] = str(e)
+    return malformed
+
+
 def _is_utf8(data: bytes) -> bool:
     try:
         data.decode("utf-8")
@@ -94,22 +124,41 @@ def _is_utf8(data: bytes) -> bool:
         return False
 
 
-def _column_at(line: bytes, pos: int, delim: int, column_names: Sequence[str]) -> str:
-    """Name of the column holding byte `pos` of a line with the right column count."""
-    return column_names[min(line.count(delim, 0, pos), len(column_names) - 1)]
+def _column_at(line: bytes, pos: int, delim: int, column_names: Sequence[str], quoting: bool = False) -> str:
+    """Name of the column holding byte `pos` of a line with the right column count (with quoting, a
+    delimiter inside a quoted field does not end it)."""
+    if not quoting:
+        return column_names[min(line.count(delim, 0, pos), len(column_names) - 1)]
+    field, quoted, at_start, i = 0, False, True, 0
+    while i < pos:
+        c = line[i]
+        if quoted and c == QUOTE:
+            if line[i + 1:i + 2] == b'"':
+                i += 1                  # "" inside a quoted field: one quote
+            else:
+                quoted = False
+        elif not quoted and c == QUOTE and at_start:
+            quoted = True
+        elif not quoted and c == delim:
+            field += 1
+        at_start = not quoted and c == delim
+        i += 1
+    return column_names[min(field, len(column_names) - 1)]
 
 
 def delimited_chunks(path: str, *, delimiter: str, column_names: Sequence[str], header: bool, progress: bool,
                       process: Callable[[pa.Table, np.ndarray], tuple[RawChunk | None, list[BadLine]]],
-                      count_hints: Mapping[int, str] | None = None) -> ChunkStream:
+                      count_hints: Mapping[int, str] | None = None, quoting: bool = False) -> ChunkStream:
     """Column-count check (numpy), pyarrow parse of the good lines, then `process` for field checks.
 
-    count_hints: column count -> what a line of that many columns may be, added to its reason."""
+    count_hints: column count -> what a line of that many columns may be, added to its reason.
+    quoting: fields may be quoted (module docstring)."""
     count_hints = count_hints or {}
     n_cols = len(column_names)
     delim = ord(delimiter)
     read_opts = pacsv.ReadOptions(column_names=list(column_names), use_threads=True, block_size=1 << 22)
-    parse_opts = pacsv.ParseOptions(delimiter=delimiter, quote_char=False, double_quote=False, escape_char=False,
+    parse_opts = pacsv.ParseOptions(delimiter=delimiter, quote_char='"' if quoting else False,
+                                    double_quote=quoting, escape_char=False,
                                     newlines_in_values=False, ignore_empty_lines=False)
     convert_opts = pacsv.ConvertOptions(column_types={c: pa.string() for c in column_names},
                                         null_values=[""], strings_can_be_null=True)
@@ -126,13 +175,18 @@ def delimited_chunks(path: str, *, delimiter: str, column_names: Sequence[str], 
         nonempty = length > 0
         has_cr[nonempty] = a[ends[nonempty] - 1] == 13
         empty = (length - has_cr) == 0
+        malformed = _quoted_counts(buf, starts, ends, a, delimiter, counts) if quoting else {}
         bad_mask = (counts != n_cols) | empty
+        bad_mask[list(malformed)] = True
         lines = first_line + np.arange(n, dtype=np.int64)
         bad: list[BadLine] = []
         if bad_mask.any():
             for i in np.flatnonzero(bad_mask):
                 if empty[i]:
                     bad.append(BadLine(path, int(lines[i]), None, "empty line"))
+                elif i in malformed:
+                    bad.append(BadLine(path, int(lines[i]), None, f"malformed quotes: {malformed[i]} "
+                                       "(a quoted field ends at its closing quote, on its line)"))
                 else:
                     c = int(counts[i])
                     fname = column_names[c] if c < n_cols else f"column {n_cols + 1} (unexpected)"
@@ -146,7 +200,7 @@ def delimited_chunks(path: str, *, delimiter: str, column_names: Sequence[str], 
             if not bad_mask[i]:
                 line = buf[starts[i]:ends[i]]
                 bad_mask[i] = True
-                bad.append(BadLine(path, int(lines[i]), _column_at(line, line.find(b"\r"), delim, column_names),
+                bad.append(BadLine(path, int(lines[i]), _column_at(line, line.find(b"\r"), delim, column_names, quoting),
                                    "carriage return inside the line"))
         # Bytes that are not UTF-8 (pyarrow would reject the whole block): look at the lines with
         # non-ASCII bytes, one by one only when the block does not decode.
@@ -160,7 +214,7 @@ def delimited_chunks(path: str, *, delimiter: str, column_names: Sequence[str], 
                     line.decode("utf-8")
                 except UnicodeDecodeError as e:
                     bad_mask[i] = True
-                    bad.append(BadLine(path, int(lines[i]), _column_at(line, e.start, delim, column_names),
+                    bad.append(BadLine(path, int(lines[i]), _column_at(line, e.start, delim, column_names, quoting),
                                        f"invalid UTF-8 bytes {line[e.start:e.end]!r}"))
         if bad_mask.any():
             bad.sort(key=lambda b: b.line)
