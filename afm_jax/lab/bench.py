@@ -261,6 +261,7 @@ def run(models=("deepfm", "dcnv2"), batch_sizes=(1, 64, 1024, 8192), repeats: in
     peer's figures, measured once per model, form and batch size, sit in each of its rows),
     "dispatch" (per-call times at batch 1 and 64), the machine, its load and its ceiling."""
     info = criteo_like_info() if info is None else info
+    least = min(0.2, 0.02 * repeats)   # seconds a function runs in all; a smoke run (1) a tenth
     device = jax.devices()[0]
     load_start = _load()
     ceiling = matmul_ceiling()
@@ -301,17 +302,18 @@ def run(models=("deepfm", "dcnv2"), batch_sizes=(1, 64, 1024, 8192), repeats: in
                        for lay, p in layouts.items()}
                 fns["bound"] = lambda f=bound, b=batch: f(b).block_until_ready()
                 fns["exported"] = lambda f=exported, b=batch: f(b["cat"], b["num"]).block_until_ready()
-                t = time_interleaved(fns, repeats)
+                t = time_interleaved(fns, repeats, min_seconds=least)
                 if torch_models is not None:
                     # torch in a pass of its own: its idle threads slow JAX calls timed in
                     # one loop with it (experiments/results/torch_interleave.md)
                     t.update(time_interleaved({f"torch_{k}": f for k, f in torch_peer.callables(
-                        torch_models, batch).items()}, repeats))
+                        torch_models, batch).items()}, repeats, min_seconds=least))
                 if session is not None:   # its spinning threads, too, would slow JAX's calls
                     feeds = {"cat": np.asarray(batch["cat"]), "num": np.asarray(batch["num"])}
                     agree["ort"] = _max_rel_diff(session.run(["score"], feeds)[0], live)
                     t.update(time_interleaved(
-                        {"ort": lambda s=session, f=feeds: s.run(["score"], f)}, repeats))
+                        {"ort": lambda s=session, f=feeds: s.run(["score"], f)}, repeats,
+                        min_seconds=least))
                 costs = {lay: compiled_cost(logits, p, batch, flop_fn=flat_logits)
                          for lay, p in layouts.items()}
                 peer = {}
