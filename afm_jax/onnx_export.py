@@ -1013,6 +1013,9 @@ def _to_ort(onnx_file: Path) -> dict:
                           f"{(proc.stderr or proc.stdout)[-500:]}")
     ops = [line.strip() for line in config.read_text().splitlines()
            if line.strip() and not line.startswith("#")]
+    # its header named the converter's working paths (the output's .partial folder, a temp dir)
+    config.write_text(f"# Generated from {ort_file.name} (from {onnx_file.name})\n"
+                      + "".join(op + "\n" for op in ops))
     return {"file": ort_file.name, "bytes": ort_file.stat().st_size,
             "required_operators": config.name, "operators": ops,
             "build": "onnxruntime build.sh --minimal_build --include_ops_by_config " + config.name}

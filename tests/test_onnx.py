@@ -406,8 +406,12 @@ def test_ort_format_for_a_minimal_runtime(criteo_export):
     d, data, lines, want, out = criteo_export
     sig = json.loads((out / "signature.json").read_text())
     ort_file = out / "model.with_runtime_opt.ort"
-    assert ort_file.is_file() and (out / "model.required_operators.with_runtime_opt.config").is_file()
+    config = out / "model.required_operators.with_runtime_opt.config"
+    assert ort_file.is_file() and config.is_file()
     assert sig["ort"]["bytes"] == ort_file.stat().st_size
+    # the operators as the file lists them, and no path of the converter's working folders
+    assert [ln for ln in config.read_text().splitlines() if not ln.startswith("#")] == \
+        sig["ort"]["operators"] and ".partial" not in config.read_text()
     assert any("LabelEncoder" in line for line in sig["ort"]["operators"])
     session = ort.InferenceSession(str(ort_file), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(session.run(["score"], _criteo_feeds(lines))[0], want,
