@@ -370,6 +370,29 @@ def test_csv_reads_quoted_fields_as_csv_writers_write_them(tmp_path, cache):
     assert '5" tv' in ds.encoder.vocabs[0]   # the train split's one row
 
 
+def test_utf8_byte_order_mark_is_not_data(tmp_path, cache):
+    """A file that starts with a UTF-8 byte order mark (Excel's "CSV UTF-8") reads as the same
+    file without it: a CSV header, and the first line of a headerless Criteo file."""
+    rng = np.random.default_rng(0)
+    csv_text = "y,a\n" + "".join(f"{i % 2},v{rng.integers(0, 4)}\n" for i in range(40))
+    criteo = "".join("\t".join([str(i % 2)] + [str(i % 5)] * 13 + [f"{i % 3:08x}"] * 26) + "\n"
+                     for i in range(40))
+    for name, text, schema in (("d.csv", csv_text, Schema(label="y", categorical=("a",))),
+                               ("d.tsv", criteo, None)):
+        kind = "csv" if schema else "criteo"
+        got = []
+        for prefix in (b"", b"\xef\xbb\xbf"):
+            path = tmp_path / f"{len(prefix)}{name}"
+            path.write_bytes(prefix + text.encode())
+            ds = load_dataset(f"{kind}:{path}", schema=schema, cache_dir=cache, min_count=1,
+                              progress=False)
+            assert ds.report["rows_read"] == 40 and ds.report["rows_skipped"] == 0, kind
+            got.append((ds.train.cat, ds.train.label, ds.encoder.vocabs))
+        np.testing.assert_array_equal(got[0][0], got[1][0])
+        np.testing.assert_array_equal(got[0][1], got[1][1])
+        assert got[0][2] == got[1][2], kind
+
+
 def test_schema_json(tmp_path):
     p = tmp_path / "s.json"
     p.write_text(json.dumps({"label": "y", "categorical": ["a"], "numeric": ["x"]}))

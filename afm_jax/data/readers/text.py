@@ -2,7 +2,8 @@
 
 Text is read in byte blocks of complete lines (`.gz` decompressed on the fly); column counts,
 empty lines, stray carriage returns and invalid UTF-8 are found with numpy on the whole block, and
-only the good lines go to pyarrow.csv (all columns as strings).
+only the good lines go to pyarrow.csv (all columns as strings). A UTF-8 byte order mark at the
+start of a file (Excel's "CSV UTF-8") is skipped.
 
 Quoting (`quoting=True`: CSV files with a header, RFC 4180 as pandas and spreadsheets write it): a
 field enclosed in double quotes may hold the delimiter, and "" inside it is one quote; a quote
@@ -27,6 +28,7 @@ from afm_jax.errors import DataError
 
 BLOCK_SIZE = 16 << 20  # bytes of text parsed at a time
 QUOTE = ord('"')
+BOM = b"\xef\xbb\xbf"   # a UTF-8 byte order mark (Excel's "CSV UTF-8"): not part of the data
 
 
 def _open_binary(path: str):
@@ -47,7 +49,7 @@ def _progress_bar(path: str, progress: bool):
 def read_first_line(path: str) -> bytes:
     raw, f = _open_binary(path)
     with raw:
-        return f.readline()
+        return f.readline().removeprefix(BOM)
 
 
 def _line_blocks(path: str, skip_lines: int, progress: bool) -> Iterator[tuple[bytes, int]]:
@@ -59,7 +61,7 @@ def _line_blocks(path: str, skip_lines: int, progress: bool) -> Iterator[tuple[b
         for _ in range(skip_lines):
             f.readline()
             line_no += 1
-        rest = b""
+        rest = b"" if skip_lines else f.read(len(BOM)).removeprefix(BOM)
         while True:
             data = f.read(BLOCK_SIZE)
             if bar is not None:
