@@ -84,9 +84,9 @@ def _positive_int(text: str) -> int:
     return _int_at_least(text, 1)
 
 
-def _count(text: str) -> int:
-    """argparse type: an integer >= 0."""
-    return _int_at_least(text, 0)
+def _max_ranks(text: str) -> int | str:
+    """argparse type: "auto" or an integer >= 0."""
+    return "auto" if text == "auto" else _int_at_least(text, 0)
 
 
 def _synthetic_vocab_arg(p: argparse.ArgumentParser) -> None:
@@ -620,8 +620,8 @@ def cmd_export(args: argparse.Namespace) -> dict:
         params = pad_ranks(params, args.pad_ranks)
     max_ranks = args.max_ranks
     if args.format == "jax" and max_ranks:
-        from afm_jax.compress import merge_ranks
-        params = merge_ranks(params, max_ranks)
+        from afm_jax.compress import padded, rank_plan
+        params = padded(params, rank_plan(params, max_ranks))
 
     data_meta = meta.get("data")
     bucketize = bucketized_fields(data_meta) if encoder is not None else ()
@@ -871,11 +871,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "unchanged; fewer table widths, so fewer gathers and projections per "
                         "call, which ONNX Runtime at batch 1-64 pays for; the file grows: "
                         "experiments/results/onnx_pad.md measures N = 2-8)")
-    p.add_argument("--max-ranks", type=_count, metavar="N",
+    p.add_argument("--max-ranks", type=_max_ranks, metavar="N|auto",
                    help="pad the compressed tables' ranks so that at most N distinct ranks remain, "
                         "choosing those that add the fewest bytes (compress.merge_ranks; scores "
-                        "unchanged; default 3 for --format onnx, where each rank costs ONNX "
-                        "Runtime a gather and a projection per call; 0: as the model has them)")
+                        "unchanged); auto: the fewest ranks whose padding at most doubles the "
+                        "model's bytes once loaded (the default for --format onnx, where each rank "
+                        "costs ONNX Runtime a gather and a projection per call, and the file holds "
+                        "the tables unpadded: ONNX Runtime pads them when it loads the file); 0: "
+                        "as the model has them")
     p.add_argument("--out", required=True, help="artifact directory")
     _overwrite_arg(p)
     _precision_arg(p, "; baked into the artifact, signature.json records it")

@@ -43,7 +43,7 @@ checkpoint library of every install that takes the extra.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -61,7 +61,8 @@ ONNX_SIGNATURE = "signature.json"
 ONNX_FORMAT = "afm_jax.onnx/1"
 FOLD_EXTRA_BYTES = 1 << 16   # a folded constant may exceed its inputs' bytes by this much
 HASH_NOTE_KEY = "afm_jax.hashed_inputs"   # metadata_props: the hashed inputs and their rule
-MAX_RANKS = 3   # export_onnx's default: compressed tables padded to at most 3 distinct ranks
+MAX_RANKS = "auto"   # export_onnx's default (`compress.rank_plan`): the fewest table ranks
+#                     whose padding at most doubles the model's bytes once loaded
 
 
 class ExportError(AfmError):
@@ -106,6 +107,7 @@ class _Graph:
         self.initializers: list = []
         self._n = 0
         self._consts: dict[int, tuple[str, np.ndarray]] = {}
+        self._small: dict[tuple, str] = {}   # (dtype, shape, bytes) of a small constant -> name
         self._batch_source = batch_source   # a [B, ...] input: its Shape gives B at run time
         self._batch: str | None = None
         self.producer: dict[str, Any] = {}         # output name -> the node that makes it
@@ -135,12 +137,15 @@ class _Graph:
         return v is not None and v.size > 0 and bool(np.all(v == value))
 
     def const(self, value, dtype=None) -> str:
-        """An initializer holding `value` (cached per array object)."""
+        """An initializer holding `value` (cached per array object, and small ones per value)."""
         onnx = _onnx()
         arr = np.asarray(value, dtype=dtype)
         key = id(value) if dtype is None and isinstance(value, np.ndarray) else None
         if key is not None and key in self._consts:
             return self._consts[key][0]
+        small = (arr.dtype.str, arr.shape, arr.tobytes()) if arr.size <= 64 else None
+        if small is not None and small in self._small:
+            return self._small[small]
         name = self.fresh("c")
         if arr.dtype.name == "bfloat16":
             tensor = onnx.helper.make_tensor(name, _tensor_type(arr.dtype), arr.shape,
@@ -148,8 +153,9 @@ class _Graph:
         else:
             tensor = onnx.numpy_helper.from_array(arr, name)
         self.initializers.append(tensor)
-        if arr.size <= 64:
+        if small is not None:
             self.values[name] = arr
+            self._small[small] = name
         if key is not None:   # the array is kept, so its id cannot be reused by another
             self._consts[key] = (name, value)
         return name
@@ -256,7 +262,19 @@ class _Converter:
         if any(_is_symbolic(d) for d in getattr(out, "shape", ())):
             return False
         out_bytes = int(np.prod(out.shape, dtype=np.int64)) * np.dtype(out.dtype).itemsize
-        return out_bytes <= sum(np.asarray(x).nbytes for x in ins) + FOLD_EXTRA_BYTES
+        in_bytes = sum(np.asarray(x).nbytes for x in ins)
+        if eqn.primitive.name == "pad":   # padded tables: the file holds them unpadded
+            return out_bytes <= in_bytes
+        return out_bytes <= in_bytes + FOLD_EXTRA_BYTES
+
+    def p_pad(self, eqn, ins):
+        config = eqn.params["padding_config"]
+        if any(lo < 0 or hi < 0 or interior for lo, hi, interior in config):
+            raise ExportError(f"pad with negative or interior padding has no rule: {config}")
+        pads = [lo for lo, _, _ in config] + [hi for _, hi, _ in config]
+        return self.g.node("Pad", [self.name(ins[0]), self.g.const(pads, np.int64),
+                                   self.name(np.asarray(ins[1]).reshape(()) if not isinstance(ins[1], str)
+                                             else ins[1])])
 
     # ------------------------------------------------------------------ shape and layout
     def p_convert_element_type(self, eqn, ins):
@@ -323,6 +341,12 @@ class _Converter:
         idx = np.concatenate([offset[s] + np.arange(a, b) for s, _, a, b in pieces])
         whole = sources[0] if len(sources) == 1 else self.g.node("Concat", sources, axis=axis)
         return self.g.node("Gather", [whole, self.g.const(idx.astype(np.int64))], axis=axis)
+
+    def p_stack(self, eqn, ins):
+        axis = eqn.params["axis"]
+        parts = [self.g.node("Unsqueeze", [x, self.g.const([axis], np.int64)]) if isinstance(x, str)
+                 else self.g.const(np.expand_dims(np.asarray(x), axis)) for x in ins]
+        return self.g.node("Concat", parts, axis=axis)
 
     def _source_size(self, name: str, axis: int):
         return self._sizes.get((name, axis))
@@ -758,27 +782,48 @@ def _hash_note(encoder) -> dict:
 
 # ---------------------------------------------------------------------------------- the export
 
-def scorer_fn(model, params, compute_dtype=None) -> Callable:
+def scorer_fn(model, params, compute_dtype=None, rank_of: Mapping[str, int] | None = None) -> Callable:
     """(cat, num[, bags, bag_len]) -> probabilities, with the packed params closed over as
     device arrays (numpy leaves would be indexed by tracers). bags / bag_len: {field: [B, L]} /
-    {field: [B]} for a model with bag fields (`afm_jax.data.splits`)."""
+    {field: [B]} for a model with bag fields (`afm_jax.data.splits`).
+
+    rank_of: the compressed tables padded to these ranks (`compress.merged_ranks`) inside the
+    function, and packed there: a trace of it holds the tables as given and the padding and
+    packing as operations on them (which ONNX Runtime folds when it loads the file)."""
+    from afm_jax.compress import padded
     from afm_jax.inference import logits_fn
     from afm_jax.packing import pack
 
-    packed = jax.tree.map(jnp.asarray, pack(model, params))
     logits = logits_fn(model, None, 1, compute_dtype)
+    if rank_of:
+        given = jax.tree.map(jnp.asarray, params)
+
+        def packed():
+            return pack(model, padded(given, rank_of, pad=jnp.pad))
+    else:
+        whole = jax.tree.map(jnp.asarray, pack(model, params))
+
+        def packed():
+            return whole
 
     def score(cat, num, bags=None, bag_len=None):
         batch = {"cat": cat, "num": num}
         if bags:
             batch.update(bags=bags, bag_len=bag_len)
-        return jax.nn.sigmoid(logits(packed, batch))
+        return jax.nn.sigmoid(logits(packed(), batch))
 
     return score
 
 
-def to_onnx(model, params, *, encoder=None, bucketize: Sequence[str] = (), compute_dtype=None):
-    """The scorer as an `onnx.ModelProto` (see the module docstring)."""
+def to_onnx(model, params, *, encoder=None, bucketize: Sequence[str] = (), compute_dtype=None,
+            max_ranks: int | str | None = None):
+    """The scorer as an `onnx.ModelProto` (see the module docstring). max_ranks: the compressed
+    tables padded in the graph to fewer distinct ranks (`compress.rank_plan`: "auto", N, or
+    None for every rank): the file holds them as given, and ONNX Runtime pads and packs them
+    when it loads the file (constant folding), so it runs one gather and one projection per
+    kept rank."""
+    from afm_jax.compress import rank_plan
+
     onnx = _onnx()
     info = model.info
     bags = tuple(getattr(info, "bags", ()))
@@ -788,7 +833,8 @@ def to_onnx(model, params, *, encoder=None, bucketize: Sequence[str] = (), compu
     if bags:
         specs += [{x.name: S((b, int(x.max_len)), jnp.int32) for x in bags},
                   {x.name: S((b,), jnp.int32) for x in bags}]
-    closed = jax.make_jaxpr(scorer_fn(model, params, compute_dtype))(*specs)
+    closed = jax.make_jaxpr(scorer_fn(model, params, compute_dtype,
+                                      rank_plan(params, max_ranks)))(*specs)
     if encoder is not None:
         if tuple(encoder.cat_names) != tuple(info.cat_names) or tuple(encoder.num_names) != tuple(info.num_names) \
                 or [x.name for x in getattr(encoder, "bags", ())] != [x.name for x in bags]:
@@ -954,7 +1000,7 @@ def onnx_signature(model, encoder, bucketize: Sequence[str], precision: str, fil
 
 def export_onnx(model, params, path, *, encoder=None, bucketize: Sequence[str] = (),
                 compute_dtype=None, overwrite: bool = False, source: dict | None = None,
-                ort: bool = False, max_ranks: int | None = MAX_RANKS) -> Path:
+                ort: bool = False, max_ranks: int | str | None = MAX_RANKS) -> Path:
     """Write `path/model.onnx` and `path/signature.json` (see the module docstring), atomically
     (`outputs.atomic_dir`; an existing `path` is refused unless `overwrite`).
 
@@ -964,28 +1010,29 @@ def export_onnx(model, params, path, *, encoder=None, bucketize: Sequence[str] =
     the raw files' layout (`transforms.source_layout`), recorded in signature.json. ort: also
     write `model.with_runtime_opt.ort` and `model.required_operators.with_runtime_opt.config`
     for a minimal ONNX Runtime build (`python -m onnxruntime.tools.convert_onnx_models_to_ort
-    --optimization_style Runtime`). max_ranks: the compressed tables' ranks padded so that at
-    most this many distinct ranks remain (`compress.merge_ranks`: zero columns, scores unchanged;
-    None: as given). ONNX Runtime pays per node at small batches, and each rank is a gather and
-    a projection: at the default 3, AFM 25 % of a trained DeepFM on Criteo scores 1.09-1.32x the
-    original at batch 1 instead of 0.59-0.74x, for +4.4 % bytes (experiments/results/
-    onnx_pad.md and onnx_export.md).
+    --optimization_style Runtime`). max_ranks: the compressed tables' ranks padded to fewer
+    distinct ranks when ONNX Runtime runs the file (`compress.rank_plan`: "auto", the fewest
+    ranks whose padding at most doubles the model's bytes once loaded; N, at most N; None, every
+    rank). The file holds the tables as given; the graph pads and packs them, and ONNX Runtime
+    does that once, when it loads the file (scores unchanged). ONNX Runtime pays per node at
+    small batches, and each rank is a gather and a projection. signature.json's
+    bytes.rank_padding: what the padding adds in memory once loaded.
     """
-    from afm_jax.compress import merge_ranks
+    from afm_jax.compress import padded, rank_plan
     from afm_jax.inference import count_bytes, precision_name
     from afm_jax.outputs import atomic_dir
 
     stored = count_bytes(params)
-    if max_ranks is not None:
-        params = merge_ranks(params, max_ranks)
     proto = to_onnx(model, params, encoder=encoder, bucketize=bucketize,
-                    compute_dtype=compute_dtype)
+                    compute_dtype=compute_dtype, max_ranks=max_ranks)
     data = proto.SerializeToString()
     opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
     sig = onnx_signature(model, encoder, tuple(bucketize), precision_name(compute_dtype),
                          len(data), stored, source, opset)
-    sig["bytes"]["rank_padding"] = count_bytes(params) - stored
+    plan = rank_plan(params, max_ranks)
+    sig["bytes"]["rank_padding"] = count_bytes(padded(params, plan)) - stored if plan else 0
     sig["max_ranks"] = max_ranks
+    sig["ranks"] = sorted(set(plan.values())) if plan else None
     with atomic_dir(path, overwrite) as tmp:
         (tmp / ONNX_FILE).write_bytes(data)
         if ort:
@@ -1019,6 +1066,21 @@ def _to_ort(onnx_file: Path) -> dict:
     return {"file": ort_file.name, "bytes": ort_file.stat().st_size,
             "required_operators": config.name, "operators": ops,
             "build": "onnxruntime build.sh --minimal_build --include_ops_by_config " + config.name}
+
+
+def runtime_nodes(proto) -> int:
+    """The nodes ONNX Runtime (CPU) runs for `proto`, after the optimizations it applies when it
+    loads the file (constant folding included: the tables' padding and packing are gone)."""
+    import tempfile
+
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        so = ort.SessionOptions()
+        so.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        so.log_severity_level = 3
+        ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        return len(_onnx().load(so.optimized_model_filepath).graph.node)
 
 
 def load_onnx(path, providers: Sequence[str] = ("CPUExecutionProvider",)) -> Callable:

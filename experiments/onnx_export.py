@@ -3,13 +3,15 @@ Runtime against the JAX scorer, and rows/s and per-call latency of both, in one 
 
 For each model (DeepFM, DCNv2 by default; trained `--epochs` on the shared Criteo sample, 8:1:1
 in file order, min-count 10) and each form (original, AFM at a 25 % parameter budget, int8, AFM +
-int8, AFM at a 10 % budget + int8; the AFM forms with their tables padded to at most 3 distinct
-ranks, `compress.merge_ranks`, as `afm-jax export --format onnx` writes them by default, and two
-of them also with every rank as compressed, as `--max-ranks 0` writes them; JAX and torch.compile
-score the params as compressed, which the merge leaves unchanged in every score, and which XLA
-runs faster unmerged at large batches): the ONNX file that takes ids (`--no-raw-inputs`) and the
-one with the encoder in the graph
-(raw values in), the `.ort` file of the ids graph and its operator count; test AUC of ONNX
+int8, AFM at a 10 % budget + int8; the AFM forms with their tables' ranks merged in the graph
+as `afm-jax export --format onnx` writes them by default (`--max-ranks auto`: the file holds the
+tables as compressed, and ONNX Runtime pads and packs them when it loads the file), and two of
+them also with every rank, as `--max-ranks 0` writes them; JAX and torch.compile score the params
+as compressed, which the merge leaves unchanged in every score, and which XLA runs faster
+unmerged at large batches): the ONNX file that takes ids (`--no-raw-inputs`) and the one with
+the encoder in the graph
+(raw values in), the `.ort` file of the ids graph and its operator count, the nodes ONNX
+Runtime runs and the bytes it holds once it has loaded the file; test AUC of ONNX
 Runtime on the encoded test split against the JAX scorer's; rows/s of ONNX Runtime (2 intra-op
 threads), the JAX live scorer (packed params on the device) and the exported JAX scorer at each
 batch size, the JAX scorers in rounds alternating them, then the ORT sessions (the form's and
@@ -34,12 +36,12 @@ import onnxruntime as ort
 from common import RESULTS, command_line, load, machine, write_results
 
 from afm_jax import compress_model, make_scorer, quantize, train
-from afm_jax.compress import merge_ranks
+from afm_jax.compress import padded, rank_plan
 from afm_jax.inference import count_bytes, device_params, evaluate, export, load_exported
 from afm_jax.lab.bench import ort_session
 from afm_jax.metrics import auc
 from afm_jax.models import build_model
-from afm_jax.onnx_export import MAX_RANKS, _to_ort, to_onnx
+from afm_jax.onnx_export import MAX_RANKS, _to_ort, runtime_nodes, to_onnx
 from afm_jax.train import TrainConfig
 from afm_jax.transforms import bucketized_fields
 
@@ -160,16 +162,15 @@ def main() -> None:
         params = train(model, ds, TrainConfig(epochs=args.epochs), progress=False).params
         afm = compress_model(model, params, ds, "budget:0.25", progress=False).params
         afm10 = compress_model(model, params, ds, "budget:0.1", progress=False).params
-        # form -> (its params, the params its ONNX file holds: ranks merged as export does)
+        # form -> (its params, the ranks of its ONNX file: merged as export does by default)
         forms = {"original": params, "AFM 25%": afm, "AFM 25%, every rank": afm,
                  "int8": quantize(params), "AFM 25% + int8": quantize(afm),
                  "AFM 10% + int8": quantize(afm10), "AFM 10% + int8, every rank": quantize(afm10)}
-        forms = {k: (p, p if k.endswith("every rank") else merge_ranks(p, MAX_RANKS))
-                 for k, p in forms.items()}
+        forms = {k: (p, None if k.endswith("every rank") else MAX_RANKS) for k, p in forms.items()}
         original_session = None
-        for form, (p, in_file) in forms.items():
-            ids = to_onnx(model, in_file)
-            raw = to_onnx(model, in_file, encoder=ds.encoder, bucketize=bucketize)
+        for form, (p, max_ranks) in forms.items():
+            ids = to_onnx(model, p, max_ranks=max_ranks)
+            raw = to_onnx(model, p, encoder=ds.encoder, bucketize=bucketize, max_ranks=max_ranks)
             with tempfile.TemporaryDirectory() as tmp:
                 f = Path(tmp) / "model.onnx"
                 f.write_bytes(ids.SerializeToString())
@@ -184,7 +185,8 @@ def main() -> None:
             row = {"model": name, "form": form, "stored_bytes": int(count_bytes(p)),
                    "onnx_ids_bytes": len(ids.SerializeToString()),
                    "onnx_raw_bytes": len(raw.SerializeToString()), "ort_bytes": ort_info["bytes"],
-                   "operators": ort_info["operators"], "nodes": len(ids.graph.node),
+                   "operators": ort_info["operators"], "nodes": runtime_nodes(ids),
+                   "loaded_bytes": int(count_bytes(padded(p, rank_plan(p, max_ranks)))),
                    "auc_jax": float(jax_auc), "auc_onnx": float(auc(np.asarray(ds.test.label), onnx_scores)),
                    "speed": _speed(session, scorer, placed, ds.test, args.batch_sizes, args.rounds,
                                    _torch_peer(name, ds.info, p), _exported(model, p),
@@ -217,11 +219,13 @@ def to_markdown(results: list[dict], batch_sizes) -> str:
              f"{ort.__version__}, 2 intra-op threads", "",
              "Forms of DeepFM/DCNv2 trained on the Criteo sample. *ids* file: the scorer alone "
              "(`--no-raw-inputs`); *raw* file: the encoder in the graph (vocabularies as "
-             "LabelEncoder tables); *.ort*: ONNX Runtime's format of the ids file. AUC on the "
-             "test split (the same encoded rows for both runtimes).", "",
+             "LabelEncoder tables); *.ort*: ONNX Runtime's format of the ids file; *loaded*: the "
+             "params' bytes once ONNX Runtime has padded the merged ranks (`compress.rank_plan`); "
+             "*nodes*: those ONNX Runtime runs after its optimizations at load. AUC on the test "
+             "split (the same encoded rows for both runtimes).", "",
              "| model | form | stored bytes | ids .onnx | vs original ids | raw .onnx | vs original "
-             "raw | .ort | nodes | operator types | test AUC JAX | test AUC ORT |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "raw | .ort | loaded | nodes | operator types | test AUC JAX | test AUC ORT |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     orig = {r["model"]: r for r in results if r["form"] == "original"}
     for r in results:
         n_ops = sum(len(line.split(";")[2].split(",")) for line in r["operators"])
@@ -229,7 +233,7 @@ def to_markdown(results: list[dict], batch_sizes) -> str:
         lines.append(f"| {r['model']} | {r['form']} | {r['stored_bytes']:,} | {r['onnx_ids_bytes']:,} | "
                      f"1/{o['onnx_ids_bytes'] / r['onnx_ids_bytes']:.1f} | {r['onnx_raw_bytes']:,} | "
                      f"1/{o['onnx_raw_bytes'] / r['onnx_raw_bytes']:.1f} | {r['ort_bytes']:,} | "
-                     f"{r['nodes']} | {n_ops} | {r['auc_jax']:.4f} | {r['auc_onnx']:.4f} |")
+                     f"{r['loaded_bytes']:,} | {r['nodes']} | {n_ops} | {r['auc_jax']:.4f} | {r['auc_onnx']:.4f} |")
     lines += _speed_table(
         results, batch_sizes, "Rows/s (batch size / the median call of a round; median of rounds, "
         "the JAX scorers alternating in one pass, ONNX Runtime's sessions in the next) of the JAX "

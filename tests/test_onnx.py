@@ -31,6 +31,7 @@ from afm_jax.onnx_export import (  # noqa: E402
     ExportError,
     encoder_to_onnx,
     load_onnx,
+    runtime_nodes,
     scorer_fn,
     to_onnx,
 )
@@ -231,6 +232,34 @@ def test_merged_ranks_are_the_cheapest_padding_to_that_many_ranks(deepfm):
     assert {n: t["embedding"].shape[1] for n, t in got.items()} == {"a": 2, "b": 2, "c": 4, "d": 4}
 
 
+def test_ranks_merged_in_the_graph_keep_the_file_small_and_every_score(deepfm):
+    """`to_onnx(..., max_ranks=N|"auto")` pads and packs the tables in the graph: ONNX Runtime
+    runs the same nodes and scores as for the params merged beforehand (`merge_ranks`), while the
+    file holds the tables as compressed (within 5 % of the unmerged file's bytes). "auto" is the
+    fewest ranks whose padding adds at most the params' own bytes."""
+    from afm_jax.inference import count_bytes
+
+    model, params, stats = deepfm
+    sites = sorted(s for s in stats if s.startswith("embed/"))
+    afm = compress.compress(params, stats, {s: 2 + (3 * i) % 5 for i, s in enumerate(sites)})
+    batch = _ids_batch()
+    for label, form in (("float", afm), ("int8", quantize(afm))):
+        plain = to_onnx(model, form)
+        for n in (1, 2, "auto"):
+            plan = compress.rank_plan(form, n)
+            merged = compress.padded(form, plan)
+            in_graph, before = to_onnx(model, form, max_ranks=n), to_onnx(model, merged)
+            assert len(in_graph.SerializeToString()) <= 1.05 * len(plain.SerializeToString())
+            assert runtime_nodes(in_graph) == runtime_nodes(before) < runtime_nodes(plain)
+            np.testing.assert_allclose(_ort_scores(in_graph, batch), _ort_scores(before, batch),
+                                       rtol=0, atol=0, err_msg=f"{label} {n}")
+        own = count_bytes(form)
+        added = {g: count_bytes(compress.merge_ranks(form, g)) - own for g in (1, 2, 3, 4, 5)}
+        g = len(set(compress.rank_plan(form, "auto").values()))
+        assert added[g] <= own and (g == 1 or added[g - 1] > own), (label, g, added, own)
+    assert compress.rank_plan(afm, 0) is None and compress.rank_plan(afm, None) is None
+
+
 def test_rank_padding_keeps_one_storage_per_packed_width(deepfm):
     """After `quantize`, a rank-1 table stays float (int8 would not make it smaller) beside int8
     tables of ranks 2-4. pad_ranks and merge_ranks never pad it into an int8 width (the packed
@@ -344,9 +373,8 @@ def test_raw_inputs_equal_encoder_then_scorer(deepfm):
 @pytest.fixture(scope="module")
 def criteo_export(tmp_path_factory):
     """A DeepFM trained on 1,200 Criteo sample lines, compressed at budget 0.5, its `afm-jax
-    score` scores, and its ONNX export (with .ort, ranks padded to 4, then merged to 3 as export
-    does by default): (dir, data file, lines,
-    scores, export)."""
+    score` scores, and its ONNX export (with .ort, ranks padded to 4, then merged in the graph as
+    export does by default, `--max-ranks auto`): (dir, data file, lines, scores, export)."""
     from afm_jax.cli import main
 
     if not CRITEO.is_file():
@@ -385,7 +413,7 @@ def _criteo_feeds(lines: list[str]) -> dict:
 def test_cli_onnx_export_scores_raw_criteo_lines_as_afm_jax_score(criteo_export, tmp_path):
     d, data, lines, want, out = criteo_export
     sig = json.loads((out / "signature.json").read_text())
-    assert sig["max_ranks"] == 3 and sig["bytes"]["rank_padding"] >= 0    # export's default
+    assert sig["max_ranks"] == "auto" and sig["bytes"]["rank_padding"] >= 0   # export's default
     kinds = {i["name"]: i["kind"] for i in sig["inputs"]}
     assert kinds["I1"] == "bucketized" and kinds["C1"] == "categorical"
     feeds = _criteo_feeds(lines)
@@ -435,9 +463,11 @@ def _encoded(model_dir: Path, data: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def test_max_ranks_merges_the_ranks_and_keeps_every_score(criteo_export, tmp_path):
     """`afm-jax export --max-ranks N`: the jax.export artifact with the ranks merged to 2 holds
-    at most 2 compressed table widths and scores the Criteo lines as `afm-jax score` does; the
-    ONNX file with `--max-ranks 0` keeps every rank (more nodes than the default 3, no padding
-    bytes, signature.json says so)."""
+    at most 2 compressed table widths and scores the Criteo lines as `afm-jax score` does. The
+    ONNX files merge in the graph: with the default (`auto`) and with 2, the file holds the
+    tables as compressed (its bytes within 3 % of `--max-ranks 0`'s), ONNX Runtime runs fewer
+    nodes once it has loaded it, signature.json counts the bytes the padding adds in memory,
+    and the scores equal the unmerged file's."""
     from afm_jax.checkpoint import load_model_dir
     from afm_jax.cli import main
     from afm_jax.inference import load_exported
@@ -458,15 +488,23 @@ def test_max_ranks_merges_the_ranks_and_keeps_every_score(criteo_export, tmp_pat
     cat, num = _encoded(small, data)
     np.testing.assert_allclose(np.asarray(load_exported(tmp_path / "j")(cat, num)), want,
                                rtol=0, atol=1e-6)
-    nodes = {}
-    for n in ("0", "3"):
-        assert main(["export", "--format", "onnx", "--no-raw-inputs", "--max-ranks", n,
-                     "--model-dir", str(small), "--out", str(tmp_path / n)]) == 0
-        sig = json.loads((tmp_path / n / "signature.json").read_text())
-        assert sig["max_ranks"] == (None if n == "0" else 3)
+    nodes, size, scores = {}, {}, {}
+    for n in ("0", "2", None):
+        out = tmp_path / f"onnx{n}"
+        assert main(["export", "--format", "onnx", "--no-raw-inputs", "--model-dir", str(small),
+                     "--out", str(out), *(["--max-ranks", n] if n else [])]) == 0
+        sig = json.loads((out / "signature.json").read_text())
+        assert sig["max_ranks"] == {"0": None, "2": 2, None: "auto"}[n]
         assert (sig["bytes"]["rank_padding"] == 0) == (n == "0")
-        nodes[n] = len(onnx.load(tmp_path / n / "model.onnx").graph.node)
-    assert nodes["0"] > nodes["3"], nodes
+        assert sig["ranks"] == (None if n == "0" else sorted(set(compress.rank_plan(
+            params, sig["max_ranks"]).values())))
+        proto = onnx.load(out / "model.onnx")
+        nodes[n], size[n] = runtime_nodes(proto), (out / "model.onnx").stat().st_size
+        scores[n] = _ort_scores(proto, {"cat": cat, "num": num})
+    assert nodes["0"] > nodes["2"] >= nodes[None], nodes
+    assert size["2"] <= 1.03 * size["0"] and size[None] <= 1.03 * size["0"], size
+    for n in ("2", None):
+        np.testing.assert_allclose(scores[n], scores["0"], rtol=0, atol=1e-7)
 
 
 def test_a_client_encodes_from_signature_and_encoder_json_alone(criteo_export, tmp_path):

@@ -15,8 +15,11 @@ from afm_jax.compress.afm import (
                                   compress,
                                   fold_projections,
                                   merge_ranks,
+                                  merged_ranks,
                                   pad_ranks,
+                                  padded,
                                   principal_directions,
+                                  rank_plan,
                                   variance_kept,
 )
 from afm_jax.compress.baselines import svd_compress, svd_embedding, svd_linear
@@ -35,7 +38,8 @@ from afm_jax.compress.stats import SiteStats, collect_stats, load_stats, save_st
 
 __all__ = [
     "SiteStats", "collect_stats", "save_stats", "load_stats",
-    "afm_linear", "afm_embedding", "fold_projections", "pad_ranks", "merge_ranks", "compress", "principal_directions",
+    "afm_linear", "afm_embedding", "fold_projections", "pad_ranks", "merge_ranks", "merged_ranks",
+    "padded", "rank_plan", "compress", "principal_directions",
     "variance_kept", "svd_linear", "svd_embedding", "svd_compress", "finetune", "FinetuneResult",
     "fixed_plan", "energy_plan", "budget_plan", "make_plan", "plan_report", "PlanReport",
     "compress_model", "CompressionResult", "calibration_indices",

@@ -208,14 +208,23 @@ def pad_ranks(params: Params, multiple: int = 4) -> Params:
         keep = [name for name, w in rank_of.items() if w != tables[name].k and len(kinds[w]) > 1
                 and tables[name].int8 not in (native[w] or {True})]
         if not keep:
-            return _padded(params, rank_of)
+            return padded(params, rank_of)
         rank_of.update((name, tables[name].k) for name in keep)
 
 
-def merge_ranks(params: Params, ranks: int) -> Params:
+def merge_ranks(params: Params, ranks: int | None = None, *, max_added: float | None = None) -> Params:
     """The compressed tables' ranks padded (as `pad_ranks` pads them: zero columns and zero
     projection rows, scores unchanged) so that at most `ranks` distinct ranks remain, choosing
-    the kept ranks that add the fewest bytes.
+    the kept ranks that add the fewest bytes (or, with `max_added`, as few ranks as that many
+    added bytes allow): `padded(params, merged_ranks(params, ranks, max_added=...))`."""
+    return padded(params, merged_ranks(params, ranks, max_added=max_added))
+
+
+def merged_ranks(params: Params, ranks: int | None = None, *,
+                 max_added: float | None = None) -> dict[str, int]:
+    """The rank each compressed table pads to (`merge_ranks`) so that at most `ranks` distinct
+    ranks remain, choosing the kept ranks that add the fewest bytes; or, given `max_added`
+    instead of `ranks`, the fewest ranks whose padding adds at most that many bytes.
 
     Each table pads up to the smallest kept rank at or above its own, never past its
     projection's width d, nor into a width where it would sit beside tables of the other storage
@@ -227,13 +236,15 @@ def merge_ranks(params: Params, ranks: int) -> Params:
     a trained AFM DeepFM on Criteo (13 ranks): 4 ranks for +2.4 % bytes, where padding to a
     multiple of 4 gives 4 ranks for +9.1 % (experiments/results/onnx_pad.md).
     """
-    if ranks < 1:
+    if (ranks is None) == (max_added is None):
+        raise CompressionError("merge_ranks: give either ranks or max_added")
+    if ranks is not None and ranks < 1:
         raise CompressionError(f"merge_ranks: ranks must be >= 1, got {ranks}")
     tables = _compressed_tables(params)
     fixed = _fixed_storage(params)
     widths = sorted({t.k for t in tables.values()})
-    if len(widths) <= ranks:
-        return dict(params)
+    if ranks is not None and len(widths) <= ranks:
+        return {name: t.k for name, t in tables.items()}
 
     def cost(i: int, j: int) -> float:      # the ranks widths[i..j] padded to widths[j]
         top, total, kinds = widths[j], 0.0, set(fixed.get(widths[j], ()))
@@ -255,14 +266,34 @@ def merge_ranks(params: Params, ranks: int) -> Params:
             costs = [best[g - 1, i] + group[i][j - 1] for i in range(j)]
             back[g, j] = int(np.argmin(costs))
             best[g, j] = costs[back[g, j]]
-    g = int(np.argmin(best[:ranks + 1, n]))
-    if not np.isfinite(best[g, n]):      # widths d forbid `ranks` groups: the fewest they allow
-        g = int(np.flatnonzero(np.isfinite(best[:, n]))[0])
+    allowed = np.flatnonzero(np.isfinite(best[:, n]))   # group counts the widths allow (n does)
+    if ranks is None:                    # the fewest groups within the byte budget (n adds none)
+        g = int(next(k for k in allowed if best[k, n] <= max_added))
+    elif allowed[0] > ranks:             # widths d forbid `ranks` groups: the fewest they allow
+        g = int(allowed[0])
+    else:
+        g = int(np.argmin(best[:ranks + 1, n]))
     kept, j = [], n
     while j > 0:
         kept.append(widths[j - 1])
         j, g = back[g, j], g - 1
-    return _padded(params, {name: min(w for w in kept if w >= t.k) for name, t in tables.items()})
+    return {name: min(w for w in kept if w >= t.k) for name, t in tables.items()}
+
+
+def rank_plan(params: Params, max_ranks: int | str | None) -> dict[str, int] | None:
+    """The rank each compressed table pads to for a runtime that pays per table rank (ONNX
+    Runtime: `export_onnx`, `afm-jax export --max-ranks`): "auto", the fewest distinct ranks
+    whose padding adds at most the params' own bytes (loaded, the model is at most twice its
+    stored size; a big table keeps its rank, and the small ones join it); N >= 1, at most N
+    ranks (`merged_ranks`); 0 or None: None, every rank as it is."""
+    if not max_ranks:
+        return None
+    if max_ranks == "auto":
+        from afm_jax.inference import count_bytes
+        return merged_ranks(params, max_added=count_bytes(params))
+    if isinstance(max_ranks, str):
+        raise CompressionError(f"max_ranks: expected 'auto' or a count, got {max_ranks!r}")
+    return merged_ranks(params, int(max_ranks))
 
 
 class _Table(NamedTuple):
@@ -312,9 +343,10 @@ def _storage_by_width(tables: Mapping[str, _Table], fixed: Mapping[int, set[bool
     return kinds, native
 
 
-def _padded(params: Params, rank_of: Mapping[str, int]) -> Params:
+def padded(params: Params, rank_of: Mapping[str, int], pad=np.pad) -> Params:
     """params with each named compressed table padded with zero columns (and its projection
-    with zero rows) up to rank_of[name]."""
+    with zero rows) up to rank_of[name]. pad: `np.pad`, or `jnp.pad` to pad inside a traced
+    function (the ONNX export pads there, so that the file holds the tables unpadded)."""
     out = dict(params)
     if not rank_of:
         return out
@@ -322,11 +354,11 @@ def _padded(params: Params, rank_of: Mapping[str, int]) -> Params:
     for name, k_new in rank_of.items():
         node = new_embed[name]
         key = "embedding_q" if "embedding_q" in node else "embedding"
-        table, kernel = np.asarray(node[key]), np.asarray(node["proj"]["kernel"])
-        extra = k_new - kernel.shape[0]
+        table, kernel = node[key], node["proj"]["kernel"]
+        extra = k_new - np.shape(kernel)[0]
         if extra > 0:
-            new_embed[name] = {**node, key: np.pad(table, ((0, 0), (0, extra))),
-                               "proj": {**node["proj"], "kernel": np.pad(kernel, ((0, extra), (0, 0)))}}
+            new_embed[name] = {**node, key: pad(table, ((0, 0), (0, extra))),
+                               "proj": {**node["proj"], "kernel": pad(kernel, ((0, extra), (0, 0)))}}
     out["embed"] = new_embed
     return out
 
