@@ -869,8 +869,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pad-ranks", type=_positive_int, metavar="N",
                    help="pad each compressed table's rank up to a multiple of N (scores "
                         "unchanged; fewer table widths, so fewer gathers and projections per "
-                        "call, which ONNX Runtime at batch 1-64 pays for; the file grows: "
-                        "experiments/results/onnx_pad.md measures N = 2-8)")
+                        "call, which ONNX Runtime at batch 1-64 pays for; the file grows, where "
+                        "--max-ranks pads in the graph: experiments/results/onnx_pad.md)")
     p.add_argument("--max-ranks", type=_max_ranks, metavar="N|auto",
                    help="pad the compressed tables' ranks so that at most N distinct ranks remain, "
                         "choosing those that add the fewest bytes (compress.merge_ranks; scores "

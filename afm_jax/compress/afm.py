@@ -193,8 +193,8 @@ def pad_ranks(params: Params, multiple: int = 4) -> Params:
 
     For a serving runtime that pays per operation (ONNX Runtime at small batches): the packed
     layout gathers and projects once per table width, and a budget plan spreads the fields over
-    many ranks (a trained AFM DeepFM on Criteo: 13 widths, 123 ONNX nodes; padded to 4: 69).
-    Costs (k' - k) columns per row: +9 % bytes on that model. Folded tables (their projection
+    many ranks (a trained AFM DeepFM on Criteo: 13 widths, 98 nodes that ONNX Runtime runs;
+    padded to 4: 53). Costs (k' - k) columns per row: +9 % bytes on that model. Folded tables (their projection
     lives in the next Linear), full and TT tables, and int8 ones' row scales are unchanged.
     `merge_ranks` reaches few widths for fewer bytes.
     """
@@ -233,8 +233,8 @@ def merged_ranks(params: Params, ranks: int | None = None, *,
     ranks come from a dynamic program over the distinct ranks in ascending order, where a
     group's cost is its padded bytes (rows x table bytes per value plus d x projection bytes per
     value, per added column): big tables keep their own rank and the small ones join them. On
-    a trained AFM DeepFM on Criteo (13 ranks): 4 ranks for +2.4 % bytes, where padding to a
-    multiple of 4 gives 4 ranks for +9.1 % (experiments/results/onnx_pad.md).
+    a trained AFM DeepFM on Criteo (13 ranks): 3 ranks for +4.9 % bytes, where padding to a
+    multiple of 4 gives 4 ranks for +9.7 % (experiments/results/onnx_pad.md).
     """
     if (ranks is None) == (max_added is None):
         raise CompressionError("merge_ranks: give either ranks or max_added")
