@@ -5,7 +5,9 @@ jaxpr with a symbolic batch dimension, and each primitive becomes ONNX nodes (`_
 Params become initializers in their stored dtype, so int8 tables and kernels stay int8 in the
 file. Equations whose inputs are all constants (e.g. the triangle indices of a pairwise
 interaction) are evaluated here and stored as small initializers, unless that would grow the
-file (an int8 kernel's float cast stays a Cast node).
+file (an int8 kernel's float cast stays a Cast node; a padding stays a Pad node, so tables whose
+ranks are merged in the graph, `max_ranks`, are stored as compressed, and ONNX Runtime pads and
+packs them once, when it loads the file). Small constants are stored once per value.
 
 Products: a float `x @ W` is a MatMul; other contractions (attention, TT-Rec cores) are Einsum;
 an int8 x int8 -> int32 product (`make_scorer(..., compute_dtype="int8")`) is `MatMulInteger`,
@@ -272,9 +274,8 @@ class _Converter:
         if any(lo < 0 or hi < 0 or interior for lo, hi, interior in config):
             raise ExportError(f"pad with negative or interior padding has no rule: {config}")
         pads = [lo for lo, _, _ in config] + [hi for _, hi, _ in config]
-        return self.g.node("Pad", [self.name(ins[0]), self.g.const(pads, np.int64),
-                                   self.name(np.asarray(ins[1]).reshape(()) if not isinstance(ins[1], str)
-                                             else ins[1])])
+        fill = ins[1] if isinstance(ins[1], str) else np.asarray(ins[1]).reshape(())
+        return self.g.node("Pad", [self.name(ins[0]), self.g.const(pads, np.int64), self.name(fill)])
 
     # ------------------------------------------------------------------ shape and layout
     def p_convert_element_type(self, eqn, ins):
