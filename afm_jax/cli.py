@@ -86,7 +86,12 @@ def _positive_int(text: str) -> int:
 
 def _max_ranks(text: str) -> int | str:
     """argparse type: "auto" or an integer >= 0."""
-    return "auto" if text == "auto" else _int_at_least(text, 0)
+    if text == "auto":
+        return text
+    try:
+        return _int_at_least(text, 0)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or an integer >= 0, got {text!r}") from None
 
 
 def _synthetic_vocab_arg(p: argparse.ArgumentParser) -> None:

@@ -461,7 +461,7 @@ def _encoded(model_dir: Path, data: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(cat), np.concatenate(num)
 
 
-def test_max_ranks_merges_the_ranks_and_keeps_every_score(criteo_export, tmp_path):
+def test_max_ranks_merges_the_ranks_and_keeps_every_score(criteo_export, tmp_path, capsys):
     """`afm-jax export --max-ranks N`: the jax.export artifact with the ranks merged to 2 holds
     at most 2 compressed table widths and scores the Criteo lines as `afm-jax score` does. The
     ONNX files merge in the graph: with the default (`auto`) and with 2, the file holds the
@@ -505,6 +505,11 @@ def test_max_ranks_merges_the_ranks_and_keeps_every_score(criteo_export, tmp_pat
     assert size["2"] <= 1.03 * size["0"] and size[None] <= 1.03 * size["0"], size
     for n in ("2", None):
         np.testing.assert_allclose(scores[n], scores["0"], rtol=0, atol=1e-7)
+    with pytest.raises(SystemExit) as e:          # argparse: exit 2, the option named
+        main(["export", "--model-dir", str(small), "--max-ranks", "three", "--out", str(tmp_path / "x")])
+    assert e.value.code == 2
+    assert "--max-ranks: expected 'auto' or an integer >= 0, got 'three'" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
 
 
 def test_a_client_encodes_from_signature_and_encoder_json_alone(criteo_export, tmp_path):
