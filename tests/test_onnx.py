@@ -54,12 +54,12 @@ def _ort_scores(proto, feeds: dict) -> np.ndarray:
     return session.run(["score"], feeds)[0]
 
 
-def _check(model, params, compute_dtype=None, atol=1e-5, label=""):
+def _check(model, params, compute_dtype=None, atol=1e-5, label="", max_ranks=None):
     """ORT scores == the JAX scorer's. atol: float32 sums run in another order in ORT; the
     lively params push AutoInt's and xDeepFM's logits to O(10-100), where float32's spacing
-    is 1e-6..1e-5 (most models agree to 2e-7)."""
+    is 1e-6..1e-5 (most models agree to 2e-7). max_ranks: as `to_onnx` takes it."""
     batch = _ids_batch()
-    proto = to_onnx(model, params, compute_dtype=compute_dtype)
+    proto = to_onnx(model, params, compute_dtype=compute_dtype, max_ranks=max_ranks)
     got = _ort_scores(proto, batch)
     want = np.asarray(jax.jit(scorer_fn(model, params, compute_dtype))(batch["cat"], batch["num"]))
     assert got.shape == want.shape == (len(batch["cat"]),)
@@ -92,6 +92,10 @@ def test_every_model_every_form(name):
     stats = compress.collect_stats(model, params, batches(2), progress=False)
     for form, p in _forms(model, params, stats).items():
         _check(model, p, label=f"{name} {form}")
+    # tables of ranks 2-5, int8, merged into one rank in the graph (export's default)
+    sites = sorted(s for s in stats if s.startswith("embed/"))
+    varied = quantize(compress.compress(params, stats, {s: 2 + i % 4 for i, s in enumerate(sites)}))
+    _check(model, varied, label=f"{name} ranks merged in the graph", max_ranks=1)
 
 
 @pytest.fixture(scope="module")
