@@ -194,9 +194,9 @@ def pad_ranks(params: Params, multiple: int = 4) -> Params:
     For a serving runtime that pays per operation (ONNX Runtime at small batches): the packed
     layout gathers and projects once per table width, and a budget plan spreads the fields over
     many ranks (a trained AFM DeepFM on Criteo: 13 widths, 98 nodes that ONNX Runtime runs;
-    padded to 4: 53). Costs (k' - k) columns per row: +9 % bytes on that model. Folded tables (their projection
-    lives in the next Linear), full and TT tables, and int8 ones' row scales are unchanged.
-    `merge_ranks` reaches few widths for fewer bytes.
+    padded to 4: 53). Costs (k' - k) columns per row: +9 % bytes on that model. Folded tables
+    (their projection lives in the next Linear), full and TT tables, and int8 ones' row scales
+    are unchanged. `merge_ranks` reaches few widths for fewer bytes.
     """
     if multiple < 1:
         raise CompressionError(f"pad_ranks: multiple must be >= 1, got {multiple}")
