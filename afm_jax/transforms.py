@@ -123,8 +123,9 @@ def source_layout(data_meta: dict | None) -> dict:
                 "columns": list(CRITEO_COLUMNS),
                 "note": "files without the label have the 39 columns after 'label'"}
     if kind in ("csv", "avazu"):
+        from afm_jax.data.readers.tabular import csv_delimiter
         path = spec.split(":", 1)[1] if ":" in spec else ""
-        return {"format": kind, "delimiter": "\t" if path.endswith((".tsv", ".tsv.gz")) else ",",
+        return {"format": kind, "delimiter": csv_delimiter(path) if kind == "csv" else ",",
                 "header": True, "quoting": QUOTING,
                 "columns": "by name: a field is the column of the same name"}
     if kind == "parquet":

@@ -26,12 +26,17 @@ from afm_jax.errors import DataError
 PARQUET_BATCH = 1 << 18  # rows of Parquet parsed at a time
 
 
+def csv_delimiter(path: str) -> str:
+    """The column delimiter of a `csv:` file: a tab for .tsv / .tsv.gz, else a comma."""
+    return "\t" if path.endswith((".tsv", ".tsv.gz")) else ","
+
+
 def csv_source(path: str, schema: Schema | str | None, *, require_label: bool = True) -> Source:
     """Generic CSV with a header (tab-separated if the name ends in .tsv/.tsv.gz) and a schema.
 
     require_label=False (scoring): the schema's label column may be absent (labels NaN)."""
     path = check_file(path)
-    delimiter = "\t" if path.endswith((".tsv", ".tsv.gz")) else ","
+    delimiter = csv_delimiter(path)
     sch = resolve_schema(schema, None, path)
     header = split_header(read_first_line(path), delimiter, path, quoting=True)
     has_label = sch.label in header
