@@ -99,15 +99,24 @@ def _int8_product(x: jax.Array, q: jax.Array) -> jax.Array:
 
 
 def _affine(p: dict, x: jax.Array, compute: str | None = None) -> jax.Array:
-    """x @ W + b for a float kernel, or (x @ q) * scale + b for an int8 one (exact for
-    per-output-channel scales, and no dequantized [in, out] kernel is materialized).
+    """x @ W + b for a float kernel; for an int8 one (q, per-output-channel scale):
+      - float32: x @ (q * scale) + b. The scale goes into the kernel's float cast, one pass
+        over [in, out] values and none over the [batch, out] activations; in an exported ONNX
+        graph q * scale is a constant that ONNX Runtime folds when it loads the file, so the
+        layer runs as the float model's MatMul + Add.
+      - bfloat16: (x @ q) * scale + b, q exact in bfloat16 (|q| <= 127), the scale applied to
+        the float32 product.
+      - "int8": int8 x int8 -> int32 (`_int8_product`), then * scale + b.
 
     compute (a module's `compute_dtype`): None or "float32": float32 products; "bfloat16":
     bfloat16 inputs, float32 accumulation; "int8": an int8 kernel takes an int8 x int8 ->
-    int32 product (`_int8_product`), a float kernel a float32 one."""
+    int32 product, a float kernel a float32 one."""
     if "kernel_q" in p:
-        if precision_key(compute) == "int8":
+        key = precision_key(compute)
+        if key == "int8":
             return _int8_product(x, p["kernel_q"]) * p["kernel_scale"] + p["bias"]
+        if key is None:
+            return x @ (p["kernel_q"].astype(jnp.float32) * p["kernel_scale"]) + p["bias"]
         return _matmul(x, p["kernel_q"].astype(x.dtype), compute) * p["kernel_scale"] + p["bias"]
     return _matmul(x, p["kernel"], compute) + p["bias"]
 

@@ -62,6 +62,7 @@ ONNX_FILE = "model.onnx"
 ONNX_SIGNATURE = "signature.json"
 ONNX_FORMAT = "afm_jax.onnx/1"
 FOLD_EXTRA_BYTES = 1 << 16   # a folded constant may exceed its inputs' bytes by this much
+FOLD_CAST_EXTRA_BYTES = 1 << 10   # and a folded widening cast (of an int8 kernel) by this
 HASH_NOTE_KEY = "afm_jax.hashed_inputs"   # metadata_props: the hashed inputs and their rule
 MAX_RANKS = "auto"   # export_onnx's default (`compress.rank_plan`): the fewest table ranks
 #                     whose padding at most doubles the model's bytes once loaded
@@ -267,6 +268,8 @@ class _Converter:
         in_bytes = sum(np.asarray(x).nbytes for x in ins)
         if eqn.primitive.name == "pad":   # padded tables: the file holds them unpadded
             return out_bytes <= in_bytes
+        if eqn.primitive.name == "convert_element_type":   # int8 kernels: stored as int8
+            return out_bytes <= in_bytes + FOLD_CAST_EXTRA_BYTES
         return out_bytes <= in_bytes + FOLD_EXTRA_BYTES
 
     def p_pad(self, eqn, ins):
