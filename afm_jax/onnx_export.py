@@ -215,6 +215,7 @@ class _Converter:
         self.g = graph
         self._slices: dict[str, tuple[str, int, int, int]] = {}   # Slice output -> (x, axis, a, b)
         self._sizes: dict[tuple[str, int], Any] = {}   # (sliced tensor, axis) -> its size there
+        self._int8_casts: dict[str, str] = {}   # float32 cast of an int8 tensor -> that tensor
 
     def read(self, env: dict, v) -> Any:
         if hasattr(v, "val"):                       # a Literal
@@ -282,7 +283,34 @@ class _Converter:
 
     # ------------------------------------------------------------------ shape and layout
     def p_convert_element_type(self, eqn, ins):
-        return self.g.node("Cast", [self.name(ins[0])], to=_tensor_type(eqn.params["new_dtype"]))
+        x = self.name(ins[0])
+        y = self.g.node("Cast", [x], to=_tensor_type(eqn.params["new_dtype"]))
+        if eqn.invars[0].aval.dtype == np.int8 and np.dtype(eqn.params["new_dtype"]) == np.float32:
+            self._int8_casts[y] = x
+        return y
+
+    def p_mul(self, eqn, ins):
+        """x * s. Where x is int8 values cast to float32 ([.., w]) and s one scale per vector of
+        them ([.., 1]: the row scales of gathered int8 table rows), a DequantizeLinear of the
+        int8 values as [N, w] with a scale per row (axis 0), exact as the Mul: ONNX Runtime
+        runs its Mul broadcasting s along the last axis as a short loop per row, several times
+        slower than the dequantization (DeepFM int8 on the Criteo sample, batch 64: the scorer
+        0.86x the float original's rows/s with the Mul, 0.94x with DequantizeLinear)."""
+        names = self._broadcasting(eqn, ins)
+        avals = [v.aval for v in eqn.invars]
+        for i in (0, 1):
+            q = self._int8_casts.get(names[i])
+            x, scale = avals[i], avals[1 - i]
+            if (q is None or len(x.shape) < 2 or any(_is_symbolic(d) for d in x.shape[1:])
+                    or tuple(scale.shape) != tuple(x.shape[:-1]) + (1,)
+                    or scale.dtype != np.float32):
+                continue
+            g, w = self.g, int(x.shape[-1])
+            rows = g.node("Reshape", [q, g.const([-1, w], np.int64)])
+            scales = g.node("Reshape", [names[1 - i], g.const([-1], np.int64)])
+            y = g.node("DequantizeLinear", [rows, scales], axis=0)
+            return g.node("Reshape", [y, g.const([-1, *[int(d) for d in x.shape[1:]]], np.int64)])
+        return self.g.node("Mul", names)
 
     def p_reshape(self, eqn, ins):
         dims = list(eqn.params["new_sizes"])

@@ -322,6 +322,29 @@ def test_int8_stays_int8_and_runs_matmul_integer():
     assert size < 0.5 * f32    # int8 rows + a float scale per row; rank-1 tables stay float
 
 
+@pytest.mark.parametrize("name", ["deepfm", "dcnv2"])
+def test_int8_at_float32_keeps_int8_in_the_file_and_runs_as_the_float_model(name):
+    """int8 kernels and tables scored at float32: the file holds them as int8 (a kernel's
+    float cast and scale are a constant that ONNX Runtime folds at load, whatever the kernel's
+    size), the gathered table rows are dequantized by one DequantizeLinear, and ONNX Runtime
+    runs at most 5 nodes more than for the float params."""
+    info = FeatureInfo(cat_names=("a", "b", "c", "d"), vocab_sizes=(4000, 6000, 2500, 900),
+                       num_names=("x", "y"))
+    model = small_model(name, info)
+    params = lively_params(model, info=info)
+    q = quantize(params)
+    proto = to_onnx(model, q)
+    batch = random_batch(128, seed=2, info=info)
+    got = _ort_scores(proto, {"cat": batch["cat"], "num": batch["num"]})
+    want = np.asarray(jax.jit(scorer_fn(model, q))(batch["cat"], batch["num"]))
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    stored = sum(np.asarray(x).nbytes for x in jax.tree_util.tree_leaves(q))
+    init = sum(onnx.numpy_helper.to_array(t).nbytes for t in proto.graph.initializer)
+    assert stored <= init < 1.01 * stored, (stored, init)
+    assert [n.op_type for n in proto.graph.node].count("DequantizeLinear") == 1
+    assert runtime_nodes(proto) <= runtime_nodes(to_onnx(model, params)) + 5
+
+
 def test_a_primitive_without_a_rule_names_itself():
     from afm_jax.onnx_export import _Converter, _Graph
 
