@@ -163,8 +163,9 @@ def to_markdown(r: dict) -> str:
              "in float32; *int8*: the products of int8-stored kernels (`afm-jax quantize`, "
              "`compress --int8`) run int8 x int8 -> int32 on activations quantized per row on the "
              "fly, other products stay float32. Tables, biases, interactions and activations stay "
-             "float32 in all three. At float32 and bfloat16 an int8 kernel is multiplied as "
-             "float after the cast (its scale applied to the product).", "",
+             "float32 in all three. At float32 an int8 kernel's scale goes into its float cast "
+             "(x @ (q * scale)); at bfloat16 the cast kernel is multiplied and its scale applied "
+             "to the product.", "",
              "## Jitted jnp.dot, [8192, 400] @ [400, 400]", "",
              "| inputs | ms | G(FL)OP/s | vs float32 |", "|---|---:|---:|---:|"]
     d = r["dot"]
