@@ -1100,9 +1100,10 @@ def _to_ort(onnx_file: Path) -> dict:
             "build": "onnxruntime build.sh --minimal_build --include_ops_by_config " + config.name}
 
 
-def runtime_nodes(proto) -> int:
-    """The nodes ONNX Runtime (CPU) runs for `proto`, after the optimizations it applies when it
-    loads the file (constant folding included: the tables' padding and packing are gone)."""
+def runtime_graph(proto):
+    """The graph ONNX Runtime (CPU) runs for `proto`: as it stands after the optimizations it
+    applies when it loads the file (constant folding included: the tables' padding and packing
+    and the int8 kernels' float casts are folded into initializers)."""
     import tempfile
 
     import onnxruntime as ort
@@ -1112,7 +1113,21 @@ def runtime_nodes(proto) -> int:
         so.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
         so.log_severity_level = 3
         ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
-        return len(_onnx().load(so.optimized_model_filepath).graph.node)
+        return _onnx().load(so.optimized_model_filepath)
+
+
+def runtime_nodes(proto) -> int:
+    """The nodes ONNX Runtime runs for `proto` (`runtime_graph`)."""
+    return len(runtime_graph(proto).graph.node)
+
+
+def loaded_bytes(proto) -> int:
+    """The bytes of the initializers ONNX Runtime holds for `proto` once loaded
+    (`runtime_graph`): the file's, grown by what load-time folding widens (padded tables,
+    int8 kernels cast to float32). Copies its GEMMs pre-pack their weights into are not
+    counted."""
+    onnx = _onnx()
+    return sum(onnx.numpy_helper.to_array(t).nbytes for t in runtime_graph(proto).graph.initializer)
 
 
 def load_onnx(path, providers: Sequence[str] = ("CPUExecutionProvider",)) -> Callable:

@@ -36,12 +36,11 @@ import onnxruntime as ort
 from common import RESULTS, command_line, load, machine, write_results
 
 from afm_jax import compress_model, make_scorer, quantize, train
-from afm_jax.compress import padded, rank_plan
 from afm_jax.inference import count_bytes, device_params, evaluate, export, load_exported
 from afm_jax.lab.bench import ort_session
 from afm_jax.metrics import auc
 from afm_jax.models import build_model
-from afm_jax.onnx_export import MAX_RANKS, _to_ort, runtime_nodes, to_onnx
+from afm_jax.onnx_export import MAX_RANKS, _to_ort, loaded_bytes, runtime_nodes, to_onnx
 from afm_jax.train import TrainConfig
 from afm_jax.transforms import bucketized_fields
 
@@ -186,7 +185,7 @@ def main() -> None:
                    "onnx_ids_bytes": len(ids.SerializeToString()),
                    "onnx_raw_bytes": len(raw.SerializeToString()), "ort_bytes": ort_info["bytes"],
                    "operators": ort_info["operators"], "nodes": runtime_nodes(ids),
-                   "loaded_bytes": int(count_bytes(padded(p, rank_plan(p, max_ranks)))),
+                   "loaded_bytes": loaded_bytes(ids),
                    "auc_jax": float(jax_auc), "auc_onnx": float(auc(np.asarray(ds.test.label), onnx_scores)),
                    "speed": _speed(session, scorer, placed, ds.test, args.batch_sizes, args.rounds,
                                    _torch_peer(name, ds.info, p), _exported(model, p),
@@ -220,7 +219,10 @@ def to_markdown(results: list[dict], batch_sizes) -> str:
              "Forms of DeepFM/DCNv2 trained on the Criteo sample. *ids* file: the scorer alone "
              "(`--no-raw-inputs`); *raw* file: the encoder in the graph (vocabularies as "
              "LabelEncoder tables); *.ort*: ONNX Runtime's format of the ids file; *loaded*: the "
-             "params' bytes once ONNX Runtime has padded the merged ranks (`compress.rank_plan`); "
+             "initializers' bytes of the graph ONNX Runtime runs once it has loaded the ids file "
+             "(`onnx_export.loaded_bytes`: its load-time folding pads the merged ranks, "
+             "`compress.rank_plan`, and casts int8 kernels to float32; not counted: the copies "
+             "its GEMMs pre-pack weights into); "
              "*nodes*: those ONNX Runtime runs after its optimizations at load. AUC on the test "
              "split (the same encoded rows for both runtimes).", "",
              "| model | form | stored bytes | ids .onnx | vs original ids | raw .onnx | vs original "

@@ -35,11 +35,10 @@ import onnxruntime as ort
 from common import RESULTS, command_line, load, machine, write_results
 
 from afm_jax import compress_model, quantize, train
-from afm_jax.compress import pad_ranks, padded, rank_plan
-from afm_jax.inference import count_bytes
+from afm_jax.compress import pad_ranks
 from afm_jax.lab.bench import ort_session
 from afm_jax.models import build_model
-from afm_jax.onnx_export import runtime_nodes, to_onnx
+from afm_jax.onnx_export import loaded_bytes, runtime_nodes, to_onnx
 from afm_jax.train import TrainConfig
 
 CALL_ROWS = 3000   # rows scored per session per round (at least 3 calls)
@@ -93,17 +92,15 @@ def main() -> None:
                  "AFM 10% + int8": quantize(compress_model(model, params, ds, "budget:0.1",
                                                            progress=False).params)}
         protos = {"original": to_onnx(model, params)}
-        loaded = {"original": count_bytes(params)}   # bytes ONNX Runtime holds once loaded
         for form, p in bases.items():
-            protos[form], loaded[form] = to_onnx(model, p), count_bytes(p)
+            protos[form] = to_onnx(model, p)
             for m in args.multiples:
-                q = pad_ranks(p, m)
-                protos[f"{form}{PAD}x{m}"], loaded[f"{form}{PAD}x{m}"] = to_onnx(model, q), count_bytes(q)
+                protos[f"{form}{PAD}x{m}"] = to_onnx(model, pad_ranks(p, m))
             for n in args.max_ranks:
                 n = n if n == "auto" else int(n)
                 key = f"{form}{PAD}{n} ranks" if n != "auto" else f"{form}{PAD}auto"
                 protos[key] = to_onnx(model, p, max_ranks=n)
-                loaded[key] = count_bytes(padded(p, rank_plan(p, n)))
+        loaded = {k: loaded_bytes(v) for k, v in protos.items()}   # bytes ORT holds once loaded
         speed = _ratios({k: ort_session(v) for k, v in protos.items()}, ds.test, args.batch_sizes,
                         args.rounds)
         size = {k: len(v.SerializeToString()) for k, v in protos.items()}
@@ -134,8 +131,9 @@ def to_markdown(r: dict, batch_sizes) -> str:
              "`compress.merged_ranks`); auto, in the graph, the fewest ranks whose padding at "
              "most doubles the model's bytes (`--max-ranks auto`, export's default for ONNX); - "
              "= every rank (`--max-ranks 0`). *file*: the ids file's bytes, and over the "
-             "unpadded form's; *loaded*: the params' bytes ONNX Runtime holds once it has padded "
-             "them, and over the unpadded form's; *nodes*: those it runs after its optimizations "
+             "unpadded form's; *loaded*: the initializers' bytes ONNX Runtime holds once it has "
+             "loaded the file (`onnx_export.loaded_bytes`: padded tables, int8 kernels cast to "
+             "float32), and over the unpadded form's; *nodes*: those it runs after its optimizations "
              "at load; *original / file*: the original's ids file over this one (the size goal "
              "of issue 23 is 12x for AFM + int8). Speed: ONNX Runtime on the form against ONNX "
              "Runtime on the original, original time / form time per round, median [quartiles] "

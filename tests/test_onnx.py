@@ -31,6 +31,7 @@ from afm_jax.onnx_export import (  # noqa: E402
     ExportError,
     encoder_to_onnx,
     load_onnx,
+    loaded_bytes,
     runtime_nodes,
     scorer_fn,
     to_onnx,
@@ -327,7 +328,8 @@ def test_int8_at_float32_keeps_int8_in_the_file_and_runs_as_the_float_model(name
     """int8 kernels and tables scored at float32: the file holds them as int8 (a kernel's
     float cast and scale are a constant that ONNX Runtime folds at load, whatever the kernel's
     size), the gathered table rows are dequantized by one DequantizeLinear, and ONNX Runtime
-    runs at most 5 nodes more than for the float params."""
+    runs at most 5 nodes more than for the float params (`loaded_bytes` counts the float
+    kernels it holds)."""
     info = FeatureInfo(cat_names=("a", "b", "c", "d"), vocab_sizes=(4000, 6000, 2500, 900),
                        num_names=("x", "y"))
     model = small_model(name, info)
@@ -343,6 +345,10 @@ def test_int8_at_float32_keeps_int8_in_the_file_and_runs_as_the_float_model(name
     assert stored <= init < 1.01 * stored, (stored, init)
     assert [n.op_type for n in proto.graph.node].count("DequantizeLinear") == 1
     assert runtime_nodes(proto) <= runtime_nodes(to_onnx(model, params)) + 5
+    # once loaded, the kernels are float32 (3 bytes more a value) and the tables still int8
+    kernel_values = sum(np.size(x) for path, x in jax.tree_util.tree_leaves_with_path(q)
+                        if "kernel_q" in jax.tree_util.keystr(path))
+    assert abs(loaded_bytes(proto) - (stored + 3 * kernel_values)) < 0.01 * stored
 
 
 def test_a_primitive_without_a_rule_names_itself():
