@@ -297,10 +297,11 @@ class _Converter:
         slower than the dequantization (experiments/results/onnx_export.md, DeepFM int8 against
         the float original in ONNX Runtime: 0.83-1.00x with the Mul and a scale Mul after each
         kernel's product, 0.86-1.01x with DequantizeLinear and the kernel scales folded)."""
-        names = self._broadcasting(eqn, ins)
         avals = [v.aval for v in eqn.invars]
         for i in (0, 1):
-            q = self._int8_casts.get(names[i])
+            # the operands as they are (not `_broadcasting`'s pre-Expand ones): the reshapes
+            # below need every element of the scale
+            q = self._int8_casts.get(ins[i]) if isinstance(ins[i], str) else None
             x, scale = avals[i], avals[1 - i]
             if (q is None or len(x.shape) < 2 or any(_is_symbolic(d) for d in x.shape[1:])
                     or tuple(scale.shape) != tuple(x.shape[:-1]) + (1,)
@@ -308,10 +309,10 @@ class _Converter:
                 continue
             g, w = self.g, int(x.shape[-1])
             rows = g.node("Reshape", [q, g.const([-1, w], np.int64)])
-            scales = g.node("Reshape", [names[1 - i], g.const([-1], np.int64)])
+            scales = g.node("Reshape", [self.name(ins[1 - i]), g.const([-1], np.int64)])
             y = g.node("DequantizeLinear", [rows, scales], axis=0)
             return g.node("Reshape", [y, g.const([-1, *[int(d) for d in x.shape[1:]]], np.int64)])
-        return self.g.node("Mul", names)
+        return self.g.node("Mul", self._broadcasting(eqn, ins))
 
     def p_reshape(self, eqn, ins):
         dims = list(eqn.params["new_sizes"])
