@@ -1123,13 +1123,18 @@ def runtime_nodes(proto) -> int:
     return len(runtime_graph(proto).graph.node)
 
 
+def initializer_bytes(proto) -> int:
+    """The bytes of `proto`'s initializers as arrays."""
+    onnx = _onnx()
+    return sum(onnx.numpy_helper.to_array(t).nbytes for t in proto.graph.initializer)
+
+
 def loaded_bytes(proto) -> int:
     """The bytes of the initializers ONNX Runtime holds for `proto` once loaded
-    (`runtime_graph`): the file's, grown by what load-time folding widens (padded tables,
-    int8 kernels cast to float32). Copies its GEMMs pre-pack their weights into are not
-    counted."""
-    onnx = _onnx()
-    return sum(onnx.numpy_helper.to_array(t).nbytes for t in runtime_graph(proto).graph.initializer)
+    (`initializer_bytes` of `runtime_graph`): the file's, grown by what load-time folding
+    widens (padded tables, int8 kernels cast to float32). Copies its GEMMs pre-pack their
+    weights into are not counted."""
+    return initializer_bytes(runtime_graph(proto))
 
 
 def load_onnx(path, providers: Sequence[str] = ("CPUExecutionProvider",)) -> Callable:

@@ -40,7 +40,7 @@ from afm_jax.inference import count_bytes, device_params, evaluate, export, load
 from afm_jax.lab.bench import ort_session
 from afm_jax.metrics import auc
 from afm_jax.models import build_model
-from afm_jax.onnx_export import MAX_RANKS, _to_ort, loaded_bytes, runtime_nodes, to_onnx
+from afm_jax.onnx_export import MAX_RANKS, _to_ort, initializer_bytes, runtime_graph, to_onnx
 from afm_jax.train import TrainConfig
 from afm_jax.transforms import bucketized_fields
 
@@ -174,6 +174,7 @@ def main() -> None:
                 f = Path(tmp) / "model.onnx"
                 f.write_bytes(ids.SerializeToString())
                 ort_info = _to_ort(f)
+            loaded = runtime_graph(ids)   # as ONNX Runtime holds it once loaded
             session = ort_session(ids)
             original_session = original_session or session
             scorer = make_scorer(model)
@@ -184,8 +185,8 @@ def main() -> None:
             row = {"model": name, "form": form, "stored_bytes": int(count_bytes(p)),
                    "onnx_ids_bytes": len(ids.SerializeToString()),
                    "onnx_raw_bytes": len(raw.SerializeToString()), "ort_bytes": ort_info["bytes"],
-                   "operators": ort_info["operators"], "nodes": runtime_nodes(ids),
-                   "loaded_bytes": loaded_bytes(ids),
+                   "operators": ort_info["operators"], "nodes": len(loaded.graph.node),
+                   "loaded_bytes": initializer_bytes(loaded),
                    "auc_jax": float(jax_auc), "auc_onnx": float(auc(np.asarray(ds.test.label), onnx_scores)),
                    "speed": _speed(session, scorer, placed, ds.test, args.batch_sizes, args.rounds,
                                    _torch_peer(name, ds.info, p), _exported(model, p),

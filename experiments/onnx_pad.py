@@ -38,7 +38,7 @@ from afm_jax import compress_model, quantize, train
 from afm_jax.compress import pad_ranks
 from afm_jax.lab.bench import ort_session
 from afm_jax.models import build_model
-from afm_jax.onnx_export import loaded_bytes, runtime_nodes, to_onnx
+from afm_jax.onnx_export import initializer_bytes, runtime_graph, to_onnx
 from afm_jax.train import TrainConfig
 
 CALL_ROWS = 3000   # rows scored per session per round (at least 3 calls)
@@ -100,13 +100,14 @@ def main() -> None:
                 n = n if n == "auto" else int(n)
                 key = f"{form}{PAD}{n} ranks" if n != "auto" else f"{form}{PAD}auto"
                 protos[key] = to_onnx(model, p, max_ranks=n)
-        loaded = {k: loaded_bytes(v) for k, v in protos.items()}   # bytes ORT holds once loaded
+        graphs = {k: runtime_graph(v) for k, v in protos.items()}   # as ORT holds it once loaded
+        loaded = {k: initializer_bytes(g) for k, g in graphs.items()}
         speed = _ratios({k: ort_session(v) for k, v in protos.items()}, ds.test, args.batch_sizes,
                         args.rounds)
         size = {k: len(v.SerializeToString()) for k, v in protos.items()}
-        for k, proto in protos.items():
+        for k in protos:
             base = _form_and_pad(k)[0]
-            rows.append({"model": name, "form": k, "nodes": runtime_nodes(proto), "bytes": size[k],
+            rows.append({"model": name, "form": k, "nodes": len(graphs[k].graph.node), "bytes": size[k],
                          "bytes_vs_unpadded": size[k] / size[base], "loaded": loaded[k],
                          "loaded_vs_unpadded": loaded[k] / loaded[base],
                          "original_over_bytes": size["original"] / size[k],

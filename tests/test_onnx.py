@@ -30,6 +30,7 @@ ort = pytest.importorskip("onnxruntime", reason="the [onnx] extra (part of [dev]
 from afm_jax.onnx_export import (  # noqa: E402
     ExportError,
     encoder_to_onnx,
+    initializer_bytes,
     load_onnx,
     loaded_bytes,
     runtime_nodes,
@@ -317,7 +318,7 @@ def test_int8_stays_int8_and_runs_matmul_integer():
         assert n.op_type == "Gather" or not int8_tables & set(n.input), n
     stored = sum(np.asarray(x).nbytes for x in jax.tree_util.tree_leaves(q))
     size = len(proto.SerializeToString())
-    init = sum(onnx.numpy_helper.to_array(t).nbytes for t in proto.graph.initializer)
+    init = initializer_bytes(proto)
     assert stored <= init < 1.05 * stored    # the initializers are the stored params
     assert stored < size < 1.1 * stored + 32_000    # the file's bytes follow the stored bytes
     assert size < 0.5 * f32    # int8 rows + a float scale per row; rank-1 tables stay float
@@ -341,7 +342,7 @@ def test_int8_at_float32_keeps_int8_in_the_file_and_runs_as_the_float_model(name
     want = np.asarray(jax.jit(scorer_fn(model, q))(batch["cat"], batch["num"]))
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
     stored = sum(np.asarray(x).nbytes for x in jax.tree_util.tree_leaves(q))
-    init = sum(onnx.numpy_helper.to_array(t).nbytes for t in proto.graph.initializer)
+    init = initializer_bytes(proto)
     assert stored <= init < 1.01 * stored, (stored, init)
     assert [n.op_type for n in proto.graph.node].count("DequantizeLinear") == 1
     assert runtime_nodes(proto) <= runtime_nodes(to_onnx(model, params)) + 5
